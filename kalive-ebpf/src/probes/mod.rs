@@ -1,0 +1,3 @@
+//! One module per family of kernel hooks.
+
+mod state;

@@ -1,0 +1,224 @@
+//! Kernel structure layouts from the running kernel's BTF.
+//!
+//! Rust BPF programs have no CO-RE relocations, so every offset the programs use is
+//! looked up here at start-up and handed to them in [`Layout`].
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use btf_rs::{Backend, Btf, Type};
+use kalive_common::Layout;
+
+pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+/// The kernel's type information.
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+/// Where a member sits inside its outermost structure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Field {
+    /// Byte offset from the start of the outermost structure.
+    pub offset: u32,
+    /// Size in bytes of the member's type.
+    pub size: usize,
+}
+
+impl KernelBtf {
+    /// Opens `/sys/kernel/btf/vmlinux` (or another BTF file).
+    ///
+    /// # Errors
+    /// When the file is missing or is not BTF.
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            bail!(
+                "{} not found: this kernel was built without BTF (CONFIG_DEBUG_INFO_BTF=y is required)",
+                path.display()
+            );
+        }
+        let btf = Btf::from_file_with_backend(path, Backend::Mmap)
+            .with_context(|| format!("reading BTF from {}", path.display()))?;
+        Ok(Self { btf })
+    }
+
+    /// The layout of `member_path` (dot separated, anonymous structs and unions
+    /// are searched through) inside `struct struct_name`.
+    ///
+    /// # Errors
+    /// When the structure or a member does not exist, or a member is a bitfield.
+    pub fn field(&self, struct_name: &str, member_path: &str) -> Result<Field> {
+        let mut ty = self.named_struct(struct_name)?;
+        let mut offset_bits = 0u32;
+        let mut size = 0;
+        for name in member_path.split('.') {
+            let (Type::Struct(st) | Type::Union(st)) = &ty else {
+                bail!("{struct_name}.{member_path}: {name} is not inside a struct or union");
+            };
+            let (bits, member_ty) = self
+                .find_member(st, name)?
+                .ok_or_else(|| anyhow!("struct {struct_name} has no member {member_path}"))?;
+            offset_bits += bits;
+            ty = self.strip(member_ty)?;
+            size = self.size_of(&ty)?;
+        }
+        if !offset_bits.is_multiple_of(8) {
+            bail!("{struct_name}.{member_path} is a bitfield");
+        }
+        Ok(Field {
+            offset: offset_bits / 8,
+            size,
+        })
+    }
+
+    /// Like [`Self::field`], and checks the member is `size` bytes: the programs
+    /// read it as a fixed-size integer.
+    ///
+    /// # Errors
+    /// As [`Self::field`], or when the size differs.
+    pub fn offset(&self, struct_name: &str, member_path: &str, size: usize) -> Result<u32> {
+        let field = self.field(struct_name, member_path)?;
+        if field.size != size {
+            bail!(
+                "{struct_name}.{member_path} is {} bytes on this kernel, kalive reads {size}",
+                field.size
+            );
+        }
+        Ok(field.offset)
+    }
+
+    fn named_struct(&self, name: &str) -> Result<Type> {
+        self.btf
+            .resolve_types_by_name(name)
+            .with_context(|| format!("looking up struct {name} in BTF"))?
+            .into_iter()
+            .find(|ty| matches!(ty, Type::Struct(_)))
+            .ok_or_else(|| anyhow!("struct {name} not found in the kernel's BTF"))
+    }
+
+    /// Finds `name` among the members of `st`, descending into anonymous members.
+    /// Returns the bit offset relative to `st` and the member's type.
+    fn find_member(&self, st: &btf_rs::Struct, name: &str) -> Result<Option<(u32, Type)>> {
+        for member in &st.members {
+            let member_name = self.btf.resolve_name(member).unwrap_or_default();
+            let member_ty = self.btf.resolve_chained_type(member)?;
+            if member_name == name {
+                if member.bitfield_size().is_some_and(|bits| bits != 0) {
+                    bail!("member {name} is a bitfield");
+                }
+                return Ok(Some((member.bit_offset(), member_ty)));
+            }
+            if member_name.is_empty()
+                && let Type::Struct(inner) | Type::Union(inner) = self.strip(member_ty)?
+                && let Some((bits, ty)) = self.find_member(&inner, name)?
+            {
+                return Ok(Some((member.bit_offset() + bits, ty)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Follows typedefs and qualifiers to the underlying type.
+    fn strip(&self, mut ty: Type) -> Result<Type> {
+        loop {
+            ty = match &ty {
+                Type::Typedef(t) => self.btf.resolve_chained_type(t)?,
+                Type::Const(t) | Type::Volatile(t) | Type::Restrict(t) => {
+                    self.btf.resolve_chained_type(t)?
+                }
+                Type::TypeTag(t) => self.btf.resolve_chained_type(t)?,
+                _ => return Ok(ty),
+            };
+        }
+    }
+
+    fn size_of(&self, ty: &Type) -> Result<usize> {
+        Ok(match ty {
+            Type::Int(t) => t.size(),
+            Type::Ptr(_) => size_of::<usize>(),
+            Type::Struct(t) | Type::Union(t) => t.size(),
+            Type::Enum(t) => t.size(),
+            Type::Enum64(t) => t.size(),
+            Type::Array(a) => {
+                let elem = self.strip(self.btf.resolve_chained_type(a)?)?;
+                a.len() * self.size_of(&elem)?
+            }
+            other => bail!("cannot size BTF type {}", other.name()),
+        })
+    }
+}
+
+/// Every offset the programs need.
+///
+/// # Errors
+/// When the running kernel lacks a member kalive reads, or its size changed.
+pub fn layout(btf: &KernelBtf) -> Result<Layout> {
+    let sock = |path: &str, size| btf.offset("sock", path, size);
+    Ok(Layout {
+        skc_family: sock("__sk_common.skc_family", 2)?,
+        skc_num: sock("__sk_common.skc_num", 2)?,
+        skc_dport: sock("__sk_common.skc_dport", 2)?,
+        skc_rcv_saddr: sock("__sk_common.skc_rcv_saddr", 4)?,
+        skc_daddr: sock("__sk_common.skc_daddr", 4)?,
+        skc_v6_rcv_saddr: sock("__sk_common.skc_v6_rcv_saddr", 16)?,
+        skc_v6_daddr: sock("__sk_common.skc_v6_daddr", 16)?,
+        skc_net: sock("__sk_common.skc_net", size_of::<usize>())?,
+        sk_protocol: sock("sk_protocol", 2)?,
+        net_ns_inum: btf.offset("net", "ns.inum", 4)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel() -> KernelBtf {
+        KernelBtf::open(Path::new(VMLINUX)).expect("the test kernel has BTF")
+    }
+
+    #[test]
+    fn finds_members_through_anonymous_unions() {
+        let btf = kernel();
+        // skc_daddr sits in an anonymous struct inside an anonymous union of
+        // sock_common, right after the 8-byte skc_addrpair it aliases.
+        let pair = btf
+            .field("sock_common", "skc_addrpair")
+            .expect("skc_addrpair");
+        let daddr = btf.field("sock_common", "skc_daddr").expect("skc_daddr");
+        let saddr = btf
+            .field("sock_common", "skc_rcv_saddr")
+            .expect("skc_rcv_saddr");
+        assert_eq!(daddr.offset, pair.offset);
+        assert_eq!(saddr.offset, pair.offset + 4);
+        assert_eq!(daddr.size, 4);
+        // sock embeds sock_common at offset 0.
+        assert_eq!(
+            btf.field("sock", "__sk_common.skc_daddr")
+                .expect("nested")
+                .offset,
+            daddr.offset
+        );
+    }
+
+    #[test]
+    fn reports_missing_members_and_wrong_sizes() {
+        let btf = kernel();
+        let err = btf
+            .field("sock", "no_such_member")
+            .expect_err("missing member");
+        assert!(err.to_string().contains("no_such_member"), "{err}");
+        let err = btf
+            .offset("sock", "sk_protocol", 4)
+            .expect_err("wrong size");
+        assert!(err.to_string().contains("2 bytes"), "{err}");
+        assert!(btf.field("no_such_struct_kalive", "x").is_err());
+    }
+
+    #[test]
+    fn layout_resolves_on_this_kernel() {
+        let btf = kernel();
+        let layout = layout(&btf).expect("layout");
+        assert!(layout.skc_v6_daddr > layout.skc_daddr);
+        assert!(layout.sk_protocol > 0);
+    }
+}

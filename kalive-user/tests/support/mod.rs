@@ -1,0 +1,347 @@
+//! Shared pieces of the end-to-end tests: network namespaces, the `kalive`
+//! process, and the `tcp_peer` helper. Every guard cleans up on drop, so a failing
+//! test leaves no namespace, program or process behind. Every wait has a deadline.
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of this module"
+)]
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::fs::MetadataExt as _,
+    path::PathBuf,
+    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+        mpsc::{self, Receiver, RecvTimeoutError},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Runs a command and panics with its output when it fails.
+pub fn sh(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| panic!("running {program} {args:?}: {err}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// A fresh namespace with loopback up.
+    pub fn new(tag: &str) -> Self {
+        static COUNT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "kalive-{tag}-{}-{}",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        );
+        sh("ip", &["netns", "add", &name]);
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The namespace's inode number, as the kernel reports it (`net->ns.inum`).
+    pub fn inode(&self) -> u64 {
+        std::fs::metadata(format!("/run/netns/{}", self.name))
+            .expect("netns file")
+            .ino()
+    }
+
+    /// `ip -n NS ARGS`
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        sh("ip", &all)
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Lines a child writes to a pipe, collected by a thread.
+fn line_channel(pipe: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// A running `kalive --format json`, stopped (SIGINT, then SIGKILL) on drop.
+pub struct Kalive {
+    child: Child,
+    stdout: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+    /// Every record read so far.
+    pub records: Vec<Value>,
+}
+
+impl Kalive {
+    /// Starts kalive and waits until it says it is tracing.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kalive"))
+            .args(["--format", "json"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning kalive");
+        let stdout = line_channel(child.stdout.take().expect("stdout"));
+        let stderr_lines = line_channel(child.stderr.take().expect("stderr"));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        {
+            let stderr = Arc::clone(&stderr);
+            thread::spawn(move || {
+                for line in stderr_lines {
+                    if line.starts_with("kalive: tracing") {
+                        let _ = ready_tx.send(());
+                    }
+                    let mut all = stderr.lock().expect("stderr lock");
+                    all.push_str(&line);
+                    all.push('\n');
+                }
+            });
+        }
+        let mut kalive = Self {
+            child,
+            stdout,
+            stderr,
+            records: Vec::new(),
+        };
+        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let status = kalive.child.try_wait().ok().flatten();
+            panic!(
+                "kalive did not start tracing within 30 s (exit: {status:?}); stderr:\n{}",
+                kalive.stderr()
+            );
+        }
+        kalive
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr lock").clone()
+    }
+
+    /// Reads records until `done(records)` holds; panics at the deadline with
+    /// what was seen.
+    pub fn wait_until(&mut self, timeout: Duration, done: impl Fn(&[Value]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !done(&self.records) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(line) => self.records.push(
+                    serde_json::from_str(&line)
+                        .unwrap_or_else(|err| panic!("kalive wrote invalid JSON ({err}): {line}")),
+                ),
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "timed out after {timeout:?}; records so far:\n{}\nstderr:\n{}",
+                    self.dump(),
+                    self.stderr()
+                ),
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "kalive exited ({:?}); records so far:\n{}\nstderr:\n{}",
+                    self.child.try_wait(),
+                    self.dump(),
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    /// Records of one socket, by cookie.
+    pub fn socket(&self, cookie: u64) -> Vec<&Value> {
+        self.records
+            .iter()
+            .filter(|r| r["cookie"].as_u64() == Some(cookie))
+            .collect()
+    }
+
+    pub fn dump(&self) -> String {
+        self.records
+            .iter()
+            .map(Value::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// SIGINT, then the exit status (SIGKILL after 10 s).
+    pub fn stop(&mut self) -> ExitStatus {
+        signal(&self.child, libc::SIGINT);
+        wait_timeout(&mut self.child, Duration::from_secs(10))
+    }
+}
+
+impl Drop for Kalive {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.stop();
+        }
+    }
+}
+
+fn signal(child: &Child, sig: i32) {
+    let pid = i32::try_from(child.id()).expect("pid fits");
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(pid, sig) };
+}
+
+fn wait_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for a child") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait().expect("waiting for a killed child");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The `tcp_peer` helper (an example of this crate), running in a namespace;
+/// killed on drop.
+pub struct Peer {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    pub pid: u32,
+}
+
+/// What `tcp_peer` reported about one of its sockets.
+#[derive(Debug, Clone)]
+pub struct SocketInfo {
+    pub cookie: u64,
+    pub pid: u32,
+    pub local: std::net::SocketAddr,
+    pub peer: std::net::SocketAddr,
+}
+
+impl Peer {
+    pub fn spawn(ns: &Netns, args: &[&str]) -> Self {
+        let path = peer_path();
+        let mut child = ns
+            .command(path.to_str().expect("utf-8 path"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawning tcp_peer");
+        let lines = line_channel(child.stdout.take().expect("stdout"));
+        let stdin = child.stdin.take();
+        // `ip netns exec` execs the helper, so the pid is the helper's.
+        let pid = child.id();
+        Self {
+            child,
+            stdin,
+            lines,
+            pid,
+        }
+    }
+
+    /// Waits for a line starting with `prefix`.
+    pub fn expect(&mut self, prefix: &str) -> String {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(20)) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(_) => {}
+                Err(err) => panic!(
+                    "tcp_peer did not print {prefix:?} ({err}; exit: {:?})",
+                    self.child.try_wait()
+                ),
+            }
+        }
+    }
+
+    /// Waits for `ROLE cookie=.. pid=.. local=.. peer=..`.
+    pub fn socket(&mut self, role: &str) -> SocketInfo {
+        let line = self.expect(&format!("{role} "));
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                .unwrap_or_else(|| panic!("{key} missing in {line:?}"))
+                .to_owned()
+        };
+        SocketInfo {
+            cookie: field("cookie").parse().expect("cookie"),
+            pid: field("pid").parse().expect("pid"),
+            local: field("local").parse().expect("local"),
+            peer: field("peer").parse().expect("peer"),
+        }
+    }
+
+    pub fn send(&mut self, command: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{command}").expect("writing to tcp_peer");
+    }
+
+    pub fn wait(&mut self) -> ExitStatus {
+        wait_timeout(&mut self.child, Duration::from_secs(30))
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `target/<profile>/examples/tcp_peer`, next to this test binary's `deps/`.
+fn peer_path() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps")
+        .join("examples/tcp_peer");
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo xtask test` (or `cargo test`, which builds examples)",
+        path.display()
+    );
+    path
+}

@@ -1,0 +1,166 @@
+//! `cargo xtask`: kalive's build, run and test commands.
+//!
+//! ```text
+//! cargo xtask setup        install what this machine lacks (idempotent)
+//! cargo xtask build-ebpf   compile the BPF object
+//! cargo xtask run -- ARGS  build everything and run kalive as root
+//! cargo xtask test         the whole test suite, as CI runs it
+//! ```
+
+mod setup;
+mod toolchain;
+
+use std::{
+    env,
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+use crate::setup::Purpose;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test kalive")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what this machine lacks to build and test kalive (idempotent).
+    Setup,
+    /// Compile the BPF programs (`kalive-ebpf`) into the object `kalive` embeds.
+    BuildEbpf,
+    /// Build everything in release mode and run `kalive` as root.
+    Run {
+        /// Arguments for kalive, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Run the whole test suite: formatting, clippy, unit and end-to-end tests (as root).
+    Test {
+        /// Extra arguments for the test binaries (a name filter, ...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> Result<()> {
+    let root = workspace_root();
+    match cmd {
+        Cmd::Setup => {
+            let route = setup::ensure(Purpose::Test)?;
+            eprintln!(
+                "setup: everything is installed; BPF compiler: {}",
+                route.describe()
+            );
+            Ok(())
+        }
+        Cmd::BuildEbpf => build_ebpf(&root, Purpose::Build).map(drop),
+        Cmd::Run { args } => {
+            build_ebpf(&root, Purpose::Build)?;
+            cargo(&root, &["build", "--release", "--package", "kalive-user"])?;
+            let kalive = target_dir(&root).join("release/kalive");
+            let mut cmd = if is_root() {
+                Command::new(&kalive)
+            } else {
+                let mut cmd = Command::new("sudo");
+                cmd.arg(&kalive);
+                cmd
+            };
+            let status = cmd
+                .args(args)
+                .status()
+                .with_context(|| format!("running {cmd:?}"))?;
+            match status.code() {
+                Some(0) | None => Ok(()),
+                Some(code) => std::process::exit(code),
+            }
+        }
+        Cmd::Test { args } => test(&root, &args),
+    }
+}
+
+/// Tests: everything CI checks, in the order that fails fastest.
+fn test(root: &Path, args: &[OsString]) -> Result<()> {
+    build_ebpf(root, Purpose::Test)?;
+    cargo(root, &["fmt", "--all", "--", "--check"])?;
+    let userspace = [
+        "--package",
+        "kalive-common",
+        "--package",
+        "kalive-user",
+        "--package",
+        "xtask",
+    ];
+    let mut clippy = vec!["clippy"];
+    clippy.extend(userspace);
+    clippy.extend(["--all-targets", "--all-features", "--", "-D", "warnings"]);
+    cargo(root, &clippy)?;
+
+    // End-to-end tests need root; they are `#[ignore]`d for plain `cargo test`.
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root)
+        .arg("test")
+        .args(userspace)
+        .args(["--all-features", "--", "--include-ignored"])
+        .args(args);
+    if !is_root() {
+        cmd.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", "sudo -E");
+    }
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("tests failed ({status})");
+    }
+    Ok(())
+}
+
+fn build_ebpf(root: &Path, purpose: Purpose) -> Result<PathBuf> {
+    let route = setup::ensure(purpose)?;
+    eprintln!("build-ebpf: {}", route.describe());
+    let object = toolchain::build_ebpf(root, &route)?;
+    eprintln!("build-ebpf: {}", object.display());
+    Ok(object)
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    let status = Command::new("cargo")
+        .current_dir(root)
+        .args(args)
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace root")
+        .to_path_buf()
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail and has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}

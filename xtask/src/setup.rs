@@ -1,0 +1,177 @@
+//! `cargo xtask setup`: install what a fresh machine lacks, and nothing else.
+//!
+//! Every step checks first, so running it again installs nothing. On Debian it
+//! installs with apt and cargo; elsewhere it prints the equivalent steps.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::toolchain::{self, BPF_LINKER_VERSION, Route};
+
+/// What the caller is about to do; tests need more tools than a build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Build,
+    Test,
+}
+
+/// Debian packages the end-to-end tests use, and why.
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    (
+        "iproute2",
+        "network namespaces, veth and nstat for the end-to-end tests",
+    ),
+    (
+        "nftables",
+        "dropping a peer's packets in the end-to-end tests",
+    ),
+];
+
+/// Makes sure a BPF compiler route, a matching bpf-linker and (for tests) the test
+/// tools are present, installing what is missing. Returns the route to build with.
+pub fn ensure(purpose: Purpose) -> Result<Route> {
+    let debian = Path::new("/etc/debian_version").exists() && toolchain::which("apt-get").is_some();
+    let mut apt: Vec<(String, String)> = Vec::new();
+
+    let route = toolchain::detect();
+    if route.is_none() {
+        for pkg in ["rustc-web", "libstd-rust-web-dev-bpf"] {
+            apt.push((
+                pkg.to_owned(),
+                "a rustc with a prebuilt core for bpfel-unknown-none (no nightly with rust-src here)".to_owned(),
+            ));
+        }
+    }
+    if purpose == Purpose::Test {
+        for (pkg, why) in TEST_PACKAGES {
+            if !dpkg_installed(pkg) {
+                apt.push(((*pkg).to_owned(), (*why).to_owned()));
+            }
+        }
+    }
+    if !debian {
+        if route.is_none()
+            || purpose == Purpose::Test
+                && TEST_PACKAGES
+                    .iter()
+                    .any(|(p, _)| toolchain::which(tool_of(p)).is_none())
+        {
+            print_manual_steps();
+            bail!("this is not a Debian machine: install the above by hand, then run this again");
+        }
+    } else if !apt.is_empty() {
+        apt_install(&apt)?;
+    }
+
+    let route = match route {
+        Some(route) => route,
+        None => toolchain::detect().context(
+            "rustc-web and libstd-rust-web-dev-bpf are installed but /usr/bin/rustc has no \
+             core for bpfel-unknown-none; see `cargo xtask setup --help`",
+        )?,
+    };
+
+    let llvm = route.llvm_major();
+    if let Some(problem) = toolchain::bpf_linker_problem(llvm) {
+        eprintln!("setup: {problem}");
+        if !debian {
+            print_manual_steps();
+            bail!(
+                "install bpf-linker {BPF_LINKER_VERSION} built for LLVM {llvm}, then run this again"
+            );
+        }
+        let dev: Vec<(String, String)> = [
+            format!("llvm-{llvm}-dev"),
+            format!("libpolly-{llvm}-dev"),
+            "libzstd-dev".to_owned(),
+            "zlib1g-dev".to_owned(),
+        ]
+        .into_iter()
+        .filter(|pkg| !dpkg_installed(pkg))
+        .map(|pkg| (pkg, format!("building bpf-linker against LLVM {llvm}")))
+        .collect();
+        if !dev.is_empty() {
+            apt_install(&dev)?;
+        }
+        install_bpf_linker(llvm)?;
+        if let Some(problem) = toolchain::bpf_linker_problem(llvm) {
+            bail!("after installing bpf-linker: {problem}");
+        }
+    }
+    Ok(route)
+}
+
+/// The command a test package provides, to check for it off Debian.
+fn tool_of(package: &str) -> &str {
+    match package {
+        "iproute2" => "ip",
+        "nftables" => "nft",
+        other => other,
+    }
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    toolchain::output(Command::new("dpkg-query").args(["-W", "-f=${db:Status-Abbrev}", pkg]))
+        .is_some_and(|status| status.starts_with("ii"))
+}
+
+/// `apt-get update` once, then install `pkgs`, saying why each is needed.
+fn apt_install(pkgs: &[(String, String)]) -> Result<()> {
+    for (pkg, why) in pkgs {
+        eprintln!("setup: installing {pkg}: {why}");
+    }
+    run(privileged("apt-get").args(["update", "-q"]))?;
+    run(privileged("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(pkgs.iter().map(|(pkg, _)| pkg))
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn install_bpf_linker(llvm: u32) -> Result<()> {
+    eprintln!(
+        "setup: installing bpf-linker {BPF_LINKER_VERSION} for LLVM {llvm} (links the BPF object; a few minutes)"
+    );
+    run(Command::new("cargo")
+        .args(["install", "bpf-linker", "--force", "--no-default-features"])
+        .arg("--version")
+        .arg(format!("~{BPF_LINKER_VERSION}"))
+        .arg("--features")
+        .arg(format!("llvm-{llvm}"))
+        .env("LLVM_PREFIX", format!("/usr/lib/llvm-{llvm}")))
+}
+
+/// `cmd`, through sudo when not root.
+fn privileged(program: &str) -> Command {
+    if crate::is_root() {
+        Command::new(program)
+    } else {
+        let mut cmd = Command::new("sudo");
+        cmd.arg(program);
+        cmd
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+pub fn print_manual_steps() {
+    eprintln!(
+        "\
+kalive needs, to build its BPF object, one of:
+  1. a rustup nightly with rust-src:
+       rustup toolchain install nightly --component rust-src
+  2. a rustc that ships a prebuilt core for bpfel-unknown-none (Debian: apt-get
+     install rustc-web libstd-rust-web-dev-bpf)
+and bpf-linker {BPF_LINKER_VERSION} built against the same LLVM major version as that rustc:
+       LLVM_PREFIX=/usr/lib/llvm-<N> cargo install bpf-linker --version '~{BPF_LINKER_VERSION}' \\
+           --no-default-features --features llvm-<N>
+     (needs the LLVM <N> development files, polly, zstd and zlib headers)
+The end-to-end tests also need: ip (iproute2), nstat (iproute2) and nft (nftables)."
+    );
+}
