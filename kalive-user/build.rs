@@ -8,7 +8,9 @@ fn main() {
     let object = env::var_os("KALIVE_BPF_OBJECT").map_or_else(
         || {
             let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-            let root = manifest.parent().expect("kalive-user lives in the workspace");
+            let root = manifest
+                .parent()
+                .expect("kalive-user lives in the workspace");
             root.join("target/ebpf/bpfel-unknown-none/release/kalive")
         },
         PathBuf::from,

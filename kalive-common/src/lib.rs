@@ -11,31 +11,55 @@ mod user;
 pub use user::DecodeError;
 
 /// Bumped whenever the layout of [`Record`] changes.
-pub const RECORD_VERSION: u8 = 1;
+pub const RECORD_VERSION: u8 = 2;
 
 /// What a [`Record`] reports.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(Hash))]
 pub enum Kind {
-    /// `sock:inet_sock_set_state`: a TCP socket changed state.
+    /// A TCP socket changed state (only with `--state-changes`).
     StateChange = 1,
+    /// Keepalive was enabled, disabled or re-configured by `setsockopt`.
+    KeepaliveSet = 2,
+    /// The keepalive timer sent a probe.
+    ProbeSent = 3,
+    /// The peer answered while keepalive probes were out.
+    ProbeAcked = 4,
+    /// The keepalive timer killed the connection.
+    KeepaliveTimeout = 5,
+    /// Records the kernel could not deliver; made by userspace from the programs'
+    /// lost-record counters, never by a program.
+    EventsLost = 6,
 }
 
 impl Kind {
-    pub const ALL: [Self; 1] = [Self::StateChange];
-
     #[must_use]
     pub const fn from_u8(value: u8) -> Option<Self> {
-        match value {
-            1 => Some(Self::StateChange),
-            _ => None,
-        }
+        Some(match value {
+            1 => Self::StateChange,
+            2 => Self::KeepaliveSet,
+            3 => Self::ProbeSent,
+            4 => Self::ProbeAcked,
+            5 => Self::KeepaliveTimeout,
+            6 => Self::EventsLost,
+            _ => return None,
+        })
     }
 }
 
+/// [`Record::flags`]: `SO_KEEPALIVE` is on (`SOCK_KEEPOPEN`).
+pub const FLAG_KEEPALIVE: u8 = 1 << 0;
+/// [`Record::flags`]: the socket has `TCP_USER_TIMEOUT` set; for
+/// [`Kind::KeepaliveTimeout`] this means the user timeout killed it.
+pub const FLAG_USER_TIMEOUT: u8 = 1 << 1;
+
+/// [`Record::idle`] when the socket has no peer (not connected): no idle time.
+pub const IDLE_NONE: u32 = u32::MAX;
+
 /// One event, as the programs emit it. Addresses and ports are in network byte
-/// order, exactly as the kernel keeps them; userspace converts.
+/// order and times in jiffies, exactly as the kernel keeps them; userspace
+/// converts. The layout has no implicit padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Record {
@@ -48,20 +72,45 @@ pub struct Record {
     pub state: u8,
     /// TCP state before the event, for [`Kind::StateChange`].
     pub old_state: u8,
-    /// Network byte order.
+    /// `icsk_probes_out` after the event: unanswered probes.
+    pub probes: u8,
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    /// Local port, network byte order.
     pub sport: u16,
-    /// Network byte order.
+    /// Remote port, network byte order.
     pub dport: u16,
-    pub pad: u16,
     /// Process (tgid) owning the socket; 0 when unknown.
     pub pid: u32,
     /// Inode of the socket's network namespace.
     pub netns: u32,
-    pub pad2: u32,
+    /// Effective `TCP_KEEPCNT`.
+    pub keepcnt: u8,
+    /// `icsk_backoff`.
+    pub backoff: u8,
+    pub pad: u16,
     /// `bpf_ktime_get_boot_ns()` at the event.
     pub ts_ns: u64,
     /// Socket cookie (`sock_gen_cookie`); 0 when the kernel has not assigned one.
     pub cookie: u64,
+    /// Inode of the socket (`socket:[ino]` in `/proc/PID/fd`); 0 for orphans.
+    pub ino: u64,
+    /// Effective `TCP_KEEPIDLE`, jiffies.
+    pub keepidle: u32,
+    /// Effective `TCP_KEEPINTVL`, jiffies.
+    pub keepintvl: u32,
+    /// `TCP_USER_TIMEOUT`, milliseconds; 0 when unset.
+    pub user_timeout_ms: u32,
+    /// Jiffies since the last ACK from the peer (`rcv_tstamp`), or [`IDLE_NONE`].
+    pub idle: u32,
+    /// [`Kind::ProbeSent`]: jiffies until the timer fires next.
+    pub next: u32,
+    /// [`Kind::KeepaliveTimeout`]: `sk_err` (an errno).
+    pub error: u32,
+    /// [`Kind::KeepaliveSet`]: the caller's file descriptor; -1 otherwise.
+    pub fd: i32,
+    /// `snd_wnd`: the peer's advertised window.
+    pub snd_wnd: u32,
     /// IPv4 in the first 4 bytes, or IPv6.
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
@@ -69,9 +118,7 @@ pub struct Record {
     pub comm: [u8; 16],
 }
 
-// The layout has no implicit padding: every byte the program writes is one the
-// reader expects.
-const _: () = assert!(Record::SIZE == 88 && core::mem::offset_of!(Record, ts_ns) == 24);
+const _: () = assert!(Record::SIZE == 128 && core::mem::offset_of!(Record, ts_ns) == 24);
 
 impl Record {
     pub const SIZE: usize = core::mem::size_of::<Self>();
@@ -85,52 +132,32 @@ impl Record {
             family: 0,
             state: 0,
             old_state: 0,
+            probes: 0,
+            flags: 0,
             sport: 0,
             dport: 0,
-            pad: 0,
             pid: 0,
             netns: 0,
-            pad2: 0,
+            keepcnt: 0,
+            backoff: 0,
+            pad: 0,
             ts_ns: 0,
             cookie: 0,
+            ino: 0,
+            keepidle: 0,
+            keepintvl: 0,
+            user_timeout_ms: 0,
+            idle: IDLE_NONE,
+            next: 0,
+            error: 0,
+            fd: -1,
+            snd_wnd: 0,
             saddr: [0; 16],
             daddr: [0; 16],
             comm: [0; 16],
         }
     }
 }
-
-/// Byte offsets into kernel structures, read from the running kernel's BTF at
-/// start-up and handed to the programs as a read-only global. Rust BPF programs
-/// have no CO-RE relocations, so nothing here is known at compile time.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Layout {
-    /// `sock.__sk_common.skc_family` (u16)
-    pub skc_family: u32,
-    /// `sock.__sk_common.skc_num`: local port, host order (u16)
-    pub skc_num: u32,
-    /// `sock.__sk_common.skc_dport`: remote port, network order (u16)
-    pub skc_dport: u32,
-    /// `sock.__sk_common.skc_rcv_saddr` (u32)
-    pub skc_rcv_saddr: u32,
-    /// `sock.__sk_common.skc_daddr` (u32)
-    pub skc_daddr: u32,
-    /// `sock.__sk_common.skc_v6_rcv_saddr` (16 bytes)
-    pub skc_v6_rcv_saddr: u32,
-    /// `sock.__sk_common.skc_v6_daddr` (16 bytes)
-    pub skc_v6_daddr: u32,
-    /// `sock.__sk_common.skc_net`: `struct net *`
-    pub skc_net: u32,
-    /// `sock.sk_protocol` (u16)
-    pub sk_protocol: u32,
-    /// `net.ns.inum` (u32)
-    pub net_ns_inum: u32,
-}
-
-pub const AF_INET: u16 = 2;
-pub const AF_INET6: u16 = 10;
-pub const IPPROTO_TCP: u16 = 6;
 
 /// The process that owns a socket, as the programs learned it.
 #[repr(C)]
@@ -142,3 +169,92 @@ pub struct Owner {
     /// The owner's command name, NUL padded.
     pub comm: [u8; 16],
 }
+
+/// Kernel facts the programs need, discovered by the loader at start-up from the
+/// running kernel (BTF, kallsyms, tracefs) and handed over as a read-only global.
+/// Rust BPF programs have no CO-RE relocations, so nothing here is known at
+/// compile time. Offsets are in bytes from the start of the named structure.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Layout {
+    /// Address of `tcp_keepalive_timer` (`timer_list.function` of keepalive timers).
+    pub keepalive_timer_fn: u64,
+
+    // struct sock (sock_common is at its start)
+    pub skc_family: u32,
+    pub skc_state: u32,
+    /// Local port, host order.
+    pub skc_num: u32,
+    /// Remote port, network order.
+    pub skc_dport: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub skc_v6_daddr: u32,
+    /// `possible_net_t`: a `struct net *`.
+    pub skc_net: u32,
+    pub skc_cookie: u32,
+    pub skc_flags: u32,
+    pub sk_protocol: u32,
+    pub sk_err: u32,
+    pub sk_socket: u32,
+    /// The keepalive `timer_list` inside the socket: `sock.sk_timer` up to 6.18,
+    /// `inet_connection_sock.icsk_keepalive_timer` from 6.19.
+    pub keepalive_timer: u32,
+    /// Bit number of `SOCK_KEEPOPEN` in `sk_flags` (`enum sock_flags`).
+    pub sock_keepopen_bit: u32,
+
+    // struct inet_connection_sock
+    pub icsk_probes_out: u32,
+    pub icsk_backoff: u32,
+    /// Which write timer is armed (`ICSK_TIME_*`).
+    pub icsk_pending: u32,
+    pub icsk_user_timeout: u32,
+
+    // struct tcp_sock
+    pub tcp_keepalive_time: u32,
+    pub tcp_keepalive_intvl: u32,
+    pub tcp_keepalive_probes: u32,
+    pub tcp_rcv_tstamp: u32,
+    pub tcp_snd_wnd: u32,
+
+    // struct net
+    pub net_ns_inum: u32,
+    pub net_keepalive_time: u32,
+    pub net_keepalive_intvl: u32,
+    pub net_keepalive_probes: u32,
+
+    // struct timer_list
+    pub timer_function: u32,
+    pub timer_expires: u32,
+
+    // the file behind a descriptor: task -> files -> fdt -> fd[n] -> private_data
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_private_data: u32,
+    pub file_inode: u32,
+    pub inode_ino: u32,
+    pub socket_sk: u32,
+    pub socket_file: u32,
+
+    // classic tracepoints syscalls:sys_{enter,exit}_setsockopt, from tracefs
+    pub setsockopt_fd: u32,
+    pub setsockopt_level: u32,
+    pub setsockopt_optname: u32,
+    pub setsockopt_ret: u32,
+}
+
+/// What the user asked for, handed to the programs as a read-only global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Emit [`Kind::StateChange`] records.
+    pub state_changes: u8,
+    pub pad: [u8; 7],
+}
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;

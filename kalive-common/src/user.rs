@@ -6,11 +6,16 @@ use core::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use crate::{AF_INET6, Kind, Layout, RECORD_VERSION, Record};
+use crate::{
+    AF_INET6, FLAG_KEEPALIVE, FLAG_USER_TIMEOUT, IDLE_NONE, Kind, Layout, RECORD_VERSION, Record,
+    Settings,
+};
 
 // SAFETY: `Layout` is `#[repr(C)]`, has no padding and only integer fields, so any
 // bit pattern is valid.
 unsafe impl aya::Pod for Layout {}
+// SAFETY: as above: `#[repr(C)]`, explicit padding, integers only.
+unsafe impl aya::Pod for Settings {}
 
 /// Why bytes from the ring buffer are not a [`Record`] this build understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +121,28 @@ impl Record {
         Some(&self.comm[..len])
     }
 
+    /// `SO_KEEPALIVE` is on.
+    #[must_use]
+    pub const fn keepalive_enabled(&self) -> bool {
+        self.flags & FLAG_KEEPALIVE != 0
+    }
+
+    /// `TCP_USER_TIMEOUT` is set on the socket.
+    #[must_use]
+    pub const fn has_user_timeout(&self) -> bool {
+        self.flags & FLAG_USER_TIMEOUT != 0
+    }
+
+    /// Jiffies since the peer's last ACK, when the socket has a peer.
+    #[must_use]
+    pub const fn idle_jiffies(&self) -> Option<u32> {
+        if self.idle == IDLE_NONE {
+            None
+        } else {
+            Some(self.idle)
+        }
+    }
+
     /// The record's bytes, as a program would have written them.
     #[must_use]
     pub fn as_bytes(&self) -> &[u8] {
@@ -131,7 +158,7 @@ mod tests {
 
     #[test]
     fn decode_round_trips() {
-        let mut record = Record::zeroed(Kind::StateChange);
+        let mut record = Record::zeroed(Kind::ProbeSent);
         record.cookie = 42;
         record.comm[..4].copy_from_slice(b"curl");
         assert_eq!(Record::decode(record.as_bytes()), Ok(record));
@@ -139,7 +166,7 @@ mod tests {
 
     #[test]
     fn accessors_convert_byte_order_and_families() {
-        let mut record = Record::zeroed(Kind::StateChange);
+        let mut record = Record::zeroed(Kind::ProbeSent);
         record.family = crate::AF_INET;
         record.saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
         record.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
@@ -161,7 +188,7 @@ mod tests {
 
     #[test]
     fn decode_rejects_wrong_size_and_version() {
-        let record = Record::zeroed(Kind::StateChange);
+        let record = Record::zeroed(Kind::ProbeSent);
         let bytes = record.as_bytes();
         assert_eq!(
             Record::decode(&bytes[1..]),

@@ -1,84 +1,230 @@
-//! Reading kernel structures at offsets discovered by the loader.
+//! Reading kernel structures at offsets the loader discovered.
+//!
+//! Kernel pointers are plain `u64` addresses here and every read goes through
+//! `bpf_probe_read_kernel`: the same code then works whether a hook hands over a
+//! BTF-typed pointer (tp_btf, fentry) or a bare number (raw_tp, kprobe).
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
-use kalive_common::Layout;
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use kalive_common::{Layout, Settings};
 
-/// Offsets filled in by the loader from the running kernel's BTF. The loader
-/// always overrides this; a zeroed layout would make every read land on the
-/// start of the structure.
+/// Filled in by the loader from the running kernel; see [`Layout`].
 #[unsafe(no_mangle)]
-static LAYOUT: Layout = Layout {
-    skc_family: 0,
-    skc_num: 0,
-    skc_dport: 0,
-    skc_rcv_saddr: 0,
-    skc_daddr: 0,
-    skc_v6_rcv_saddr: 0,
-    skc_v6_daddr: 0,
-    skc_net: 0,
-    sk_protocol: 0,
-    net_ns_inum: 0,
+pub(crate) static LAYOUT: Layout = zeroed_layout();
+
+/// Filled in by the loader from the command line; see [`Settings`].
+#[unsafe(no_mangle)]
+pub(crate) static SETTINGS: Settings = Settings {
+    state_changes: 0,
+    pad: [0; 7],
 };
 
-/// Reads one offset from [`LAYOUT`]. The volatile read keeps the compiler from
-/// folding the placeholder zeros into the code.
-macro_rules! offset {
+/// The placeholder the loader always overrides.
+const fn zeroed_layout() -> Layout {
+    // SAFETY: `Layout` is integers only; all-zero is a valid value.
+    unsafe { core::mem::zeroed() }
+}
+
+/// One value from [`LAYOUT`]. The volatile read keeps the compiler from folding
+/// the placeholder into the code; the verifier still sees a constant, because the
+/// global lives in a frozen read-only map.
+macro_rules! layout {
     ($field:ident) => {
         // SAFETY: reading a field of a static.
         unsafe { core::ptr::read_volatile(&raw const $crate::kernel::LAYOUT.$field) }
     };
 }
+pub(crate) use layout;
 
-/// Reads a `T` at `base + off` in kernel memory; zero when the read faults.
+/// One value from [`SETTINGS`].
+macro_rules! setting {
+    ($field:ident) => {
+        // SAFETY: reading a field of a static.
+        unsafe { core::ptr::read_volatile(&raw const $crate::kernel::SETTINGS.$field) }
+    };
+}
+pub(crate) use setting;
+
+/// Reads a `T` at `addr + off`; `T::default()` when the read faults.
 #[inline(always)]
-pub(crate) fn read<T: Default>(base: *const u8, off: u32) -> T {
-    // SAFETY: bpf_probe_read_kernel checks the address; a fault yields Err.
-    unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize).cast::<T>()) }
-        .unwrap_or_default()
+pub(crate) fn read<T: Default>(addr: u64, off: u32) -> T {
+    let ptr = (addr + u64::from(off)) as *const T;
+    // SAFETY: bpf_probe_read_kernel validates the address; a fault yields Err.
+    unsafe { bpf_probe_read_kernel(ptr) }.unwrap_or_default()
 }
 
-/// A `struct sock *`.
-#[derive(Clone, Copy)]
-pub(crate) struct Sock(pub(crate) *const u8);
+/// A `struct sock *` (which is also the `inet_connection_sock` and `tcp_sock`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sock(pub(crate) u64);
 
 impl Sock {
-    pub(crate) fn family(self) -> u16 {
-        read(self.0, offset!(skc_family))
+    /// The socket whose keepalive timer is `timer`.
+    pub(crate) fn of_keepalive_timer(timer: u64) -> Self {
+        Self(timer - u64::from(layout!(keepalive_timer)))
     }
 
     pub(crate) fn protocol(self) -> u16 {
-        read(self.0, offset!(sk_protocol))
+        read(self.0, layout!(sk_protocol))
+    }
+
+    pub(crate) fn family(self) -> u16 {
+        read(self.0, layout!(skc_family))
+    }
+
+    pub(crate) fn state(self) -> u8 {
+        read(self.0, layout!(skc_state))
     }
 
     /// Local port, network byte order.
     pub(crate) fn sport(self) -> u16 {
-        read::<u16>(self.0, offset!(skc_num)).to_be()
+        read::<u16>(self.0, layout!(skc_num)).to_be()
     }
 
     /// Remote port, network byte order.
     pub(crate) fn dport(self) -> u16 {
-        read(self.0, offset!(skc_dport))
+        read(self.0, layout!(skc_dport))
     }
 
     /// Fills `saddr`/`daddr` for the socket's family.
     pub(crate) fn addrs(self, family: u16, saddr: &mut [u8; 16], daddr: &mut [u8; 16]) {
         if family == kalive_common::AF_INET6 {
-            *saddr = read(self.0, offset!(skc_v6_rcv_saddr));
-            *daddr = read(self.0, offset!(skc_v6_daddr));
+            *saddr = read(self.0, layout!(skc_v6_rcv_saddr));
+            *daddr = read(self.0, layout!(skc_v6_daddr));
         } else {
-            let s: [u8; 4] = read(self.0, offset!(skc_rcv_saddr));
-            let d: [u8; 4] = read(self.0, offset!(skc_daddr));
+            let s: [u8; 4] = read(self.0, layout!(skc_rcv_saddr));
+            let d: [u8; 4] = read(self.0, layout!(skc_daddr));
             saddr[..4].copy_from_slice(&s);
             daddr[..4].copy_from_slice(&d);
         }
     }
 
-    /// Inode number of the socket's network namespace.
-    pub(crate) fn netns(self) -> u32 {
-        let net: *const u8 = read::<usize>(self.0, offset!(skc_net)) as *const u8;
-        if net.is_null() {
+    /// The cookie, if the kernel assigned one already (reading cannot assign it).
+    pub(crate) fn cookie(self) -> u64 {
+        read(self.0, layout!(skc_cookie))
+    }
+
+    /// `struct net *`
+    pub(crate) fn net(self) -> u64 {
+        read(self.0, layout!(skc_net))
+    }
+
+    pub(crate) fn err(self) -> u32 {
+        read(self.0, layout!(sk_err))
+    }
+
+    pub(crate) fn keepalive_on(self) -> bool {
+        let flags: u64 = read(self.0, layout!(skc_flags));
+        flags >> layout!(sock_keepopen_bit) & 1 == 1
+    }
+
+    /// Inode of the socket (`socket:[N]`), 0 for an orphan.
+    pub(crate) fn ino(self) -> u64 {
+        let socket: u64 = read(self.0, layout!(sk_socket));
+        if socket == 0 {
             return 0;
         }
-        read(net, offset!(net_ns_inum))
+        let file: u64 = read(socket, layout!(socket_file));
+        if file == 0 {
+            return 0;
+        }
+        let inode: u64 = read(file, layout!(file_inode));
+        if inode == 0 {
+            return 0;
+        }
+        read(inode, layout!(inode_ino))
     }
+
+    pub(crate) fn probes_out(self) -> u8 {
+        read(self.0, layout!(icsk_probes_out))
+    }
+
+    /// `icsk_pending`: which write timer is armed (`ICSK_TIME_*`).
+    pub(crate) fn pending(self) -> u8 {
+        read(self.0, layout!(icsk_pending))
+    }
+
+    pub(crate) fn backoff(self) -> u8 {
+        read(self.0, layout!(icsk_backoff))
+    }
+
+    /// `TCP_USER_TIMEOUT` in milliseconds, 0 when unset.
+    pub(crate) fn user_timeout_ms(self) -> u32 {
+        read(self.0, layout!(icsk_user_timeout))
+    }
+
+    /// `tcp_sock.rcv_tstamp`: jiffies of the last ACK from the peer.
+    pub(crate) fn rcv_tstamp(self) -> u32 {
+        read(self.0, layout!(tcp_rcv_tstamp))
+    }
+
+    pub(crate) fn snd_wnd(self) -> u32 {
+        read(self.0, layout!(tcp_snd_wnd))
+    }
+
+    /// Effective (idle, interval, count): the socket's value, or the namespace's
+    /// sysctl when the socket has none (`keepalive_time_when()` and friends).
+    pub(crate) fn keepalive_config(self, net: u64) -> (u32, u32, u8) {
+        let mut idle: u32 = read(self.0, layout!(tcp_keepalive_time));
+        let mut intvl: u32 = read(self.0, layout!(tcp_keepalive_intvl));
+        let mut cnt: u8 = read(self.0, layout!(tcp_keepalive_probes));
+        if net != 0 {
+            if idle == 0 {
+                idle = read(net, layout!(net_keepalive_time));
+            }
+            if intvl == 0 {
+                intvl = read(net, layout!(net_keepalive_intvl));
+            }
+            if cnt == 0 {
+                cnt = read(net, layout!(net_keepalive_probes));
+            }
+        }
+        (idle, intvl, cnt)
+    }
+}
+
+/// `net->ns.inum`
+pub(crate) fn netns_ino(net: u64) -> u32 {
+    if net == 0 {
+        return 0;
+    }
+    read(net, layout!(net_ns_inum))
+}
+
+/// The socket behind the current task's descriptor `fd`, if it is one:
+/// `current->files->fdt->fd[fd]->private_data->sk`.
+pub(crate) fn sock_of_fd(fd: u32) -> Option<Sock> {
+    // SAFETY: no preconditions; returns the current task's address.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task, layout!(task_files));
+    if files == 0 {
+        return None;
+    }
+    let fdt: u64 = read(files, layout!(files_fdt));
+    if fdt == 0 {
+        return None;
+    }
+    let max_fds: u32 = read(fdt, layout!(fdt_max_fds));
+    if fd >= max_fds {
+        return None;
+    }
+    let array: u64 = read(fdt, layout!(fdt_fd));
+    let file: u64 = read(array + u64::from(fd) * 8, 0);
+    if file == 0 {
+        return None;
+    }
+    let socket: u64 = read(file, layout!(file_private_data));
+    if socket == 0 {
+        return None;
+    }
+    let sk: u64 = read(socket, layout!(socket_sk));
+    (sk != 0).then_some(Sock(sk))
+}
+
+/// `timer_list.function`
+pub(crate) fn timer_function(timer: u64) -> u64 {
+    read(timer, layout!(timer_function))
+}
+
+/// `timer_list.expires`, jiffies.
+pub(crate) fn timer_expires(timer: u64) -> u64 {
+    read(timer, layout!(timer_expires))
 }

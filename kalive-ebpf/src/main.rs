@@ -1,8 +1,9 @@
-//! kalive's BPF programs. One module per kernel hook family under `probes/`; the
-//! records they emit are defined in `kalive-common`.
+//! kalive's BPF programs. Hooks live under `probes/`, one module per family; the
+//! records they emit are defined in `kalive-common` and built in `emit`.
 #![no_std]
 #![no_main]
 
+mod emit;
 mod kernel;
 mod maps;
 mod probes;

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use kalive_common::Owner;
 
@@ -10,6 +10,37 @@ use kalive_common::Owner;
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
-/// Socket cookie -> the process that owns the socket, learned in process context.
+/// Records that did not fit in [`EVENTS`], per CPU. Userspace reports them.
+#[map]
+pub(crate) static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Socket (`struct sock *`) -> the process that owns it, learned in process
+/// context. Removed when the socket is destroyed.
 #[map]
 pub(crate) static OWNERS: HashMap<u64, Owner> = HashMap::with_max_entries(65536, 0);
+
+/// The keepalive timer callback running on this CPU, if any.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct Callback {
+    /// `struct timer_list *` of the running callback; 0 when none.
+    pub(crate) timer: u64,
+    /// Its socket.
+    pub(crate) sk: u64,
+    /// `icsk_probes_out` when the callback started.
+    pub(crate) probes_before: u8,
+    pub(crate) pad: u8,
+    /// Local port (network order) when the callback started: closing the socket
+    /// releases it before `inet_sock_set_state` fires.
+    pub(crate) sport: u16,
+    pub(crate) pad2: u32,
+}
+
+#[map]
+pub(crate) static CALLBACK: PerCpuArray<Callback> = PerCpuArray::with_max_entries(1, 0);
+
+/// Thread (`pid_tgid`) -> the descriptor of its keepalive `setsockopt()` in
+/// flight, from syscall entry to exit. LRU: a thread killed mid-call leaves an
+/// entry that ages out.
+#[map]
+pub(crate) static SETSOCKOPT: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);

@@ -7,7 +7,6 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use btf_rs::{Backend, Btf, Type};
-use kalive_common::Layout;
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
@@ -87,6 +86,29 @@ impl KernelBtf {
         Ok(field.offset)
     }
 
+    /// Whether `struct struct_name` has `member_path`.
+    #[must_use]
+    pub fn has_field(&self, struct_name: &str, member_path: &str) -> bool {
+        self.field(struct_name, member_path).is_ok()
+    }
+
+    /// The value of enumerator `name` in `enum enum_name`.
+    ///
+    /// # Errors
+    /// When the enum or the enumerator does not exist.
+    pub fn enum_value(&self, enum_name: &str, name: &str) -> Result<u32> {
+        for ty in self.btf.resolve_types_by_name(enum_name)? {
+            if let Type::Enum(e) = ty {
+                for member in &e.members {
+                    if self.btf.resolve_name(member)? == name {
+                        return Ok(member.val());
+                    }
+                }
+            }
+        }
+        bail!("enum {enum_name} has no {name} in the kernel's BTF")
+    }
+
     fn named_struct(&self, name: &str) -> Result<Type> {
         self.btf
             .resolve_types_by_name(name)
@@ -148,26 +170,6 @@ impl KernelBtf {
     }
 }
 
-/// Every offset the programs need.
-///
-/// # Errors
-/// When the running kernel lacks a member kalive reads, or its size changed.
-pub fn layout(btf: &KernelBtf) -> Result<Layout> {
-    let sock = |path: &str, size| btf.offset("sock", path, size);
-    Ok(Layout {
-        skc_family: sock("__sk_common.skc_family", 2)?,
-        skc_num: sock("__sk_common.skc_num", 2)?,
-        skc_dport: sock("__sk_common.skc_dport", 2)?,
-        skc_rcv_saddr: sock("__sk_common.skc_rcv_saddr", 4)?,
-        skc_daddr: sock("__sk_common.skc_daddr", 4)?,
-        skc_v6_rcv_saddr: sock("__sk_common.skc_v6_rcv_saddr", 16)?,
-        skc_v6_daddr: sock("__sk_common.skc_v6_daddr", 16)?,
-        skc_net: sock("__sk_common.skc_net", size_of::<usize>())?,
-        sk_protocol: sock("sk_protocol", 2)?,
-        net_ns_inum: btf.offset("net", "ns.inum", 4)?,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +203,14 @@ mod tests {
     }
 
     #[test]
+    fn missing_btf_says_what_is_needed() {
+        let err = KernelBtf::open(Path::new("/nonexistent/vmlinux"))
+            .err()
+            .expect("no file");
+        assert!(err.to_string().contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
+    }
+
+    #[test]
     fn reports_missing_members_and_wrong_sizes() {
         let btf = kernel();
         let err = btf
@@ -212,13 +222,5 @@ mod tests {
             .expect_err("wrong size");
         assert!(err.to_string().contains("2 bytes"), "{err}");
         assert!(btf.field("no_such_struct_kalive", "x").is_err());
-    }
-
-    #[test]
-    fn layout_resolves_on_this_kernel() {
-        let btf = kernel();
-        let layout = layout(&btf).expect("layout");
-        assert!(layout.skc_v6_daddr > layout.skc_daddr);
-        assert!(layout.sk_protocol > 0);
     }
 }

@@ -42,7 +42,7 @@ impl WallClock {
     }
 
     /// Boot time, in nanoseconds, now.
-    #[cfg(test)]
+    #[must_use]
     pub fn boot_now_ns() -> u64 {
         u64::try_from(clock_ns(libc::CLOCK_BOOTTIME)).unwrap_or(0)
     }

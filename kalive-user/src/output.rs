@@ -1,11 +1,13 @@
 //! Writing records: one JSON object per line, or aligned text columns.
 //!
 //! Stdout carries records only. Each record is formatted into a reused buffer,
-//! so the hot path does not allocate.
+//! so the hot path does not allocate. The schema is documented in
+//! `docs/events.md`.
 
 use std::{
     fmt::Write as _,
     io::{self, Write},
+    net::IpAddr,
 };
 
 use kalive_common::{Kind, Record};
@@ -25,6 +27,11 @@ pub enum Format {
 pub const fn event_name(kind: Kind) -> &'static str {
     match kind {
         Kind::StateChange => "state_change",
+        Kind::KeepaliveSet => "keepalive_set",
+        Kind::ProbeSent => "probe_sent",
+        Kind::ProbeAcked => "probe_acked",
+        Kind::KeepaliveTimeout => "keepalive_timeout",
+        Kind::EventsLost => "events_lost",
     }
 }
 
@@ -49,26 +56,57 @@ pub const fn state_name(state: u8) -> &'static str {
     }
 }
 
+/// The symbolic name of the errors a timed-out connection can carry.
+#[must_use]
+pub fn errno_name(errno: u32) -> String {
+    let name = match errno {
+        110 => "ETIMEDOUT",
+        113 => "EHOSTUNREACH",
+        101 => "ENETUNREACH",
+        111 => "ECONNREFUSED",
+        104 => "ECONNRESET",
+        32 => "EPIPE",
+        71 => "EPROTO",
+        90 => "EMSGSIZE",
+        other => return format!("E{other}"),
+    };
+    name.to_owned()
+}
+
+/// Why the keepalive timer killed the connection.
+#[must_use]
+pub const fn timeout_cause(record: &Record) -> &'static str {
+    if record.has_user_timeout() {
+        "user_timeout"
+    } else {
+        "probes_exhausted"
+    }
+}
+
 pub struct Writer<W: Write> {
     out: W,
     format: Format,
     clock: WallClock,
+    hz: u64,
     line: String,
     wrote_header: bool,
 }
 
 impl<W: Write> Writer<W> {
-    pub const fn new(out: W, format: Format, clock: WallClock) -> Self {
+    /// `hz` converts the kernel's jiffies to milliseconds.
+    pub fn new(out: W, format: Format, clock: WallClock, hz: u32) -> Self {
         Self {
             out,
             format,
             clock,
+            hz: u64::from(hz.max(1)),
             line: String::new(),
             wrote_header: false,
         }
     }
 
-    /// Formats one record into the output buffer.
+    /// Formats one record into the output buffer. Records of an unknown kind are
+    /// the decoder's business and never reach here.
     ///
     /// # Errors
     /// When writing to the output fails (for example a closed pipe).
@@ -76,19 +114,45 @@ impl<W: Write> Writer<W> {
         let Some(kind) = record.kind() else {
             return Ok(());
         };
-        self.line.clear();
+        self.begin();
         match self.format {
             Format::Json => self.json(kind, record),
+            Format::Text => self.text(kind, record),
+        }
+        self.end()
+    }
+
+    /// An `events_lost` record: `count` records the kernel could not deliver.
+    ///
+    /// # Errors
+    /// When writing to the output fails.
+    pub fn lost(&mut self, ts_boot_ns: u64, count: u64) -> io::Result<()> {
+        self.begin();
+        let name = event_name(Kind::EventsLost);
+        match self.format {
+            Format::Json => {
+                let l = &mut self.line;
+                l.push_str("{\"ts\":\"");
+                write_rfc3339(l, self.clock.unix_ns(ts_boot_ns));
+                let _ = write!(
+                    l,
+                    "\",\"event\":\"{name}\",\"pid\":null,\"comm\":null,\"family\":null,\
+                     \"saddr\":null,\"sport\":null,\"daddr\":null,\"dport\":null,\"netns\":null,\
+                     \"cookie\":null,\"state\":null,\"probes\":null,\"idle_ms\":null,\
+                     \"keepidle_ms\":null,\"keepintvl_ms\":null,\"keepcnt\":null,\
+                     \"user_timeout_ms\":null,\"count\":{count}}}"
+                );
+            }
             Format::Text => {
-                if !self.wrote_header {
-                    self.wrote_header = true;
-                    self.text_header();
-                }
-                self.text(kind, record);
+                let time = self.time_of_day(ts_boot_ns);
+                let _ = write!(
+                    self.line,
+                    "{time:<15} {name:<17} {:>7} {:<15} {:<21} {:<21} {:<11} {:>6} {:>7} {:<14} {count} records lost",
+                    "-", "-", "-", "-", "-", "-", "-", "-"
+                );
             }
         }
-        self.line.push('\n');
-        self.out.write_all(self.line.as_bytes())
+        self.end()
     }
 
     /// # Errors
@@ -102,7 +166,40 @@ impl<W: Write> Writer<W> {
         self.out
     }
 
+    fn begin(&mut self) {
+        self.line.clear();
+        if self.format == Format::Text && !self.wrote_header {
+            self.wrote_header = true;
+            let _ = writeln!(
+                self.line,
+                "{:<15} {:<17} {:>7} {:<15} {:<21} {:<21} {:<11} {:>6} {:>7} {:<14} DETAIL",
+                "TIME",
+                "EVENT",
+                "PID",
+                "COMM",
+                "LOCAL",
+                "REMOTE",
+                "STATE",
+                "PROBES",
+                "IDLE",
+                "KEEPALIVE"
+            );
+        }
+    }
+
+    fn end(&mut self) -> io::Result<()> {
+        self.line.push('\n');
+        self.out.write_all(self.line.as_bytes())
+    }
+
+    fn ms(&self, jiffies: u32) -> u64 {
+        u64::from(jiffies) * 1000 / self.hz
+    }
+
     fn json(&mut self, kind: Kind, r: &Record) {
+        let idle = r.idle_jiffies().map(|j| self.ms(j));
+        let (keepidle, keepintvl) = (self.ms(r.keepidle), self.ms(r.keepintvl));
+        let next = self.ms(r.next);
         let l = &mut self.line;
         l.push_str("{\"ts\":\"");
         write_rfc3339(l, self.clock.unix_ns(r.ts_ns));
@@ -118,56 +215,124 @@ impl<W: Write> Writer<W> {
         }
         let _ = write!(
             l,
-            ",\"family\":\"{}\",\"saddr\":\"{}\",\"sport\":{},\"daddr\":\"{}\",\"dport\":{},\"netns\":{},\"cookie\":{},\"state\":\"{}\"",
+            ",\"family\":\"{}\",\"saddr\":\"{}\",\"sport\":{},\"daddr\":\"{}\",\"dport\":{},\"netns\":{}",
             if r.is_ipv6() { "ipv6" } else { "ipv4" },
             r.saddr(),
             r.local_port(),
             r.daddr(),
             r.remote_port(),
             r.netns,
-            r.cookie,
-            state_name(r.state),
         );
-        if kind == Kind::StateChange {
-            let _ = write!(l, ",\"old_state\":\"{}\"", state_name(r.old_state));
+        if r.cookie == 0 {
+            l.push_str(",\"cookie\":null");
+        } else {
+            let _ = write!(l, ",\"cookie\":{}", r.cookie);
+        }
+        let _ = write!(
+            l,
+            ",\"state\":\"{}\",\"probes\":{}",
+            state_name(r.state),
+            r.probes
+        );
+        match idle {
+            Some(ms) => {
+                let _ = write!(l, ",\"idle_ms\":{ms}");
+            }
+            None => l.push_str(",\"idle_ms\":null"),
+        }
+        let _ = write!(
+            l,
+            ",\"keepidle_ms\":{keepidle},\"keepintvl_ms\":{keepintvl},\"keepcnt\":{},\"user_timeout_ms\":{}",
+            r.keepcnt, r.user_timeout_ms
+        );
+        match kind {
+            Kind::KeepaliveSet => {
+                let _ = write!(l, ",\"enabled\":{}", r.keepalive_enabled());
+            }
+            Kind::ProbeSent => {
+                let _ = write!(l, ",\"next_ms\":{next}");
+            }
+            Kind::KeepaliveTimeout => {
+                let _ = write!(
+                    l,
+                    ",\"error\":\"{}\",\"cause\":\"{}\"",
+                    errno_name(r.error),
+                    timeout_cause(r)
+                );
+            }
+            Kind::StateChange => {
+                let _ = write!(l, ",\"old_state\":\"{}\"", state_name(r.old_state));
+            }
+            Kind::ProbeAcked | Kind::EventsLost => {}
         }
         l.push('}');
     }
 
-    fn text_header(&mut self) {
-        let _ = writeln!(
-            self.line,
-            "{:<15} {:<16} {:>7} {:<16} {:<47} {:<47} STATE",
-            "TIME", "EVENT", "PID", "COMM", "LOCAL", "REMOTE"
-        );
+    fn time_of_day(&self, ts_boot_ns: u64) -> String {
+        let mut ts = String::new();
+        write_rfc3339(&mut ts, self.clock.unix_ns(ts_boot_ns));
+        // HH:MM:SS.micros is enough on a terminal.
+        ts.get(11..26).unwrap_or(&ts).to_owned()
     }
 
     fn text(&mut self, kind: Kind, r: &Record) {
-        let mut ts = String::new();
-        write_rfc3339(&mut ts, self.clock.unix_ns(r.ts_ns));
-        // Time of day is enough on a terminal: HH:MM:SS.micros
-        let time = ts.get(11..26).unwrap_or(&ts);
+        let time = self.time_of_day(r.ts_ns);
         let pid = r
             .owner_pid()
             .map_or_else(|| "-".to_owned(), |p| p.to_string());
         let comm = r.owner_comm().map_or_else(|| "-".to_owned(), text_safe);
         let local = endpoint(r.saddr(), r.local_port());
         let remote = endpoint(r.daddr(), r.remote_port());
-        let state = match kind {
-            Kind::StateChange => format!("{}->{}", state_name(r.old_state), state_name(r.state)),
+        let idle = r
+            .idle_jiffies()
+            .map_or_else(|| "-".to_owned(), |j| seconds(self.ms(j)));
+        let mut keepalive = format!(
+            "{}/{}/{}",
+            seconds(self.ms(r.keepidle)),
+            seconds(self.ms(r.keepintvl)),
+            r.keepcnt
+        );
+        if r.user_timeout_ms != 0 {
+            let _ = write!(keepalive, " ut={}", seconds(u64::from(r.user_timeout_ms)));
+        }
+        let detail = match kind {
+            Kind::KeepaliveSet => if r.keepalive_enabled() {
+                "enabled"
+            } else {
+                "disabled"
+            }
+            .to_owned(),
+            Kind::ProbeSent => format!("next in {}", seconds(self.ms(r.next))),
+            Kind::ProbeAcked => "peer answered".to_owned(),
+            Kind::KeepaliveTimeout => format!("{} ({})", errno_name(r.error), timeout_cause(r)),
+            Kind::StateChange => format!("{} -> {}", state_name(r.old_state), state_name(r.state)),
+            Kind::EventsLost => String::new(),
         };
         let _ = write!(
             self.line,
-            "{time:<15} {:<16} {pid:>7} {comm:<16} {local:<47} {remote:<47} {state}",
-            event_name(kind)
+            "{time:<15} {:<17} {pid:>7} {comm:<15} {local:<21} {remote:<21} {:<11} {:>6} {idle:>7} {keepalive:<14} {detail}",
+            event_name(kind),
+            state_name(r.state),
+            r.probes,
         );
     }
 }
 
-fn endpoint(addr: std::net::IpAddr, port: u16) -> String {
+/// Milliseconds as a short duration: `1s`, `2.5s`, `0.25s`.
+fn seconds(ms: u64) -> String {
+    let (s, frac) = (ms / 1000, ms % 1000);
+    if frac == 0 {
+        format!("{s}s")
+    } else {
+        let frac = format!("{frac:03}");
+        format!("{s}.{}s", frac.trim_end_matches('0'))
+    }
+}
+
+fn endpoint(addr: IpAddr, port: u16) -> String {
     match addr {
-        std::net::IpAddr::V4(a) => format!("{a}:{port}"),
-        std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
     }
 }
 
@@ -217,49 +382,117 @@ pub fn json_string(out: &mut String, bytes: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    use kalive_common::{AF_INET, FLAG_KEEPALIVE, FLAG_USER_TIMEOUT, IDLE_NONE};
+
     use super::*;
 
-    fn sample() -> Record {
-        let mut r = Record::zeroed(Kind::StateChange);
+    const HZ: u32 = 250;
+
+    fn sample(kind: Kind) -> Record {
+        let mut r = Record::zeroed(kind);
         r.ts_ns = 1_500_000;
-        r.family = kalive_common::AF_INET;
+        r.family = AF_INET;
         r.saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
         r.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
         r.sport = 40000u16.to_be();
         r.dport = 80u16.to_be();
         r.netns = 4_026_531_840;
         r.cookie = 77;
-        r.old_state = 2;
         r.state = 1;
+        r.probes = 2;
+        r.idle = 500; // 2 s at HZ=250
+        r.keepidle = 250;
+        r.keepintvl = 250;
+        r.keepcnt = 2;
+        r.next = 250;
+        r.flags = FLAG_KEEPALIVE;
         r
     }
 
     fn render(format: Format, records: &[Record]) -> String {
-        let mut w = Writer::new(Vec::new(), format, WallClock::with_offset(1_000_000_000));
+        let mut w = Writer::new(
+            Vec::new(),
+            format,
+            WallClock::with_offset(1_000_000_000),
+            HZ,
+        );
         for r in records {
             w.record(r).expect("write to a Vec");
         }
         String::from_utf8(w.into_inner()).expect("utf-8")
     }
 
+    fn json(record: &Record) -> serde_json::Value {
+        serde_json::from_str(&render(Format::Json, &[*record])).expect("valid JSON")
+    }
+
     #[test]
-    fn json_record_has_every_field() {
-        let mut r = sample();
+    fn probe_sent_has_every_field_in_order() {
+        let mut r = sample(Kind::ProbeSent);
         r.pid = 4242;
         r.comm[..4].copy_from_slice(b"curl");
         assert_eq!(
             render(Format::Json, &[r]),
-            "{\"ts\":\"1970-01-01T00:00:01.001500Z\",\"event\":\"state_change\",\"pid\":4242,\
+            "{\"ts\":\"1970-01-01T00:00:01.001500Z\",\"event\":\"probe_sent\",\"pid\":4242,\
              \"comm\":\"curl\",\"family\":\"ipv4\",\"saddr\":\"10.0.0.1\",\"sport\":40000,\
              \"daddr\":\"10.0.0.2\",\"dport\":80,\"netns\":4026531840,\"cookie\":77,\
-             \"state\":\"ESTABLISHED\",\"old_state\":\"SYN_SENT\"}\n"
+             \"state\":\"ESTABLISHED\",\"probes\":2,\"idle_ms\":2000,\"keepidle_ms\":1000,\
+             \"keepintvl_ms\":1000,\"keepcnt\":2,\"user_timeout_ms\":0,\"next_ms\":1000}\n"
         );
     }
 
     #[test]
-    fn unknown_owner_is_null_not_the_running_task() {
-        let out = render(Format::Json, &[sample()]);
-        assert!(out.contains("\"pid\":null,\"comm\":null"), "{out}");
+    fn kind_specific_fields() {
+        let set = json(&sample(Kind::KeepaliveSet));
+        assert_eq!(set["enabled"], true);
+        let mut off = sample(Kind::KeepaliveSet);
+        off.flags = 0;
+        assert_eq!(json(&off)["enabled"], false);
+
+        let mut timeout = sample(Kind::KeepaliveTimeout);
+        timeout.error = 110;
+        let v = json(&timeout);
+        assert_eq!(
+            (v["error"].as_str(), v["cause"].as_str()),
+            (Some("ETIMEDOUT"), Some("probes_exhausted"))
+        );
+        timeout.flags |= FLAG_USER_TIMEOUT;
+        timeout.user_timeout_ms = 2500;
+        let v = json(&timeout);
+        assert_eq!(
+            (v["cause"].as_str(), v["user_timeout_ms"].as_u64()),
+            (Some("user_timeout"), Some(2500))
+        );
+
+        let acked = json(&sample(Kind::ProbeAcked));
+        assert!(acked.get("next_ms").is_none() && acked.get("error").is_none());
+    }
+
+    #[test]
+    fn unknown_owner_cookie_and_idle_are_null() {
+        let mut r = sample(Kind::KeepaliveSet);
+        r.cookie = 0;
+        r.idle = IDLE_NONE;
+        let v = json(&r);
+        for key in ["pid", "comm", "cookie", "idle_ms"] {
+            assert!(v[key].is_null(), "{key}: {v}");
+        }
+    }
+
+    #[test]
+    fn events_lost_has_the_common_keys() {
+        let mut w = Writer::new(Vec::new(), Format::Json, WallClock::with_offset(0), HZ);
+        w.lost(5_000, 12).expect("write");
+        let out = String::from_utf8(w.into_inner()).expect("utf-8");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
+        let probe = json(&sample(Kind::ProbeAcked));
+        for key in probe.as_object().expect("object").keys() {
+            assert!(v.get(key).is_some(), "events_lost lacks {key}: {v}");
+        }
+        assert_eq!(
+            (v["event"].as_str(), v["count"].as_u64()),
+            (Some("events_lost"), Some(12))
+        );
     }
 
     #[test]
@@ -270,12 +503,27 @@ mod tests {
     }
 
     #[test]
-    fn text_has_a_header_then_one_line_per_record() {
-        let out = render(Format::Text, &[sample(), sample()]);
+    fn text_has_a_header_then_aligned_lines() {
+        let mut timeout = sample(Kind::KeepaliveTimeout);
+        timeout.error = 110;
+        let out = render(Format::Text, &[sample(Kind::ProbeSent), timeout]);
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 3, "{out}");
-        assert!(lines[0].starts_with("TIME"), "{out}");
-        assert!(lines[1].contains("10.0.0.1:40000") && lines[1].contains("SYN_SENT->ESTABLISHED"));
+        assert!(
+            lines[0].starts_with("TIME") && lines[0].ends_with("DETAIL"),
+            "{out}"
+        );
+        assert!(
+            lines[1].contains("10.0.0.1:40000") && lines[1].contains("next in 1s"),
+            "{out}"
+        );
+        assert!(lines[2].contains("ETIMEDOUT (probes_exhausted)"), "{out}");
+        let detail = lines[0].find("DETAIL").expect("column");
+        assert_eq!(lines[1].find("next in"), Some(detail), "{out}");
         assert_eq!(text_safe(b"a\x1bb\xff"), "a\\x1bb\\xff");
+        assert_eq!(
+            (seconds(1000), seconds(2500), seconds(250)),
+            ("1s".into(), "2.5s".into(), "0.25s".into())
+        );
     }
 }

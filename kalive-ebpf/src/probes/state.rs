@@ -1,70 +1,72 @@
-//! `sock:inet_sock_set_state`: TCP state transitions.
+//! `sock:inet_sock_set_state`: who connected a socket, and how keepalive killed it.
 //!
 //! `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)`
 
-use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_socket_cookie,
-        bpf_ktime_get_boot_ns,
-    },
-    macros::btf_tracepoint,
-    programs::BtfTracePointContext,
-};
-use kalive_common::{IPPROTO_TCP, Kind, Owner, Record};
+use aya_ebpf::helpers::bpf_get_socket_cookie;
+use kalive_common::{IPPROTO_TCP, Kind};
 
+use super::{Args, tracepoint};
 use crate::{
-    kernel::Sock,
-    maps::{EVENTS, OWNERS},
+    emit::{emit, learn_owner},
+    kernel::{Sock, setting},
+    maps::CALLBACK,
 };
 
-const TCP_SYN_SENT: i32 = 2;
-const TCP_CLOSE: i32 = 7;
+const TCP_SYN_SENT: u64 = 2;
+const TCP_CLOSE: u64 = 7;
 
-#[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
-    let raw: *mut core::ffi::c_void = ctx.arg(0);
-    let sk = Sock(raw.cast_const().cast());
+tracepoint!(
+    "inet_sock_set_state",
+    inet_sock_set_state,
+    inet_sock_set_state_raw,
+    set_state
+);
+
+fn set_state<const BTF: bool>(args: Args) {
+    let sk = Sock(args.get(0));
     if sk.protocol() != IPPROTO_TCP {
-        return 0;
+        return;
     }
-    let old: i32 = ctx.arg(1);
-    let new: i32 = ctx.arg(2);
-    // SAFETY: `raw` is the tracepoint's own `struct sock *` (a trusted BTF pointer),
-    // which is what the helper requires. It assigns the cookie if there is none yet.
-    let cookie = unsafe { bpf_get_socket_cookie(raw) };
+    let old = args.get(1) & 0xff;
+    let new = args.get(2) & 0xff;
+    let cookie = if BTF {
+        // SAFETY: with tp_btf the argument is the tracepoint's own trusted
+        // `struct sock *`, as the helper requires. It assigns a cookie if the
+        // socket has none yet, so every later record can carry it.
+        unsafe { bpf_get_socket_cookie(args.get(0) as *mut core::ffi::c_void) }
+    } else {
+        0
+    };
 
-    // connect() moves CLOSE -> SYN_SENT in the caller's context: the caller owns it.
+    // connect() moves CLOSE -> SYN_SENT in the caller's context: it owns the socket.
     if old == TCP_CLOSE && new == TCP_SYN_SENT {
-        let owner = Owner {
-            pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-            pad: 0,
-            comm: bpf_get_current_comm().unwrap_or_default(),
-        };
-        let _ = OWNERS.insert(&cookie, &owner, 0);
+        learn_owner(sk);
     }
 
-    if let Some(mut entry) = EVENTS.reserve::<Record>(0) {
-        let mut record = Record::zeroed(Kind::StateChange);
-        record.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
-        record.cookie = cookie;
-        record.family = sk.family();
-        record.sport = sk.sport();
-        record.dport = sk.dport();
-        sk.addrs(record.family, &mut record.saddr, &mut record.daddr);
-        record.netns = sk.netns();
-        record.old_state = old as u8;
-        record.state = new as u8;
-        // SAFETY: the value is copied out before the map entry can change.
-        if let Some(owner) = unsafe { OWNERS.get(&cookie) } {
-            record.pid = owner.pid;
-            record.comm = owner.comm;
+    // tcp_keepalive_timer() -> tcp_write_err() -> tcp_done(): the socket closes
+    // inside its own keepalive callback, with the error the application will see.
+    // (An orphan in FIN_WAIT2 also closes there, but with no error.)
+    if new == TCP_CLOSE
+        && let Some(cb) = CALLBACK.get(0)
+        && cb.sk == sk.0
+    {
+        let err = sk.err();
+        let sport = cb.sport;
+        if err != 0 {
+            // The tracepoint fires before the state is stored and after the port
+            // is released: report the state and port as they are and were.
+            emit(Kind::KeepaliveTimeout, sk, cookie, |r| {
+                r.error = err;
+                r.state = new as u8;
+                r.sport = sport;
+            });
         }
-        entry.write(record);
-        entry.submit(0);
     }
 
-    if new == TCP_CLOSE {
-        let _ = OWNERS.remove(&cookie);
+    if setting!(state_changes) != 0 {
+        emit(Kind::StateChange, sk, cookie, |r| {
+            r.old_state = old as u8;
+            r.state = new as u8;
+        });
     }
-    0
 }

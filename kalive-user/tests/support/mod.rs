@@ -6,10 +6,11 @@
     reason = "each test binary uses a different part of this module"
 )]
 
+mod peer;
+
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     os::unix::fs::MetadataExt as _,
-    path::PathBuf,
     process::{Child, ChildStdin, Command, ExitStatus, Stdio},
     sync::{
         Arc, Mutex,
@@ -92,6 +93,139 @@ impl Drop for Netns {
     }
 }
 
+/// Microseconds since the Unix epoch of a record's `ts`
+/// (`2026-11-22T00:51:22.893509Z`).
+pub fn ts_micros(record: &Value) -> i64 {
+    let ts = record["ts"].as_str().expect("ts");
+    let num = |range: std::ops::Range<usize>| -> i64 {
+        ts.get(range)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("ts {ts}"))
+    };
+    let (year, month, day) = (num(0..4), num(5..7), num(8..10));
+    // Days from civil (H. Hinnant), for March-based years.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let secs = days * 86_400 + num(11..13) * 3600 + num(14..16) * 60 + num(17..19);
+    secs * 1_000_000 + num(20..26)
+}
+
+/// Two namespaces, a client and a server, joined by a veth pair, with IPv4 and
+/// IPv6 addresses. Both are deleted on drop.
+pub struct Topology {
+    pub client: Netns,
+    pub server: Netns,
+}
+
+impl Topology {
+    pub const CLIENT_V4: &str = "10.77.0.1";
+    pub const SERVER_V4: &str = "10.77.0.2";
+    pub const CLIENT_V6: &str = "fd77::1";
+    pub const SERVER_V6: &str = "fd77::2";
+
+    pub fn new(tag: &str) -> Self {
+        let client = Netns::new(&format!("{tag}-c"));
+        let server = Netns::new(&format!("{tag}-s"));
+        // Created directly inside the namespaces: no name clash between tests.
+        sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                "veth0",
+                "netns",
+                client.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "veth0",
+                "netns",
+                server.name(),
+            ],
+        );
+        for (ns, v4, v6) in [
+            (&client, Self::CLIENT_V4, Self::CLIENT_V6),
+            (&server, Self::SERVER_V4, Self::SERVER_V6),
+        ] {
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "veth0"]);
+            ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "veth0", "nodad"]);
+            ns.ip(&["link", "set", "veth0", "up"]);
+        }
+        Self { client, server }
+    }
+
+    /// Drops every packet the client receives from the server: a dead peer, as
+    /// far as the client can tell.
+    pub fn kill_server(&self) {
+        let ns = &self.client;
+        ns.nft(&["add", "table", "inet", "kalive_test"]);
+        ns.nft(&[
+            "add",
+            "chain",
+            "inet",
+            "kalive_test",
+            "input",
+            "{ type filter hook input priority 0; policy accept; }",
+        ]);
+        ns.nft(&[
+            "add",
+            "rule",
+            "inet",
+            "kalive_test",
+            "input",
+            "ip",
+            "saddr",
+            Self::SERVER_V4,
+            "drop",
+        ]);
+        ns.nft(&[
+            "add",
+            "rule",
+            "inet",
+            "kalive_test",
+            "input",
+            "ip6",
+            "saddr",
+            Self::SERVER_V6,
+            "drop",
+        ]);
+    }
+}
+
+impl Netns {
+    /// `nft ARGS` inside the namespace.
+    pub fn nft(&self, args: &[&str]) -> String {
+        let mut all = vec!["netns", "exec", self.name.as_str(), "nft"];
+        all.extend_from_slice(args);
+        sh("ip", &all)
+    }
+
+    /// A kernel SNMP/netstat counter of this namespace (`nstat`), e.g.
+    /// `TcpExtTCPKeepAlive`.
+    pub fn counter(&self, name: &str) -> u64 {
+        // -a: absolute values, -s: leave nstat's history alone, -z: print zeros.
+        let out = sh("ip", &["netns", "exec", &self.name, "nstat", "-asz", name]);
+        out.lines()
+            .find_map(|line| {
+                let mut fields = line.split_whitespace();
+                (fields.next()? == name).then(|| fields.next()?.parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("no {name} in nstat output:\n{out}"))
+    }
+
+    /// A sysctl of this namespace, e.g. `net.ipv4.tcp_keepalive_time`.
+    pub fn sysctl(&self, key: &str) -> String {
+        sh("ip", &["netns", "exec", &self.name, "sysctl", "-n", key])
+            .trim()
+            .to_owned()
+    }
+}
+
 /// Lines a child writes to a pipe, collected by a thread.
 fn line_channel(pipe: impl std::io::Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = mpsc::channel();
@@ -118,9 +252,15 @@ pub struct Kalive {
 impl Kalive {
     /// Starts kalive and waits until it says it is tracing.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Self::start`] with extra environment variables for kalive.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kalive"))
             .args(["--format", "json"])
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -240,8 +380,8 @@ fn wait_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
     }
 }
 
-/// The `tcp_peer` helper (an example of this crate), running in a namespace;
-/// killed on drop.
+/// The `tcp_peer` helper (this test binary in its helper role, see `peer.rs`),
+/// running in a namespace; killed on drop.
 pub struct Peer {
     child: Child,
     stdin: Option<ChildStdin>,
@@ -260,10 +400,11 @@ pub struct SocketInfo {
 
 impl Peer {
     pub fn spawn(ns: &Netns, args: &[&str]) -> Self {
-        let path = peer_path();
+        let exe = std::env::current_exe().expect("test binary path");
         let mut child = ns
-            .command(path.to_str().expect("utf-8 path"))
+            .command(exe.to_str().expect("utf-8 path"))
             .args(args)
+            .env("KALIVE_TEST_PEER", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -292,6 +433,11 @@ impl Peer {
                 ),
             }
         }
+    }
+
+    /// Closes the helper's stdin (a `serve` helper then exits).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
     }
 
     /// Waits for `ROLE cookie=.. pid=.. local=.. peer=..`.
@@ -328,20 +474,4 @@ impl Drop for Peer {
             let _ = self.child.wait();
         }
     }
-}
-
-/// `target/<profile>/examples/tcp_peer`, next to this test binary's `deps/`.
-fn peer_path() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps")
-        .join("examples/tcp_peer");
-    assert!(
-        path.is_file(),
-        "{} is missing: run the tests with `cargo xtask test` (or `cargo test`, which builds examples)",
-        path.display()
-    );
-    path
 }

@@ -1,0 +1,48 @@
+//! `tcp:tcp_probe` (the peer answered) and `tcp:tcp_destroy_sock` (forget the socket).
+
+use aya_ebpf::helpers::bpf_get_socket_cookie;
+use kalive_common::Kind;
+
+use super::{Args, tracepoint};
+use crate::{
+    emit::{emit, forget_owner},
+    kernel::Sock,
+};
+
+/// `icsk_pending` while the persist timer probes a zero window (`ICSK_TIME_PROBE0`).
+const ICSK_TIME_PROBE0: u8 = 3;
+
+// TP_PROTO(struct sock *sk, const struct sk_buff *skb): every segment received on
+// an established socket, before tcp_ack() resets icsk_probes_out.
+tracepoint!("tcp_probe", tcp_probe, tcp_probe_raw, segment);
+
+fn segment<const BTF: bool>(args: Args) {
+    let sk = Sock(args.get(0));
+    if sk.probes_out() == 0 {
+        return;
+    }
+    // Zero-window probes share icsk_probes_out; they are not keepalive.
+    if sk.pending() == ICSK_TIME_PROBE0 {
+        return;
+    }
+    let cookie = if BTF {
+        // SAFETY: tp_btf hands over the trusted `struct sock *` the helper needs.
+        unsafe { bpf_get_socket_cookie(args.get(0) as *mut core::ffi::c_void) }
+    } else {
+        0
+    };
+    // The ACK being processed answers the probes: none are unanswered after it.
+    emit(Kind::ProbeAcked, sk, cookie, |r| r.probes = 0);
+}
+
+// TP_PROTO(struct sock *sk)
+tracepoint!(
+    "tcp_destroy_sock",
+    tcp_destroy_sock,
+    tcp_destroy_sock_raw,
+    destroy
+);
+
+fn destroy<const BTF: bool>(args: Args) {
+    forget_owner(Sock(args.get(0)));
+}

@@ -1,0 +1,113 @@
+//! Everything the programs need to know about the running kernel, gathered into
+//! one [`Layout`]: structure offsets from BTF, function addresses from kallsyms,
+//! tracepoint formats from tracefs. A missing piece is a clear error naming it.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use kalive_common::Layout;
+
+use crate::{btf::KernelBtf, kernel};
+
+const PTR: usize = size_of::<usize>();
+
+/// # Errors
+/// When the running kernel lacks a structure member, symbol or tracepoint kalive
+/// reads, or a member changed size.
+pub fn discover(btf: &KernelBtf, tracefs: &Path) -> Result<Layout> {
+    let sock = |path: &str, size| btf.offset("sock", path, size);
+    let icsk = |path: &str, size| btf.offset("inet_connection_sock", path, size);
+    let tcp = |path: &str, size| btf.offset("tcp_sock", path, size);
+    let net = |path: &str, size| btf.offset("net", path, size);
+    let setsockopt =
+        |tp: &str, field: &str| kernel::tracepoint_field(tracefs, "syscalls", tp, field);
+
+    // The keepalive timer moved from sock.sk_timer into inet_connection_sock in 6.19.
+    let keepalive_timer = if btf.has_field("inet_connection_sock", "icsk_keepalive_timer") {
+        btf.field("inet_connection_sock", "icsk_keepalive_timer")?
+            .offset
+    } else {
+        btf.field("sock", "sk_timer")?.offset
+    };
+
+    Ok::<_, anyhow::Error>(Layout {
+        keepalive_timer_fn: kernel::kallsyms("tcp_keepalive_timer")?,
+
+        skc_family: sock("__sk_common.skc_family", 2)?,
+        skc_state: sock("__sk_common.skc_state", 1)?,
+        skc_num: sock("__sk_common.skc_num", 2)?,
+        skc_dport: sock("__sk_common.skc_dport", 2)?,
+        skc_rcv_saddr: sock("__sk_common.skc_rcv_saddr", 4)?,
+        skc_daddr: sock("__sk_common.skc_daddr", 4)?,
+        skc_v6_rcv_saddr: sock("__sk_common.skc_v6_rcv_saddr", 16)?,
+        skc_v6_daddr: sock("__sk_common.skc_v6_daddr", 16)?,
+        skc_net: sock("__sk_common.skc_net", PTR)?,
+        skc_cookie: sock("__sk_common.skc_cookie", 8)?,
+        skc_flags: sock("__sk_common.skc_flags", PTR)?,
+        sk_protocol: sock("sk_protocol", 2)?,
+        sk_err: sock("sk_err", 4)?,
+        sk_socket: sock("sk_socket", PTR)?,
+        keepalive_timer,
+        sock_keepopen_bit: btf.enum_value("sock_flags", "SOCK_KEEPOPEN")?,
+
+        icsk_probes_out: icsk("icsk_probes_out", 1)?,
+        icsk_backoff: icsk("icsk_backoff", 1)?,
+        icsk_pending: icsk("icsk_pending", 1)?,
+        icsk_user_timeout: icsk("icsk_user_timeout", 4)?,
+
+        tcp_keepalive_time: tcp("keepalive_time", 4)?,
+        tcp_keepalive_intvl: tcp("keepalive_intvl", 4)?,
+        tcp_keepalive_probes: tcp("keepalive_probes", 1)?,
+        tcp_rcv_tstamp: tcp("rcv_tstamp", 4)?,
+        tcp_snd_wnd: tcp("snd_wnd", 4)?,
+
+        net_ns_inum: net("ns.inum", 4)?,
+        net_keepalive_time: net("ipv4.sysctl_tcp_keepalive_time", 4)?,
+        net_keepalive_intvl: net("ipv4.sysctl_tcp_keepalive_intvl", 4)?,
+        net_keepalive_probes: net("ipv4.sysctl_tcp_keepalive_probes", 1)?,
+
+        timer_function: btf.offset("timer_list", "function", PTR)?,
+        timer_expires: btf.offset("timer_list", "expires", PTR)?,
+
+        task_files: btf.offset("task_struct", "files", PTR)?,
+        files_fdt: btf.offset("files_struct", "fdt", PTR)?,
+        fdt_max_fds: btf.offset("fdtable", "max_fds", 4)?,
+        fdt_fd: btf.offset("fdtable", "fd", PTR)?,
+        file_private_data: btf.offset("file", "private_data", PTR)?,
+        file_inode: btf.offset("file", "f_inode", PTR)?,
+        inode_ino: btf.offset("inode", "i_ino", PTR)?,
+        socket_sk: btf.offset("socket", "sk", PTR)?,
+        socket_file: btf.offset("socket", "file", PTR)?,
+
+        setsockopt_fd: setsockopt("sys_enter_setsockopt", "fd")?,
+        setsockopt_level: setsockopt("sys_enter_setsockopt", "level")?,
+        setsockopt_optname: setsockopt("sys_enter_setsockopt", "optname")?,
+        setsockopt_ret: setsockopt("sys_exit_setsockopt", "ret")?,
+    })
+    .context("reading the running kernel's layout")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[ignore = "needs root (kallsyms addresses, tracefs): run with `cargo xtask test`"]
+    fn discovers_this_kernel() {
+        let btf = KernelBtf::open(Path::new(crate::btf::VMLINUX)).expect("btf");
+        let tracefs = kernel::tracefs().expect("tracefs");
+        let layout = discover(&btf, &tracefs).expect("layout");
+        assert_eq!(
+            layout.keepalive_timer_fn,
+            kernel::kallsyms("tcp_keepalive_timer").expect("sym")
+        );
+        assert!(layout.skc_v6_daddr > layout.skc_daddr);
+        // tcp_sock embeds inet_connection_sock embeds sock, all at offset 0.
+        assert!(layout.tcp_keepalive_time > layout.icsk_probes_out);
+        assert_eq!(
+            layout.sock_keepopen_bit, 3,
+            "SOCK_KEEPOPEN has been 3 since 2.6"
+        );
+        assert!(layout.setsockopt_level > layout.setsockopt_fd);
+    }
+}

@@ -1,0 +1,39 @@
+//! The command line: usage errors are caught before anything is loaded (no root
+//! needed to run these), with exit code 2 and a message naming the problem.
+
+use std::process::{Command, Output};
+
+fn kalive(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kalive"))
+        .args(args)
+        .output()
+        .expect("running kalive")
+}
+
+fn assert_usage_error(args: &[&str], needle: &str) {
+    let out = kalive(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    assert!(out.stdout.is_empty(), "stdout carries records only");
+}
+
+#[test]
+fn bad_values_are_usage_errors() {
+    assert_usage_error(&["--format", "xml"], "invalid value 'xml'");
+    assert_usage_error(&["--ring-size", "1000"], "not a power of two");
+    assert_usage_error(&["--ring-size", "2048"], "at least");
+    assert_usage_error(&["--ring-size", "lots"], "not a number");
+    assert_usage_error(&["--no-such-flag"], "unexpected argument");
+}
+
+#[test]
+fn help_lists_examples() {
+    let out = kalive(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("EXAMPLES:") && help.contains("--ring-size"),
+        "{help}"
+    );
+}

@@ -1,0 +1,498 @@
+//! End to end: keepalive on real sockets between two network namespaces, checked
+//! record by record against what the test did and against the kernel's own
+//! counters (`nstat` in the client's namespace).
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Kalive, Peer, SocketInfo, Topology};
+
+/// Long enough for a keepalive timeout of a few seconds on a loaded machine.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+    /// An IPv6 socket talking to an IPv4 peer (`::ffff:a.b.c.d`).
+    Mapped,
+}
+
+impl Family {
+    fn server_addr(self) -> String {
+        match self {
+            Self::V4 => format!("{}:7777", Topology::SERVER_V4),
+            Self::V6 => format!("[{}]:7777", Topology::SERVER_V6),
+            Self::Mapped => format!("[::ffff:{}]:7777", Topology::SERVER_V4),
+        }
+    }
+
+    fn listen_addr(self) -> String {
+        match self {
+            Self::V4 | Self::Mapped => format!("{}:7777", Topology::SERVER_V4),
+            Self::V6 => format!("[{}]:7777", Topology::SERVER_V6),
+        }
+    }
+
+    const fn json(self) -> &'static str {
+        match self {
+            Self::V4 => "ipv4",
+            Self::V6 | Self::Mapped => "ipv6",
+        }
+    }
+}
+
+/// A server holding one connection, and a client connected to it.
+struct Connection {
+    net: Topology,
+    server: Peer,
+    client: Peer,
+    info: SocketInfo,
+}
+
+fn connect(tag: &str, family: Family, client_args: &[&str]) -> Connection {
+    let net = Topology::new(tag);
+    let mut server = Peer::spawn(&net.server, &["serve", &family.listen_addr()]);
+    server.expect("listening");
+    let addr = family.server_addr();
+    let mut args = vec!["client", addr.as_str()];
+    args.extend_from_slice(client_args);
+    let mut client = Peer::spawn(&net.client, &args);
+    let info = client.socket("connected");
+    server.socket("server");
+    Connection {
+        net,
+        server,
+        client,
+        info,
+    }
+}
+
+/// (event, probes) of each record, for comparing sequences at a glance.
+fn summary(records: &[&Value]) -> Vec<(String, u64)> {
+    records
+        .iter()
+        .map(|r| {
+            (
+                r["event"].as_str().expect("event").to_owned(),
+                r["probes"].as_u64().expect("probes"),
+            )
+        })
+        .collect()
+}
+
+fn expect(list: &[(&str, u64)]) -> Vec<(String, u64)> {
+    list.iter().map(|&(e, p)| (e.to_owned(), p)).collect()
+}
+
+fn ms(record: &Value, key: &str) -> u64 {
+    record[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} in {record}"))
+}
+
+/// Kernel time between two records, from their `ts`.
+fn gap_ms(earlier: &Value, later: &Value) -> i64 {
+    (support::ts_micros(later) - support::ts_micros(earlier)) / 1000
+}
+
+/// Every record of the client's socket names it exactly and carries its owner.
+fn assert_identity(records: &[&Value], c: &Connection, family: Family) {
+    for r in records {
+        assert_eq!(r["family"], family.json(), "{r}");
+        assert_eq!(r["saddr"], c.info.local.ip().to_string(), "{r}");
+        assert_eq!(r["sport"], c.info.local.port(), "{r}");
+        assert_eq!(r["daddr"], c.info.peer.ip().to_string(), "{r}");
+        assert_eq!(r["dport"], c.info.peer.port(), "{r}");
+        assert_eq!(r["netns"], c.net.client.inode(), "{r}");
+        assert_eq!(r["pid"], c.info.pid, "{r}");
+        assert_eq!(r["comm"], "tcp_peer", "{r}");
+    }
+}
+
+/// The four `keepalive_set` records of `SO_KEEPALIVE`, `TCP_KEEPIDLE=1`,
+/// `TCP_KEEPINTVL=1`, `TCP_KEEPCNT=cnt`, each with the configuration after it.
+fn assert_configuration(sets: &[&Value], c: &Connection, cnt: u64) {
+    let ns = &c.net.client;
+    let sysctl = |key: &str| -> u64 { ns.sysctl(key).parse().expect("number") };
+    let default_idle = sysctl("net.ipv4.tcp_keepalive_time") * 1000;
+    let default_intvl = sysctl("net.ipv4.tcp_keepalive_intvl") * 1000;
+    let default_cnt = sysctl("net.ipv4.tcp_keepalive_probes");
+    let config = |r: &Value| {
+        (
+            ms(r, "keepidle_ms"),
+            ms(r, "keepintvl_ms"),
+            ms(r, "keepcnt"),
+            r["enabled"].as_bool().expect("enabled"),
+        )
+    };
+    let got: Vec<_> = sets.iter().map(|r| config(r)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (default_idle, default_intvl, default_cnt, true),
+            (1000, default_intvl, default_cnt, true),
+            (1000, 1000, default_cnt, true),
+            (1000, 1000, cnt, true),
+        ],
+    );
+}
+
+/// Dead peer: probes go unanswered until `TCP_KEEPCNT` of them are out, then the
+/// connection is killed with ETIMEDOUT.
+fn dead_peer(tag: &str, family: Family) {
+    let mut kalive = Kalive::start(&[]);
+    let mut c = connect(tag, family, &["--idle", "1", "--intvl", "1", "--cnt", "2"]);
+    let ns = &c.net.client;
+    let (probes0, aborts0) = (
+        ns.counter("TcpExtTCPKeepAlive"),
+        ns.counter("TcpExtTCPAbortOnTimeout"),
+    );
+    c.net.kill_server();
+    c.client.send("go");
+    c.client.expect("configured");
+    let error = c.client.expect("recv_error");
+    assert_eq!(
+        error, "recv_error errno=110",
+        "the application sees ETIMEDOUT"
+    );
+
+    let cookie = c.info.cookie;
+    let done = |rs: &[Value]| {
+        rs.iter()
+            .any(|r| r["cookie"] == cookie && r["event"] == "keepalive_timeout")
+    };
+    kalive.wait_until(DEADLINE, done);
+    let records = kalive.socket(cookie);
+    assert_eq!(
+        summary(&records),
+        expect(&[
+            ("keepalive_set", 0),
+            ("keepalive_set", 0),
+            ("keepalive_set", 0),
+            ("keepalive_set", 0),
+            ("probe_sent", 1),
+            ("probe_sent", 2),
+            ("keepalive_timeout", 2),
+        ]),
+        "records:\n{}",
+        kalive.dump()
+    );
+    assert_identity(&records, &c, family);
+    assert_configuration(&records[..4], &c, 2);
+
+    let (first, second, timeout) = (records[4], records[5], records[6]);
+    for probe in [first, second] {
+        assert_eq!(
+            ms(probe, "next_ms"),
+            1000,
+            "next probe one interval later: {probe}"
+        );
+        assert_eq!(probe["state"], "ESTABLISHED");
+    }
+    assert!(
+        ms(first, "idle_ms") >= 1000,
+        "probing starts after 1 s idle: {first}"
+    );
+    assert!(gap_ms(first, second) >= 900, "{first}\n{second}");
+    assert!(gap_ms(second, timeout) >= 900, "{second}\n{timeout}");
+    assert_eq!(timeout["error"], "ETIMEDOUT");
+    assert_eq!(timeout["cause"], "probes_exhausted");
+    assert_eq!(timeout["state"], "CLOSE");
+    assert!(ms(timeout, "idle_ms") >= 2900, "{timeout}");
+
+    // The kernel's own counters agree.
+    assert_eq!(ns.counter("TcpExtTCPKeepAlive") - probes0, 2, "probes sent");
+    assert_eq!(
+        ns.counter("TcpExtTCPAbortOnTimeout") - aborts0,
+        1,
+        "aborts on timeout"
+    );
+    c.server.close_stdin();
+}
+
+/// Live peer: every probe is answered, `probes` falls back to 0, and disabling
+/// keepalive stops the probes.
+fn answered(tag: &str, family: Family) {
+    let mut kalive = Kalive::start(&[]);
+    let mut c = connect(tag, family, &["--idle", "1", "--intvl", "1", "--cnt", "2"]);
+    let ns = &c.net.client;
+    let probes0 = ns.counter("TcpExtTCPKeepAlive");
+    c.client.send("go");
+    c.client.expect("configured");
+
+    let cookie = c.info.cookie;
+    let acks = |rs: &[Value]| {
+        rs.iter()
+            .filter(|r| r["cookie"] == cookie && r["event"] == "probe_acked")
+            .count()
+    };
+    kalive.wait_until(DEADLINE, |rs| acks(rs) >= 3);
+    c.client.send("disable");
+    c.client.expect("disabled Ok");
+    kalive.wait_until(DEADLINE, |rs| {
+        rs.iter().any(|r| {
+            r["cookie"] == cookie && r["event"] == "keepalive_set" && r["enabled"] == false
+        })
+    });
+    // Keepalive is off: the counter stops, and kalive reports exactly what it counted.
+    let probes = ns.counter("TcpExtTCPKeepAlive") - probes0;
+    kalive.wait_until(DEADLINE, |rs| {
+        let sent = rs
+            .iter()
+            .filter(|r| r["cookie"] == cookie && r["event"] == "probe_sent")
+            .count();
+        sent as u64 >= probes
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        ns.counter("TcpExtTCPKeepAlive") - probes0,
+        probes,
+        "no probes once disabled"
+    );
+
+    let records = kalive.socket(cookie);
+    assert_identity(&records, &c, family);
+    assert_configuration(&records[..4], &c, 2);
+    let body: Vec<_> = summary(&records[4..]);
+    let mut want = Vec::new();
+    for _ in 0..probes {
+        want.extend([("probe_sent", 1), ("probe_acked", 0)]);
+    }
+    want.push(("keepalive_set", 0));
+    assert_eq!(body, expect(&want), "records:\n{}", kalive.dump());
+    assert_eq!(records.last().expect("records")["enabled"], false);
+    for r in &records[4..records.len() - 1] {
+        assert_eq!(r["state"], "ESTABLISHED", "{r}");
+        if r["event"] == "probe_sent" {
+            assert!(ms(r, "idle_ms") >= 1000, "{r}");
+        }
+    }
+    c.server.close_stdin();
+}
+
+/// `TCP_USER_TIMEOUT`: with `TCP_KEEPCNT` far away, the user timeout kills the
+/// connection once it has passed and a probe is out.
+fn user_timeout(tag: &str, family: Family) {
+    let mut kalive = Kalive::start(&[]);
+    let mut c = connect(
+        tag,
+        family,
+        &[
+            "--idle",
+            "1",
+            "--intvl",
+            "1",
+            "--cnt",
+            "100",
+            "--user-timeout",
+            "2500",
+        ],
+    );
+    let ns = &c.net.client;
+    let (probes0, aborts0) = (
+        ns.counter("TcpExtTCPKeepAlive"),
+        ns.counter("TcpExtTCPAbortOnTimeout"),
+    );
+    c.net.kill_server();
+    c.client.send("go");
+    c.client.expect("configured");
+    assert_eq!(c.client.expect("recv_error"), "recv_error errno=110");
+
+    let cookie = c.info.cookie;
+    kalive.wait_until(DEADLINE, |rs| {
+        rs.iter()
+            .any(|r| r["cookie"] == cookie && r["event"] == "keepalive_timeout")
+    });
+    let records = kalive.socket(cookie);
+    assert_identity(&records, &c, family);
+    // SO_KEEPALIVE, KEEPIDLE, KEEPINTVL, KEEPCNT, USER_TIMEOUT; then probes 1..=n
+    // while the peer has been silent for less than 2.5 s; then the kill.
+    let sent = records
+        .iter()
+        .filter(|r| r["event"] == "probe_sent")
+        .count();
+    assert!((1..100).contains(&sent), "records:\n{}", kalive.dump());
+    let mut want = vec![("keepalive_set", 0); 5];
+    want.extend((1..=sent as u64).map(|n| ("probe_sent", n)));
+    want.push(("keepalive_timeout", sent as u64));
+    assert_eq!(
+        summary(&records),
+        expect(&want),
+        "records:\n{}",
+        kalive.dump()
+    );
+    assert_eq!(ms(records[4], "user_timeout_ms"), 2500);
+    assert_eq!(ms(records[3], "user_timeout_ms"), 0);
+    assert_eq!(ms(records[3], "keepcnt"), 100);
+    let timeout = records.last().expect("records");
+    assert_eq!(timeout["error"], "ETIMEDOUT");
+    assert_eq!(timeout["cause"], "user_timeout");
+    assert!(ms(timeout, "idle_ms") >= 2500, "{timeout}");
+    assert_eq!(ns.counter("TcpExtTCPKeepAlive") - probes0, sent as u64);
+    assert_eq!(ns.counter("TcpExtTCPAbortOnTimeout") - aborts0, 1);
+    c.server.close_stdin();
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn dead_peer_ipv4() {
+    dead_peer("dead4", Family::V4);
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn dead_peer_ipv6() {
+    dead_peer("dead6", Family::V6);
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn answered_ipv4() {
+    answered("ans4", Family::V4);
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn answered_ipv6() {
+    answered("ans6", Family::V6);
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn answered_ipv4_mapped_ipv6() {
+    answered("ansm", Family::Mapped);
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn user_timeout_ipv4() {
+    user_timeout("ut4", Family::V4);
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn user_timeout_ipv6() {
+    user_timeout("ut6", Family::V6);
+}
+
+/// Keepalive configured before `connect()`: the socket has no cookie yet when the
+/// `setsockopt()` records are made; kalive gets one through the caller's
+/// descriptor, and the records carry the same id as the connection's later ones.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn configured_before_connect() {
+    let mut kalive = Kalive::start(&[]);
+    let c = connect(
+        "pre",
+        Family::V4,
+        &[
+            "--idle",
+            "1",
+            "--intvl",
+            "1",
+            "--cnt",
+            "2",
+            "--before-connect",
+        ],
+    );
+    let cookie = c.info.cookie;
+    kalive.wait_until(DEADLINE, |rs| {
+        rs.iter()
+            .any(|r| r["cookie"] == cookie && r["event"] == "probe_acked")
+    });
+    let records = kalive.socket(cookie);
+    let sets: Vec<_> = records
+        .iter()
+        .filter(|r| r["event"] == "keepalive_set")
+        .collect();
+    assert_eq!(sets.len(), 4, "records:\n{}", kalive.dump());
+    for set in &sets {
+        assert_eq!(set["state"], "CLOSE", "{set}");
+        assert!(set["idle_ms"].is_null(), "no peer yet: {set}");
+        assert_eq!(set["pid"], c.info.pid);
+    }
+    assert_eq!(ms(sets[3], "keepcnt"), 2);
+    let sent = records
+        .iter()
+        .find(|r| r["event"] == "probe_sent")
+        .expect("a probe after connect");
+    assert_eq!(sent["sport"], c.info.local.port());
+    assert_eq!(sent["pid"], c.info.pid);
+}
+
+/// The `raw_tp` fallback produces the same records as `tp_btf`.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn raw_tracepoints_fallback() {
+    let mut kalive = Kalive::start_with_env(&[], &[("KALIVE_RAW_TRACEPOINTS", "1")]);
+    assert!(
+        kalive.stderr().contains("0 tp_btf, 6 raw_tp"),
+        "{}",
+        kalive.stderr()
+    );
+    let mut c = connect(
+        "raw",
+        Family::V4,
+        &["--idle", "1", "--intvl", "1", "--cnt", "2"],
+    );
+    c.net.kill_server();
+    c.client.send("go");
+    assert_eq!(c.client.expect("recv_error"), "recv_error errno=110");
+    let cookie = c.info.cookie;
+    kalive.wait_until(DEADLINE, |rs| {
+        rs.iter()
+            .any(|r| r["cookie"] == cookie && r["event"] == "keepalive_timeout")
+    });
+    let records = kalive.socket(cookie);
+    assert_eq!(
+        summary(&records)[4..],
+        expect(&[
+            ("probe_sent", 1),
+            ("probe_sent", 2),
+            ("keepalive_timeout", 2)
+        ])[..],
+        "records:\n{}",
+        kalive.dump()
+    );
+    assert_identity(&records, &c, Family::V4);
+    c.server.close_stdin();
+}
+
+/// A burst that overflows a tiny ring buffer: every record is either delivered
+/// or counted in `events_lost`, none vanishes.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn overflow_is_counted_not_silent() {
+    const BURST: u64 = 20_000;
+    let mut kalive = Kalive::start(&["--ring-size", "4096"]);
+    let mut c = connect("burst", Family::V4, &[]);
+    c.client.send("go");
+    c.client.expect("configured");
+    c.client.send(&format!("burst {BURST}"));
+    assert_eq!(c.client.expect("burst done"), "burst done failed=0");
+    let cookie = c.info.cookie;
+    // SO_KEEPALIVE from `go`, then the burst.
+    let produced = BURST + 1;
+    let accounted = |rs: &[Value]| -> u64 {
+        let delivered = rs
+            .iter()
+            .filter(|r| r["cookie"] == cookie && r["event"] == "keepalive_set")
+            .count() as u64;
+        let lost: u64 = rs
+            .iter()
+            .filter(|r| r["event"] == "events_lost")
+            .map(|r| r["count"].as_u64().expect("count"))
+            .sum();
+        delivered + lost
+    };
+    kalive.wait_until(DEADLINE, |rs| accounted(rs) >= produced);
+    assert_eq!(accounted(&kalive.records), produced, "{}", kalive.stderr());
+    assert!(
+        kalive.records.iter().any(|r| r["event"] == "events_lost"),
+        "a 4 KiB ring cannot hold {BURST} records: the test must overflow it"
+    );
+    c.server.close_stdin();
+}
