@@ -117,7 +117,14 @@ fn test(root: &Path, args: &[OsString]) -> Result<()> {
     cmd.current_dir(root)
         .arg("test")
         .args(userspace)
-        .args(["--all-features", "--", "--include-ignored"])
+        // The end-to-end tests mostly wait on kernel timers: run more at once.
+        .args([
+            "--all-features",
+            "--",
+            "--include-ignored",
+            "--test-threads",
+            "6",
+        ])
         .args(args);
     if !is_root() {
         cmd.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", "sudo -E");

@@ -274,12 +274,15 @@ impl Kalive {
             let stderr = Arc::clone(&stderr);
             thread::spawn(move || {
                 for line in stderr_lines {
-                    if line.starts_with("kalive: tracing") {
+                    let ready = line.starts_with("kalive: tracing");
+                    {
+                        let mut all = stderr.lock().expect("stderr lock");
+                        all.push_str(&line);
+                        all.push('\n');
+                    }
+                    if ready {
                         let _ = ready_tx.send(());
                     }
-                    let mut all = stderr.lock().expect("stderr lock");
-                    all.push_str(&line);
-                    all.push('\n');
                 }
             });
         }
