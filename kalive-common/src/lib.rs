@@ -11,7 +11,7 @@ mod user;
 pub use user::DecodeError;
 
 /// Bumped whenever the layout of [`Record`] changes.
-pub const RECORD_VERSION: u8 = 2;
+pub const RECORD_VERSION: u8 = 3;
 
 /// What a [`Record`] reports.
 #[repr(u8)]
@@ -54,6 +54,16 @@ pub const FLAG_KEEPALIVE: u8 = 1 << 0;
 /// [`Kind::KeepaliveTimeout`] this means the user timeout killed it.
 pub const FLAG_USER_TIMEOUT: u8 = 1 << 1;
 
+/// [`Record::cause`]: not a kill.
+pub const CAUSE_NONE: u8 = 0;
+/// [`Record::cause`]: `TCP_KEEPCNT` probes went unanswered.
+pub const CAUSE_PROBES_EXHAUSTED: u8 = 1;
+/// [`Record::cause`]: `TCP_USER_TIMEOUT` passed with a probe out.
+pub const CAUSE_USER_TIMEOUT: u8 = 2;
+/// [`Record::cause`]: the peer reset the connection while keepalive probes were
+/// out (typically: it rebooted and answered a probe with RST).
+pub const CAUSE_PEER_RESET: u8 = 3;
+
 /// [`Record::idle`] when the socket has no peer (not connected): no idle time.
 pub const IDLE_NONE: u32 = u32::MAX;
 
@@ -88,7 +98,9 @@ pub struct Record {
     pub keepcnt: u8,
     /// `icsk_backoff`.
     pub backoff: u8,
-    pub pad: u16,
+    /// A `CAUSE_*` value: why a connection was killed.
+    pub cause: u8,
+    pub pad: u8,
     /// `bpf_ktime_get_boot_ns()` at the event.
     pub ts_ns: u64,
     /// Socket cookie (`sock_gen_cookie`); 0 when the kernel has not assigned one.
@@ -140,6 +152,7 @@ impl Record {
             netns: 0,
             keepcnt: 0,
             backoff: 0,
+            cause: CAUSE_NONE,
             pad: 0,
             ts_ns: 0,
             cookie: 0,
@@ -183,8 +196,9 @@ pub struct Layout {
     // struct sock (sock_common is at its start)
     pub skc_family: u32,
     pub skc_state: u32,
-    /// Local port, host order.
-    pub skc_num: u32,
+    /// `inet_sock.inet_sport`: local port, network order. Unlike `skc_num` it is
+    /// not cleared when the socket closes.
+    pub inet_sport: u32,
     /// Remote port, network order.
     pub skc_dport: u32,
     pub skc_rcv_saddr: u32,
@@ -196,6 +210,7 @@ pub struct Layout {
     pub skc_cookie: u32,
     pub skc_flags: u32,
     pub sk_protocol: u32,
+    pub sk_type: u32,
     pub sk_err: u32,
     pub sk_socket: u32,
     /// The keepalive `timer_list` inside the socket: `sock.sk_timer` up to 6.18,
@@ -203,6 +218,8 @@ pub struct Layout {
     pub keepalive_timer: u32,
     /// Bit number of `SOCK_KEEPOPEN` in `sk_flags` (`enum sock_flags`).
     pub sock_keepopen_bit: u32,
+    /// Bit number of `SOCK_DEAD` (orphaned socket) in `sk_flags`.
+    pub sock_dead_bit: u32,
 
     // struct inet_connection_sock
     pub icsk_probes_out: u32,
@@ -223,6 +240,11 @@ pub struct Layout {
     pub net_keepalive_time: u32,
     pub net_keepalive_intvl: u32,
     pub net_keepalive_probes: u32,
+
+    // struct sk_buff: the TCP header is at head + transport_header
+    pub skb_len: u32,
+    pub skb_head: u32,
+    pub skb_transport_header: u32,
 
     // struct timer_list
     pub timer_function: u32,

@@ -22,14 +22,18 @@ pub(crate) fn jiffies32() -> u32 {
     unsafe { bpf_jiffies64() as u32 }
 }
 
-/// Remembers the current task as the owner of `sk`.
-pub(crate) fn learn_owner(sk: Sock) {
-    let owner = Owner {
+/// The current task's process, as an owner.
+pub(crate) fn current_owner() -> Owner {
+    Owner {
         pid: (bpf_get_current_pid_tgid() >> 32) as u32,
         pad: 0,
         comm: bpf_get_current_comm().unwrap_or_default(),
-    };
-    let _ = OWNERS.insert(&sk.0, &owner, 0);
+    }
+}
+
+/// Remembers `owner` as the owner of `sk`.
+pub(crate) fn learn_owner(sk: Sock, owner: &Owner) {
+    let _ = OWNERS.insert(&sk.0, owner, 0);
 }
 
 pub(crate) fn forget_owner(sk: Sock) {
@@ -87,7 +91,10 @@ pub(crate) fn emit(kind: Kind, sk: Sock, cookie: u64, extra: impl FnOnce(&mut Re
 
 fn count_lost() {
     if let Some(lost) = LOST.get_ptr_mut(0) {
-        // SAFETY: a per-CPU slot; no other program runs on this CPU meanwhile.
+        // SAFETY: this CPU's slot. Not atomic (the BPF target has no atomic
+        // read-modify-write in Rust's core): only a failed reservation in a
+        // program nested from an interrupt at this very instruction could be
+        // miscounted.
         unsafe { *lost += 1 };
     }
 }

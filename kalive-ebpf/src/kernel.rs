@@ -62,8 +62,11 @@ impl Sock {
         Self(timer - u64::from(layout!(keepalive_timer)))
     }
 
-    pub(crate) fn protocol(self) -> u16 {
-        read(self.0, layout!(sk_protocol))
+    /// A TCP socket: `IPPROTO_TCP` and `SOCK_STREAM` (a raw socket may carry
+    /// `IPPROTO_TCP` too, but is no `tcp_sock`).
+    pub(crate) fn is_tcp(self) -> bool {
+        read::<u16>(self.0, layout!(sk_protocol)) == kalive_common::IPPROTO_TCP
+            && read::<u16>(self.0, layout!(sk_type)) == SOCK_STREAM
     }
 
     pub(crate) fn family(self) -> u16 {
@@ -76,7 +79,7 @@ impl Sock {
 
     /// Local port, network byte order.
     pub(crate) fn sport(self) -> u16 {
-        read::<u16>(self.0, layout!(skc_num)).to_be()
+        read(self.0, layout!(inet_sport))
     }
 
     /// Remote port, network byte order.
@@ -111,9 +114,19 @@ impl Sock {
         read(self.0, layout!(sk_err))
     }
 
-    pub(crate) fn keepalive_on(self) -> bool {
+    fn flag(self, bit: u32) -> bool {
         let flags: u64 = read(self.0, layout!(skc_flags));
-        flags >> layout!(sock_keepopen_bit) & 1 == 1
+        flags >> bit & 1 == 1
+    }
+
+    /// `SO_KEEPALIVE` is on (`SOCK_KEEPOPEN`).
+    pub(crate) fn keepalive_on(self) -> bool {
+        self.flag(layout!(sock_keepopen_bit))
+    }
+
+    /// Orphaned: the application closed it (`SOCK_DEAD`).
+    pub(crate) fn orphan(self) -> bool {
+        self.flag(layout!(sock_dead_bit))
     }
 
     /// Inode of the socket (`socket:[N]`), 0 for an orphan.
@@ -181,6 +194,11 @@ impl Sock {
     }
 }
 
+const SOCK_STREAM: u16 = 1;
+
+/// `icsk_pending` while the persist timer probes a zero window.
+pub(crate) const ICSK_TIME_PROBE0: u8 = 3;
+
 /// `net->ns.inum`
 pub(crate) fn netns_ino(net: u64) -> u32 {
     if net == 0 {
@@ -217,6 +235,33 @@ pub(crate) fn sock_of_fd(fd: u32) -> Option<Sock> {
     }
     let sk: u64 = read(socket, layout!(socket_sk));
     (sk != 0).then_some(Sock(sk))
+}
+
+/// TCP header flags of a received segment, and whether it carries data.
+#[derive(Clone, Copy)]
+pub(crate) struct Segment {
+    pub(crate) flags: u8,
+    pub(crate) payload: bool,
+}
+
+impl Segment {
+    pub(crate) const SYN: u8 = 0x02;
+    pub(crate) const RST: u8 = 0x04;
+    pub(crate) const ACK: u8 = 0x10;
+
+    /// Reads the segment in `skb` (`tcp_hdr(skb)`, as `tcp_probe` does).
+    pub(crate) fn of(skb: u64) -> Self {
+        let head: u64 = read(skb, layout!(skb_head));
+        let offset: u16 = read(skb, layout!(skb_transport_header));
+        let th = head + u64::from(offset);
+        // Byte 12: data offset in 32-bit words (high nibble); byte 13: flags.
+        let [doff, flags]: [u8; 2] = read(th, 12);
+        let len: u32 = read(skb, layout!(skb_len));
+        Self {
+            flags,
+            payload: len > u32::from(doff >> 4) * 4,
+        }
+    }
 }
 
 /// `timer_list.function`

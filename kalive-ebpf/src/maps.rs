@@ -29,11 +29,7 @@ pub(crate) struct Callback {
     pub(crate) sk: u64,
     /// `icsk_probes_out` when the callback started.
     pub(crate) probes_before: u8,
-    pub(crate) pad: u8,
-    /// Local port (network order) when the callback started: closing the socket
-    /// releases it before `inet_sock_set_state` fires.
-    pub(crate) sport: u16,
-    pub(crate) pad2: u32,
+    pub(crate) pad: [u8; 7],
 }
 
 #[map]

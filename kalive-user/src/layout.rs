@@ -35,7 +35,7 @@ pub fn discover(btf: &KernelBtf, tracefs: &Path) -> Result<Layout> {
 
         skc_family: sock("__sk_common.skc_family", 2)?,
         skc_state: sock("__sk_common.skc_state", 1)?,
-        skc_num: sock("__sk_common.skc_num", 2)?,
+        inet_sport: btf.offset("inet_sock", "inet_sport", 2)?,
         skc_dport: sock("__sk_common.skc_dport", 2)?,
         skc_rcv_saddr: sock("__sk_common.skc_rcv_saddr", 4)?,
         skc_daddr: sock("__sk_common.skc_daddr", 4)?,
@@ -45,10 +45,12 @@ pub fn discover(btf: &KernelBtf, tracefs: &Path) -> Result<Layout> {
         skc_cookie: sock("__sk_common.skc_cookie", 8)?,
         skc_flags: sock("__sk_common.skc_flags", PTR)?,
         sk_protocol: sock("sk_protocol", 2)?,
+        sk_type: sock("sk_type", 2)?,
         sk_err: sock("sk_err", 4)?,
         sk_socket: sock("sk_socket", PTR)?,
         keepalive_timer,
         sock_keepopen_bit: btf.enum_value("sock_flags", "SOCK_KEEPOPEN")?,
+        sock_dead_bit: btf.enum_value("sock_flags", "SOCK_DEAD")?,
 
         icsk_probes_out: icsk("icsk_probes_out", 1)?,
         icsk_backoff: icsk("icsk_backoff", 1)?,
@@ -65,6 +67,10 @@ pub fn discover(btf: &KernelBtf, tracefs: &Path) -> Result<Layout> {
         net_keepalive_time: net("ipv4.sysctl_tcp_keepalive_time", 4)?,
         net_keepalive_intvl: net("ipv4.sysctl_tcp_keepalive_intvl", 4)?,
         net_keepalive_probes: net("ipv4.sysctl_tcp_keepalive_probes", 1)?,
+
+        skb_len: btf.offset("sk_buff", "len", 4)?,
+        skb_head: btf.offset("sk_buff", "head", PTR)?,
+        skb_transport_header: btf.offset("sk_buff", "transport_header", 2)?,
 
         timer_function: btf.offset("timer_list", "function", PTR)?,
         timer_expires: btf.offset("timer_list", "expires", PTR)?,

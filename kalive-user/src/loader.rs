@@ -15,20 +15,24 @@ use kalive_common::{Layout, Settings};
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("KALIVE_BPF_OBJECT"));
 
 /// A kernel tracepoint kalive hooks: each has a `tp_btf` program `name` and a
-/// `raw_tp` twin `name_raw` in the object.
+/// `raw_tp` twin `name_raw` in the object. Attached in this order, so that what
+/// ends a piece of state is in place before what starts it: a callback that
+/// begins while kalive attaches must not leave its per-CPU note behind, and no
+/// socket may be destroyed unseen after its owner was noted.
 const BTF_TRACEPOINTS: &[&str] = &[
-    "timer_expire_entry",
     "timer_expire_exit",
-    "timer_start",
+    "tcp_destroy_sock",
     "inet_sock_set_state",
     "tcp_probe",
-    "tcp_destroy_sock",
+    "timer_start",
+    "timer_expire_entry",
 ];
 
-/// Classic tracepoints: (category, name); the program has the same name.
+/// Classic tracepoints: (category, name); the program has the same name. Exit
+/// before entry, for the same reason.
 const CLASSIC_TRACEPOINTS: &[(&str, &str)] = &[
-    ("syscalls", "sys_enter_setsockopt"),
     ("syscalls", "sys_exit_setsockopt"),
+    ("syscalls", "sys_enter_setsockopt"),
 ];
 
 /// How each kind of hook got attached, for the start-up line.

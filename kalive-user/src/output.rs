@@ -10,7 +10,7 @@ use std::{
     net::IpAddr,
 };
 
-use kalive_common::{Kind, Record};
+use kalive_common::{CAUSE_PEER_RESET, CAUSE_PROBES_EXHAUSTED, CAUSE_USER_TIMEOUT, Kind, Record};
 
 use crate::clock::{WallClock, write_rfc3339};
 
@@ -56,30 +56,39 @@ pub const fn state_name(state: u8) -> &'static str {
     }
 }
 
-/// The symbolic name of the errors a timed-out connection can carry.
+/// The symbolic name of the errors a killed connection can carry: the timeout,
+/// a reset, or an ICMP error the kernel kept (`sk_err_soft`).
 #[must_use]
 pub fn errno_name(errno: u32) -> String {
     let name = match errno {
         110 => "ETIMEDOUT",
-        113 => "EHOSTUNREACH",
-        101 => "ENETUNREACH",
-        111 => "ECONNREFUSED",
         104 => "ECONNRESET",
-        32 => "EPIPE",
+        113 => "EHOSTUNREACH",
+        112 => "EHOSTDOWN",
+        101 => "ENETUNREACH",
+        100 => "ENETDOWN",
+        111 => "ECONNREFUSED",
+        103 => "ECONNABORTED",
+        13 => "EACCES",
+        64 => "ENONET",
+        92 => "ENOPROTOOPT",
+        95 => "EOPNOTSUPP",
         71 => "EPROTO",
         90 => "EMSGSIZE",
+        32 => "EPIPE",
         other => return format!("E{other}"),
     };
     name.to_owned()
 }
 
-/// Why the keepalive timer killed the connection.
+/// Why keepalive killed the connection.
 #[must_use]
 pub const fn timeout_cause(record: &Record) -> &'static str {
-    if record.has_user_timeout() {
-        "user_timeout"
-    } else {
-        "probes_exhausted"
+    match record.cause {
+        CAUSE_USER_TIMEOUT => "user_timeout",
+        CAUSE_PEER_RESET => "peer_reset",
+        CAUSE_PROBES_EXHAUSTED => "probes_exhausted",
+        _ => "unknown",
     }
 }
 
@@ -451,6 +460,7 @@ mod tests {
 
         let mut timeout = sample(Kind::KeepaliveTimeout);
         timeout.error = 110;
+        timeout.cause = CAUSE_PROBES_EXHAUSTED;
         let v = json(&timeout);
         assert_eq!(
             (v["error"].as_str(), v["cause"].as_str()),
@@ -458,11 +468,21 @@ mod tests {
         );
         timeout.flags |= FLAG_USER_TIMEOUT;
         timeout.user_timeout_ms = 2500;
+        timeout.cause = CAUSE_USER_TIMEOUT;
         let v = json(&timeout);
         assert_eq!(
             (v["cause"].as_str(), v["user_timeout_ms"].as_u64()),
             (Some("user_timeout"), Some(2500))
         );
+        timeout.error = 104;
+        timeout.cause = CAUSE_PEER_RESET;
+        let v = json(&timeout);
+        assert_eq!(
+            (v["error"].as_str(), v["cause"].as_str()),
+            (Some("ECONNRESET"), Some("peer_reset"))
+        );
+        timeout.error = 13;
+        assert_eq!(json(&timeout)["error"], "EACCES");
 
         let acked = json(&sample(Kind::ProbeAcked));
         assert!(acked.get("next_ms").is_none() && acked.get("error").is_none());
@@ -506,6 +526,7 @@ mod tests {
     fn text_has_a_header_then_aligned_lines() {
         let mut timeout = sample(Kind::KeepaliveTimeout);
         timeout.error = 110;
+        timeout.cause = CAUSE_PROBES_EXHAUSTED;
         let out = render(Format::Text, &[sample(Kind::ProbeSent), timeout]);
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 3, "{out}");

@@ -4,7 +4,10 @@
 
 mod support;
 
-use std::time::Duration;
+use std::{
+    sync::{PoisonError, RwLock, RwLockReadGuard},
+    time::Duration,
+};
 
 use serde_json::Value;
 use support::{Kalive, Peer, SocketInfo, Topology};
@@ -42,6 +45,14 @@ impl Family {
             Self::V6 | Self::Mapped => "ipv6",
         }
     }
+}
+
+/// Tests share the kernel: one that counts every record kalive sees
+/// (`overflow_is_counted_not_silent`) runs alone; the others run together.
+static KERNEL: RwLock<()> = RwLock::new(());
+
+fn shared() -> RwLockReadGuard<'static, ()> {
+    KERNEL.read().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A server holding one connection, and a client connected to it.
@@ -143,6 +154,7 @@ fn assert_configuration(sets: &[&Value], c: &Connection, cnt: u64) {
 /// Dead peer: probes go unanswered until `TCP_KEEPCNT` of them are out, then the
 /// connection is killed with ETIMEDOUT.
 fn dead_peer(tag: &str, family: Family) {
+    let _kernel = shared();
     let mut kalive = Kalive::start(&[]);
     let mut c = connect(tag, family, &["--idle", "1", "--intvl", "1", "--cnt", "2"]);
     let ns = &c.net.client;
@@ -216,6 +228,7 @@ fn dead_peer(tag: &str, family: Family) {
 /// Live peer: every probe is answered, `probes` falls back to 0, and disabling
 /// keepalive stops the probes.
 fn answered(tag: &str, family: Family) {
+    let _kernel = shared();
     let mut kalive = Kalive::start(&[]);
     let mut c = connect(tag, family, &["--idle", "1", "--intvl", "1", "--cnt", "2"]);
     let ns = &c.net.client;
@@ -276,6 +289,7 @@ fn answered(tag: &str, family: Family) {
 /// `TCP_USER_TIMEOUT`: with `TCP_KEEPCNT` far away, the user timeout kills the
 /// connection once it has passed and a probe is out.
 fn user_timeout(tag: &str, family: Family) {
+    let _kernel = shared();
     let mut kalive = Kalive::start(&[]);
     let mut c = connect(
         tag,
@@ -384,6 +398,7 @@ fn user_timeout_ipv6() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn configured_before_connect() {
+    let _kernel = shared();
     let mut kalive = Kalive::start(&[]);
     let c = connect(
         "pre",
@@ -427,6 +442,7 @@ fn configured_before_connect() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn raw_tracepoints_fallback() {
+    let _kernel = shared();
     let mut kalive = Kalive::start_with_env(&[], &[("KALIVE_RAW_TRACEPOINTS", "1")]);
     assert!(
         kalive.stderr().contains("0 tp_btf, 6 raw_tp"),
@@ -467,6 +483,7 @@ fn raw_tracepoints_fallback() {
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn overflow_is_counted_not_silent() {
     const BURST: u64 = 20_000;
+    let _alone = KERNEL.write().unwrap_or_else(PoisonError::into_inner);
     let mut kalive = Kalive::start(&["--ring-size", "4096"]);
     let mut c = connect("burst", Family::V4, &[]);
     c.client.send("go");
@@ -494,5 +511,120 @@ fn overflow_is_counted_not_silent() {
         kalive.records.iter().any(|r| r["event"] == "events_lost"),
         "a 4 KiB ring cannot hold {BURST} records: the test must overflow it"
     );
+    c.server.close_stdin();
+}
+
+/// The peer rebooted: it answers a probe with RST. Keepalive found the dead
+/// connection; the application sees ECONNRESET.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn peer_reset_answers_probe() {
+    let _kernel = shared();
+    let mut kalive = Kalive::start(&[]);
+    let mut c = connect(
+        "rst",
+        Family::V4,
+        &["--idle", "1", "--intvl", "1", "--cnt", "5"],
+    );
+    let ns = &c.net.client;
+    let (probes0, aborts0) = (
+        ns.counter("TcpExtTCPKeepAlive"),
+        ns.counter("TcpExtTCPAbortOnTimeout"),
+    );
+    c.client.send("go");
+    let cookie = c.info.cookie;
+    kalive.wait_until(DEADLINE, |rs| {
+        rs.iter()
+            .any(|r| r["cookie"] == cookie && r["event"] == "probe_acked")
+    });
+    // The server forgets the connection without the client hearing of it...
+    c.net.mute_server();
+    c.server.send("abort");
+    c.server.expect("aborted");
+    c.net.unmute_server();
+    // ...so the client's next probe is answered with a reset.
+    assert_eq!(c.client.expect("recv_error"), "recv_error errno=104");
+    kalive.wait_until(DEADLINE, |rs| {
+        rs.iter()
+            .any(|r| r["cookie"] == cookie && r["event"] == "keepalive_timeout")
+    });
+    let records = kalive.socket(cookie);
+    assert_identity(&records, &c, Family::V4);
+    let last = records.last().expect("records");
+    assert_eq!(
+        last["event"],
+        "keepalive_timeout",
+        "records:\n{}",
+        kalive.dump()
+    );
+    assert_eq!(last["error"], "ECONNRESET");
+    assert_eq!(last["cause"], "peer_reset");
+    assert_eq!(last["state"], "CLOSE");
+    assert!(ms(last, "probes") >= 1, "{last}");
+    let previous = records[records.len() - 2];
+    assert_eq!(previous["event"], "probe_sent", "the reset answers a probe");
+    let sent = records
+        .iter()
+        .filter(|r| r["event"] == "probe_sent")
+        .count() as u64;
+    assert_eq!(ns.counter("TcpExtTCPKeepAlive") - probes0, sent);
+    assert_eq!(
+        ns.counter("TcpExtTCPAbortOnTimeout") - aborts0,
+        0,
+        "a reset, not a timeout"
+    );
+}
+
+/// Data from the peer while probes are out is not an answer to them (a bare ACK
+/// is): the kernel's fast path may skip `tcp_ack()` for such a segment and keep
+/// counting the probes, and one `probe_acked` per segment would flood the output.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn data_while_probing_is_not_an_answer() {
+    let _kernel = shared();
+    let mut kalive = Kalive::start(&[]);
+    let mut c = connect(
+        "data",
+        Family::V4,
+        &["--idle", "1", "--intvl", "1", "--cnt", "9"],
+    );
+    let cookie = c.info.cookie;
+    c.net.kill_server();
+    c.client.send("go");
+    kalive.wait_until(DEADLINE, |rs| {
+        rs.iter()
+            .any(|r| r["cookie"] == cookie && r["event"] == "probe_sent" && r["probes"] == 2)
+    });
+    c.net.revive_server();
+    c.server.send("send 5");
+    c.server.expect("sent");
+    // Once the peer has been silent for an interval again, the next probe is
+    // answered by a bare ACK.
+    kalive.wait_until(DEADLINE, |rs| {
+        rs.iter()
+            .any(|r| r["cookie"] == cookie && r["event"] == "probe_acked")
+    });
+    let records = kalive.socket(cookie);
+    let acks = records
+        .iter()
+        .filter(|r| r["event"] == "probe_acked")
+        .count();
+    assert_eq!(acks, 1, "records:\n{}", kalive.dump());
+    let second = records
+        .iter()
+        .position(|r| r["event"] == "probe_sent" && r["probes"] == 2)
+        .expect("second probe");
+    let ack = records
+        .iter()
+        .position(|r| r["event"] == "probe_acked")
+        .expect("ack");
+    assert!(
+        records[second + 1..ack]
+            .iter()
+            .any(|r| r["event"] == "probe_sent"),
+        "the data did not answer the probes; a later probe was: records:\n{}",
+        kalive.dump()
+    );
+    assert_eq!(records[ack - 1]["event"], "probe_sent");
     c.server.close_stdin();
 }

@@ -5,10 +5,10 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
-use kalive_common::{IPPROTO_TCP, Kind};
+use kalive_common::Kind;
 
 use crate::{
-    emit::{emit, learn_owner},
+    emit::{current_owner, emit, learn_owner},
     kernel::{layout, sock_of_fd},
     maps::SETSOCKOPT,
 };
@@ -59,10 +59,17 @@ pub fn sys_exit_setsockopt(ctx: TracePointContext) -> u32 {
     let Some(sk) = sock_of_fd(fd) else {
         return 0;
     };
-    if sk.protocol() != IPPROTO_TCP {
+    if !sk.is_tcp() {
         return 0;
     }
-    learn_owner(sk);
-    emit(Kind::KeepaliveSet, sk, 0, |r| r.fd = fd as i32);
+    // The caller owns the socket; the record names the caller even if the map
+    // of owners is full.
+    let owner = current_owner();
+    learn_owner(sk, &owner);
+    emit(Kind::KeepaliveSet, sk, 0, |r| {
+        r.fd = fd as i32;
+        r.pid = owner.pid;
+        r.comm = owner.comm;
+    });
     0
 }

@@ -1,19 +1,23 @@
-//! `sock:inet_sock_set_state`: who connected a socket, and how keepalive killed it.
+//! `sock:inet_sock_set_state`: who connected a socket, and how keepalive ended it.
 //!
-//! `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)`
+//! `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)`.
+//! It fires from `inet_sk_state_store()`, after a closing socket has released its
+//! port and before the new state is stored.
 
 use aya_ebpf::helpers::bpf_get_socket_cookie;
-use kalive_common::{IPPROTO_TCP, Kind};
+use kalive_common::{CAUSE_PEER_RESET, CAUSE_PROBES_EXHAUSTED, CAUSE_USER_TIMEOUT, Kind};
 
 use super::{Args, tracepoint};
 use crate::{
-    emit::{emit, learn_owner},
-    kernel::{Sock, setting},
+    emit::{current_owner, emit, learn_owner},
+    kernel::{ICSK_TIME_PROBE0, Sock, setting},
     maps::CALLBACK,
 };
 
 const TCP_SYN_SENT: u64 = 2;
+const TCP_FIN_WAIT2: u64 = 5;
 const TCP_CLOSE: u64 = 7;
+const ECONNRESET: u32 = 104;
 
 tracepoint!(
     "inet_sock_set_state",
@@ -24,7 +28,7 @@ tracepoint!(
 
 fn set_state<const BTF: bool>(args: Args) {
     let sk = Sock(args.get(0));
-    if sk.protocol() != IPPROTO_TCP {
+    if !sk.is_tcp() {
         return;
     }
     let old = args.get(1) & 0xff;
@@ -40,27 +44,18 @@ fn set_state<const BTF: bool>(args: Args) {
 
     // connect() moves CLOSE -> SYN_SENT in the caller's context: it owns the socket.
     if old == TCP_CLOSE && new == TCP_SYN_SENT {
-        learn_owner(sk);
+        learn_owner(sk, &current_owner());
     }
 
-    // tcp_keepalive_timer() -> tcp_write_err() -> tcp_done(): the socket closes
-    // inside its own keepalive callback, with the error the application will see.
-    // (An orphan in FIN_WAIT2 also closes there, but with no error.)
     if new == TCP_CLOSE
-        && let Some(cb) = CALLBACK.get(0)
-        && cb.sk == sk.0
+        && let Some(cause) = keepalive_kill(sk, old)
     {
         let err = sk.err();
-        let sport = cb.sport;
-        if err != 0 {
-            // The tracepoint fires before the state is stored and after the port
-            // is released: report the state and port as they are and were.
-            emit(Kind::KeepaliveTimeout, sk, cookie, |r| {
-                r.error = err;
-                r.state = new as u8;
-                r.sport = sport;
-            });
-        }
+        emit(Kind::KeepaliveTimeout, sk, cookie, |r| {
+            r.error = err;
+            r.cause = cause;
+            r.state = new as u8;
+        });
     }
 
     if setting!(state_changes) != 0 {
@@ -69,4 +64,41 @@ fn set_state<const BTF: bool>(args: Args) {
             r.state = new as u8;
         });
     }
+}
+
+/// Whether keepalive is what closes `sk`, and why.
+fn keepalive_kill(sk: Sock, old: u64) -> Option<u8> {
+    let err = sk.err();
+    if err == 0 {
+        return None;
+    }
+    // tcp_keepalive_timer() -> tcp_write_err() -> tcp_done(): the socket closes
+    // inside its own keepalive callback. An orphan in FIN_WAIT2 also closes there,
+    // on its linger timeout, which is no keepalive verdict.
+    if let Some(cb) = CALLBACK.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        let cb = unsafe { &mut *cb };
+        if cb.sk == sk.0 {
+            // Consumed: nothing else in this callback is its verdict.
+            cb.sk = 0;
+            if old == TCP_FIN_WAIT2 && sk.orphan() {
+                return None;
+            }
+            return Some(if sk.user_timeout_ms() != 0 {
+                CAUSE_USER_TIMEOUT
+            } else {
+                CAUSE_PROBES_EXHAUSTED
+            });
+        }
+    }
+    // tcp_reset(): the peer answered with RST while keepalive probes were out
+    // (not zero-window probes): a rebooted peer answering a probe.
+    if err == ECONNRESET
+        && sk.keepalive_on()
+        && sk.probes_out() > 0
+        && sk.pending() != ICSK_TIME_PROBE0
+    {
+        return Some(CAUSE_PEER_RESET);
+    }
+    None
 }

@@ -6,11 +6,8 @@ use kalive_common::Kind;
 use super::{Args, tracepoint};
 use crate::{
     emit::{emit, forget_owner},
-    kernel::Sock,
+    kernel::{ICSK_TIME_PROBE0, Segment, Sock},
 };
-
-/// `icsk_pending` while the persist timer probes a zero window (`ICSK_TIME_PROBE0`).
-const ICSK_TIME_PROBE0: u8 = 3;
 
 // TP_PROTO(struct sock *sk, const struct sk_buff *skb): every segment received on
 // an established socket, before tcp_ack() resets icsk_probes_out.
@@ -23,6 +20,17 @@ fn segment<const BTF: bool>(args: Args) {
     }
     // Zero-window probes share icsk_probes_out; they are not keepalive.
     if sk.pending() == ICSK_TIME_PROBE0 {
+        return;
+    }
+    // The answer to a probe is a bare ACK, which tcp_ack() always processes. A
+    // data segment acking nothing new may take the fast path that skips
+    // tcp_ack() and leaves the probes counted; an RST ends the connection
+    // (reported when it closes). A bare FIN still answers.
+    let seg = Segment::of(args.get(1));
+    if seg.payload
+        || seg.flags & Segment::ACK == 0
+        || seg.flags & (Segment::RST | Segment::SYN) != 0
+    {
         return;
     }
     let cookie = if BTF {

@@ -43,7 +43,6 @@ fn expire_entry<const BTF: bool>(args: Args) {
         (*cb).timer = timer;
         (*cb).sk = sk.0;
         (*cb).probes_before = sk.probes_out();
-        (*cb).sport = sk.sport();
     }
 }
 

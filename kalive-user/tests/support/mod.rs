@@ -159,6 +159,51 @@ impl Topology {
         Self { client, server }
     }
 
+    /// Lets the server's packets through again.
+    pub fn revive_server(&self) {
+        self.client.nft(&["delete", "table", "inet", "kalive_test"]);
+    }
+
+    /// Drops every packet the server sends to the client.
+    pub fn mute_server(&self) {
+        let ns = &self.server;
+        ns.nft(&["add", "table", "inet", "kalive_test"]);
+        ns.nft(&[
+            "add",
+            "chain",
+            "inet",
+            "kalive_test",
+            "output",
+            "{ type filter hook output priority 0; policy accept; }",
+        ]);
+        ns.nft(&[
+            "add",
+            "rule",
+            "inet",
+            "kalive_test",
+            "output",
+            "ip",
+            "daddr",
+            Self::CLIENT_V4,
+            "drop",
+        ]);
+        ns.nft(&[
+            "add",
+            "rule",
+            "inet",
+            "kalive_test",
+            "output",
+            "ip6",
+            "daddr",
+            Self::CLIENT_V6,
+            "drop",
+        ]);
+    }
+
+    pub fn unmute_server(&self) {
+        self.server.nft(&["delete", "table", "inet", "kalive_test"]);
+    }
+
     /// Drops every packet the client receives from the server: a dead peer, as
     /// far as the client can tell.
     pub fn kill_server(&self) {
@@ -307,16 +352,18 @@ impl Kalive {
     }
 
     /// Reads records until `done(records)` holds; panics at the deadline with
-    /// what was seen.
+    /// what was seen. `done` is asked after each batch of lines, not each line.
     pub fn wait_until(&mut self, timeout: Duration, done: impl Fn(&[Value]) -> bool) {
         let deadline = Instant::now() + timeout;
         while !done(&self.records) {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.stdout.recv_timeout(left) {
-                Ok(line) => self.records.push(
-                    serde_json::from_str(&line)
-                        .unwrap_or_else(|err| panic!("kalive wrote invalid JSON ({err}): {line}")),
-                ),
+                Ok(line) => {
+                    self.push(&line);
+                    while let Ok(line) = self.stdout.try_recv() {
+                        self.push(&line);
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => panic!(
                     "timed out after {timeout:?}; records so far:\n{}\nstderr:\n{}",
                     self.dump(),
@@ -330,6 +377,13 @@ impl Kalive {
                 ),
             }
         }
+    }
+
+    fn push(&mut self, line: &str) {
+        self.records.push(
+            serde_json::from_str(line)
+                .unwrap_or_else(|err| panic!("kalive wrote invalid JSON ({err}): {line}")),
+        );
     }
 
     /// Records of one socket, by cookie.

@@ -10,11 +10,12 @@
 //!
 //! ```text
 //! tcp_peer pair ADDR          listen, connect, accept; on `close`: close both
-//! tcp_peer serve ADDR         accept one connection and hold it, never reading
+//! tcp_peer serve ADDR         accept one connection and hold it, never reading;
+//!                             stdin: `send N`, `abort`
 //! tcp_peer client ADDR [--idle S] [--intvl S] [--cnt N] [--user-timeout MS]
 //!                      [--before-connect]
 //!     connect; set the keepalive options after `go` (or before connecting);
-//!     then wait for the connection to fail and print `recv_error errno=N`.
+//!     then read until the connection fails and print `recv_error errno=N`.
 //!     stdin: `disable` turns SO_KEEPALIVE off; `burst N` sets TCP_KEEPIDLE N times.
 //! ```
 
@@ -99,15 +100,51 @@ fn pair(args: &[String]) -> io::Result<()> {
     Ok(())
 }
 
-/// `serve ADDR`: accept one connection, report it, hold it until stdin closes.
+/// `serve ADDR`: accept one connection, report it, and hold it without reading
+/// until stdin closes. stdin: `send N` writes N small messages 100 ms apart;
+/// `abort` closes the connection without telling the peer anything the test
+/// lets through (`SO_LINGER` 0: a reset, which the test drops).
 fn serve(args: &[String]) -> io::Result<()> {
     let listener = TcpListener::bind(addr(args)?)?;
     println!("listening");
+    io::stdout().flush()?;
     let (server, _) = listener.accept()?;
     report("server", &server)?;
-    // Hold the connection without reading until the test is done.
-    let _ = io::stdin().lock().read_to_end(&mut Vec::new());
-    drop(server);
+    let mut server = Some(server);
+    for line in io::stdin().lock().lines() {
+        let line = line?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match (words.as_slice(), server.as_mut()) {
+            (["send", n], Some(stream)) => {
+                for _ in 0..n.parse::<u32>().map_err(io::Error::other)? {
+                    stream.write_all(b"data")?;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                println!("sent");
+            }
+            (["abort"], Some(stream)) => {
+                let linger = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                // SAFETY: `linger` is valid for the duration of the call.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        stream.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        (&raw const linger).cast(),
+                        libc::socklen_t::try_from(size_of::<libc::linger>()).expect("small"),
+                    )
+                };
+                assert_eq!(rc, 0, "SO_LINGER");
+                server = None;
+                println!("aborted");
+            }
+            _ => println!("unknown command {line:?}"),
+        }
+        io::stdout().flush()?;
+    }
     Ok(())
 }
 
@@ -193,10 +230,20 @@ fn client(args: &[String]) -> io::Result<()> {
         }
     });
 
-    let result = (&stream).read(&mut [0u8; 1]);
-    match result {
-        Ok(n) => println!("recv_eof n={n}"),
-        Err(err) => println!("recv_error errno={}", err.raw_os_error().unwrap_or(0)),
+    // Read (and drop) whatever the server sends, until the connection ends.
+    let mut buf = [0u8; 4096];
+    loop {
+        match (&stream).read(&mut buf) {
+            Ok(0) => {
+                println!("recv_eof");
+                break;
+            }
+            Ok(_) => {}
+            Err(err) => {
+                println!("recv_error errno={}", err.raw_os_error().unwrap_or(0));
+                break;
+            }
+        }
     }
     io::stdout().flush()
 }
