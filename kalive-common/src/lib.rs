@@ -11,7 +11,7 @@ mod user;
 pub use user::DecodeError;
 
 /// Bumped whenever the layout of [`Record`] changes.
-pub const RECORD_VERSION: u8 = 3;
+pub const RECORD_VERSION: u8 = 4;
 
 /// What a [`Record`] reports.
 #[repr(u8)]
@@ -50,9 +50,21 @@ impl Kind {
 
 /// [`Record::flags`]: `SO_KEEPALIVE` is on (`SOCK_KEEPOPEN`).
 pub const FLAG_KEEPALIVE: u8 = 1 << 0;
-/// [`Record::flags`]: the socket has `TCP_USER_TIMEOUT` set; for
-/// [`Kind::KeepaliveTimeout`] this means the user timeout killed it.
+/// [`Record::flags`]: the socket has `TCP_USER_TIMEOUT` set.
 pub const FLAG_USER_TIMEOUT: u8 = 1 << 1;
+/// [`Record::flags`]: more than one live process used the socket; `pid` is the
+/// last one.
+pub const FLAG_SHARED: u8 = 1 << 2;
+/// [`Record::flags`]: the pid filter could not be applied in the kernel (owner
+/// not known yet); userspace applies it once it has found the owner.
+pub const FLAG_UNFILTERED: u8 = 1 << 3;
+
+/// [`Owner::source`] and [`Record::owner`]: no owner known.
+pub const OWNER_UNKNOWN: u8 = 0;
+/// Learned by a program, from the process using the socket.
+pub const OWNER_KERNEL: u8 = 1;
+/// Found by userspace in `/proc/PID/fd`.
+pub const OWNER_PROCFS: u8 = 2;
 
 /// [`Record::cause`]: not a kill.
 pub const CAUSE_NONE: u8 = 0;
@@ -100,13 +112,17 @@ pub struct Record {
     pub backoff: u8,
     /// A `CAUSE_*` value: why a connection was killed.
     pub cause: u8,
-    pub pad: u8,
+    /// An `OWNER_*` value: how `pid`/`comm` were learned.
+    pub owner: u8,
     /// `bpf_ktime_get_boot_ns()` at the event.
     pub ts_ns: u64,
     /// Socket cookie (`sock_gen_cookie`); 0 when the kernel has not assigned one.
     pub cookie: u64,
     /// Inode of the socket (`socket:[ino]` in `/proc/PID/fd`); 0 for orphans.
     pub ino: u64,
+    /// The `struct sock *`: how userspace names the socket to the programs
+    /// (the key of their map of owners). Never printed.
+    pub sk: u64,
     /// Effective `TCP_KEEPIDLE`, jiffies.
     pub keepidle: u32,
     /// Effective `TCP_KEEPINTVL`, jiffies.
@@ -130,7 +146,7 @@ pub struct Record {
     pub comm: [u8; 16],
 }
 
-const _: () = assert!(Record::SIZE == 128 && core::mem::offset_of!(Record, ts_ns) == 24);
+const _: () = assert!(Record::SIZE == 136 && core::mem::offset_of!(Record, ts_ns) == 24);
 
 impl Record {
     pub const SIZE: usize = core::mem::size_of::<Self>();
@@ -153,10 +169,11 @@ impl Record {
             keepcnt: 0,
             backoff: 0,
             cause: CAUSE_NONE,
-            pad: 0,
+            owner: OWNER_UNKNOWN,
             ts_ns: 0,
             cookie: 0,
             ino: 0,
+            sk: 0,
             keepidle: 0,
             keepintvl: 0,
             user_timeout_ms: 0,
@@ -172,14 +189,24 @@ impl Record {
     }
 }
 
-/// The process that owns a socket, as the programs learned it.
+/// The process that owns a socket: the value of the programs' map of owners,
+/// keyed by `struct sock *`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Owner {
     /// Thread group id (the process id users know).
     pub pid: u32,
-    pub pad: u32,
-    /// The owner's command name, NUL padded.
+    /// `OWNER_KERNEL` or `OWNER_PROCFS`.
+    pub source: u8,
+    /// Another live process used the socket before `pid` did.
+    pub shared: u8,
+    pub pad: u16,
+    /// `bpf_ktime_get_boot_ns()` when learned: an owner that exited later is stale.
+    pub learned_ns: u64,
+    /// The socket's inode when learned: a different inode means the `struct
+    /// sock` was freed and reused, and the entry is stale.
+    pub ino: u64,
+    /// The process's command name (its main thread's), NUL padded.
     pub comm: [u8; 16],
 }
 
@@ -261,11 +288,20 @@ pub struct Layout {
     pub socket_sk: u32,
     pub socket_file: u32,
 
+    // the current process: task -> group_leader -> comm; task -> signal -> live
+    pub task_group_leader: u32,
+    pub task_comm: u32,
+    pub task_signal: u32,
+    pub signal_live: u32,
+
     // classic tracepoints syscalls:sys_{enter,exit}_setsockopt, from tracefs
     pub setsockopt_fd: u32,
     pub setsockopt_level: u32,
     pub setsockopt_optname: u32,
     pub setsockopt_ret: u32,
+    /// `ret` of `syscalls:sys_exit_accept` and `sys_exit_accept4`: the new descriptor.
+    pub accept_ret: u32,
+    pub accept4_ret: u32,
 }
 
 /// What the user asked for, handed to the programs as a read-only global.
@@ -274,7 +310,11 @@ pub struct Layout {
 pub struct Settings {
     /// Emit [`Kind::StateChange`] records.
     pub state_changes: u8,
-    pub pad: [u8; 7],
+    /// Only records of sockets owned by a pid in the programs' `PIDS` map.
+    pub filter_pids: u8,
+    /// Only records of sockets with a local or remote port in `PORTS`.
+    pub filter_ports: u8,
+    pub pad: [u8; 5],
 }
 
 pub const AF_INET: u16 = 2;

@@ -7,8 +7,8 @@ use core::{
 };
 
 use crate::{
-    AF_INET6, FLAG_KEEPALIVE, FLAG_USER_TIMEOUT, IDLE_NONE, Kind, Layout, RECORD_VERSION, Record,
-    Settings,
+    AF_INET6, FLAG_KEEPALIVE, FLAG_SHARED, FLAG_UNFILTERED, FLAG_USER_TIMEOUT, IDLE_NONE, Kind,
+    Layout, Owner, RECORD_VERSION, Record, Settings,
 };
 
 // SAFETY: `Layout` is `#[repr(C)]`, has no padding and only integer fields, so any
@@ -16,6 +16,8 @@ use crate::{
 unsafe impl aya::Pod for Layout {}
 // SAFETY: as above: `#[repr(C)]`, explicit padding, integers only.
 unsafe impl aya::Pod for Settings {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Owner {}
 
 /// Why bytes from the ring buffer are not a [`Record`] this build understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +133,18 @@ impl Record {
     #[must_use]
     pub const fn has_user_timeout(&self) -> bool {
         self.flags & FLAG_USER_TIMEOUT != 0
+    }
+
+    /// More than one live process used the socket; `pid` is the last one.
+    #[must_use]
+    pub const fn shared(&self) -> bool {
+        self.flags & FLAG_SHARED != 0
+    }
+
+    /// The kernel could not apply the pid filter (owner unknown there).
+    #[must_use]
+    pub const fn unfiltered(&self) -> bool {
+        self.flags & FLAG_UNFILTERED != 0
     }
 
     /// Jiffies since the peer's last ACK, when the socket has a peer.

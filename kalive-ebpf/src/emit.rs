@@ -1,13 +1,15 @@
-//! Building and sending [`Record`]s: the part every producer shares.
+//! Building and sending [`Record`]s, and knowing who owns a socket: the parts
+//! every producer shares.
 
-use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_boot_ns,
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_boot_ns};
+use kalive_common::{
+    FLAG_KEEPALIVE, FLAG_SHARED, FLAG_UNFILTERED, FLAG_USER_TIMEOUT, IDLE_NONE, Kind, OWNER_KERNEL,
+    Owner, Record,
 };
-use kalive_common::{FLAG_KEEPALIVE, FLAG_USER_TIMEOUT, IDLE_NONE, Kind, Owner, Record};
 
 use crate::{
-    kernel::{Sock, netns_ino},
-    maps::{EVENTS, LOST, OWNERS},
+    kernel::{Sock, current_process_comm, netns_ino, setting},
+    maps::{EVENTS, EXITED, LOST, OWNERS, OWNERS_FULL, PIDS, PORTS},
 };
 
 /// TCP states in which the socket has a peer whose silence can be measured.
@@ -22,45 +24,122 @@ pub(crate) fn jiffies32() -> u32 {
     unsafe { bpf_jiffies64() as u32 }
 }
 
-/// The current task's process, as an owner.
-pub(crate) fn current_owner() -> Owner {
-    Owner {
-        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        pad: 0,
-        comm: bpf_get_current_comm().unwrap_or_default(),
-    }
+fn now_ns() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_boot_ns() }
 }
 
-/// Remembers `owner` as the owner of `sk`.
-pub(crate) fn learn_owner(sk: Sock, owner: &Owner) {
-    let _ = OWNERS.insert(&sk.0, owner, 0);
+/// The owner of `sk` (whose inode is `ino`), unless the entry is stale: the
+/// socket memory was reused, or the owner exited after it was learned.
+pub(crate) fn owner_of(sk: Sock, ino: u64) -> Option<Owner> {
+    // SAFETY: the value is copied out at once.
+    let owner = *unsafe { OWNERS.get(&sk.0) }?;
+    if owner.ino != ino {
+        return None;
+    }
+    // SAFETY: as above.
+    if let Some(&exited) = unsafe { EXITED.get(&owner.pid) }
+        && exited > owner.learned_ns
+    {
+        return None;
+    }
+    Some(owner)
+}
+
+/// The current process uses `sk`: it owns it from now on. Returns the owner.
+pub(crate) fn learn_owner(sk: Sock) -> Owner {
+    let ino = sk.ino();
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let previous = owner_of(sk, ino);
+    if let Some(previous) = previous
+        && previous.pid == pid
+        && previous.source == OWNER_KERNEL
+    {
+        return previous;
+    }
+    let owner = Owner {
+        pid,
+        source: OWNER_KERNEL,
+        // Another live process used it before this one: both hold it.
+        shared: previous.map_or(0, |p| u8::from(p.pid != pid) | p.shared),
+        pad: 0,
+        learned_ns: now_ns(),
+        ino,
+        comm: current_process_comm(),
+    };
+    if OWNERS.insert(&sk.0, &owner, 0).is_err() {
+        count(&OWNERS_FULL);
+    }
+    owner
 }
 
 pub(crate) fn forget_owner(sk: Sock) {
     let _ = OWNERS.remove(&sk.0);
 }
 
+/// The current process exits: owners it was are stale from now.
+pub(crate) fn process_exited() {
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let _ = EXITED.insert(&pid, &now_ns(), 0);
+}
+
+/// Whether `--port` lets a socket with these ports (network order) through.
+fn ports_match(sport: u16, dport: u16) -> bool {
+    if setting!(filter_ports) == 0 {
+        return true;
+    }
+    // SAFETY: only presence is checked.
+    unsafe {
+        PORTS.get(&u16::from_be(sport)).is_some() || PORTS.get(&u16::from_be(dport)).is_some()
+    }
+}
+
 /// Sends a `kind` record about `sk`, filled with everything the socket says
-/// about itself, then adjusted by `extra`. `cookie` is 0 when the hook could not
-/// ask the kernel to assign one; the socket's own field is used then.
+/// about itself, then adjusted by `extra` — unless the user's filters exclude
+/// it, which costs no ring buffer space. `cookie` is 0 when the hook could not
+/// ask the kernel to assign one; the socket's own field is used then. `owner`
+/// overrides the map of owners (the caller of `setsockopt()` owns its socket).
 #[inline(always)]
-pub(crate) fn emit(kind: Kind, sk: Sock, cookie: u64, extra: impl FnOnce(&mut Record)) {
+pub(crate) fn emit(
+    kind: Kind,
+    sk: Sock,
+    cookie: u64,
+    owner: Option<Owner>,
+    extra: impl FnOnce(&mut Record),
+) {
+    let (sport, dport) = (sk.sport(), sk.dport());
+    if !ports_match(sport, dport) {
+        return;
+    }
+    let ino = sk.ino();
+    let owner = owner.or_else(|| owner_of(sk, ino));
+    let mut flags = 0;
+    if setting!(filter_pids) != 0 {
+        match owner {
+            // SAFETY: only presence is checked.
+            Some(o) if unsafe { PIDS.get(&o.pid) }.is_none() => return,
+            Some(_) => {}
+            // Userspace finds the owner in procfs and applies the filter.
+            None => flags |= FLAG_UNFILTERED,
+        }
+    }
+
     let Some(mut entry) = EVENTS.reserve::<Record>(0) else {
-        count_lost();
+        count(&LOST);
         return;
     };
     let r = entry.write(Record::zeroed(kind));
-    // SAFETY: no preconditions.
-    r.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
+    r.ts_ns = now_ns();
     r.cookie = if cookie != 0 { cookie } else { sk.cookie() };
     r.family = sk.family();
     r.state = sk.state();
-    r.sport = sk.sport();
-    r.dport = sk.dport();
+    r.sport = sport;
+    r.dport = dport;
     sk.addrs(r.family, &mut r.saddr, &mut r.daddr);
     let net = sk.net();
     r.netns = netns_ino(net);
-    r.ino = sk.ino();
+    r.ino = ino;
+    r.sk = sk.0;
     r.probes = sk.probes_out();
     r.backoff = sk.backoff();
     let (idle, intvl, cnt) = sk.keepalive_config(net);
@@ -69,10 +148,10 @@ pub(crate) fn emit(kind: Kind, sk: Sock, cookie: u64, extra: impl FnOnce(&mut Re
     r.keepcnt = cnt;
     r.user_timeout_ms = sk.user_timeout_ms();
     if r.user_timeout_ms != 0 {
-        r.flags |= FLAG_USER_TIMEOUT;
+        flags |= FLAG_USER_TIMEOUT;
     }
     if sk.keepalive_on() {
-        r.flags |= FLAG_KEEPALIVE;
+        flags |= FLAG_KEEPALIVE;
     }
     r.idle = if connected(r.state) {
         jiffies32().wrapping_sub(sk.rcv_tstamp())
@@ -80,21 +159,24 @@ pub(crate) fn emit(kind: Kind, sk: Sock, cookie: u64, extra: impl FnOnce(&mut Re
         IDLE_NONE
     };
     r.snd_wnd = sk.snd_wnd();
-    // SAFETY: the value is copied out at once.
-    if let Some(owner) = unsafe { OWNERS.get(&sk.0) } {
+    if let Some(owner) = owner {
         r.pid = owner.pid;
         r.comm = owner.comm;
+        r.owner = owner.source;
+        if owner.shared != 0 {
+            flags |= FLAG_SHARED;
+        }
     }
+    r.flags = flags;
     extra(r);
     entry.submit(0);
 }
 
-fn count_lost() {
-    if let Some(lost) = LOST.get_ptr_mut(0) {
+fn count(counter: &aya_ebpf::maps::PerCpuArray<u64>) {
+    if let Some(slot) = counter.get_ptr_mut(0) {
         // SAFETY: this CPU's slot. Not atomic (the BPF target has no atomic
-        // read-modify-write in Rust's core): only a failed reservation in a
-        // program nested from an interrupt at this very instruction could be
-        // miscounted.
-        unsafe { *lost += 1 };
+        // read-modify-write in Rust's core): only a program nested from an
+        // interrupt at this very instruction could be miscounted.
+        unsafe { *slot += 1 };
     }
 }

@@ -15,7 +15,9 @@ pub(crate) static LAYOUT: Layout = zeroed_layout();
 #[unsafe(no_mangle)]
 pub(crate) static SETTINGS: Settings = Settings {
     state_changes: 0,
-    pad: [0; 7],
+    filter_pids: 0,
+    filter_ports: 0,
+    pad: [0; 5],
 };
 
 /// The placeholder the loader always overrides.
@@ -205,6 +207,24 @@ pub(crate) fn netns_ino(net: u64) -> u32 {
         return 0;
     }
     read(net, layout!(net_ns_inum))
+}
+
+/// The current process's command name: its main thread's, as `ps` shows it
+/// (a worker thread may have renamed itself).
+pub(crate) fn current_process_comm() -> [u8; 16] {
+    // SAFETY: no preconditions; returns the current task's address.
+    let task = unsafe { bpf_get_current_task() };
+    let leader: u64 = read(task, layout!(task_group_leader));
+    read(if leader != 0 { leader } else { task }, layout!(task_comm))
+}
+
+/// Whether the current task is the last live thread of its process, as it
+/// exits (`signal->live` has dropped to 0).
+pub(crate) fn current_process_dead() -> bool {
+    // SAFETY: no preconditions; returns the current task's address.
+    let task = unsafe { bpf_get_current_task() };
+    let signal: u64 = read(task, layout!(task_signal));
+    signal != 0 && read::<i32>(signal, layout!(signal_live)) == 0
 }
 
 /// The socket behind the current task's descriptor `fd`, if it is one:

@@ -15,9 +15,28 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 pub(crate) static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Socket (`struct sock *`) -> the process that owns it, learned in process
-/// context. Removed when the socket is destroyed.
+/// context (or found by userspace in procfs). Removed when the socket is
+/// destroyed. Bounded: inserts that fail because it is full are counted.
 #[map]
 pub(crate) static OWNERS: HashMap<u64, Owner> = HashMap::with_max_entries(65536, 0);
+
+/// Inserts into [`OWNERS`] that failed (the map was full), per CPU.
+#[map]
+pub(crate) static OWNERS_FULL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Process (tgid) -> when its last thread exited (`bpf_ktime_get_boot_ns`). An
+/// owner learned before its process exited is stale: another process (a child it
+/// handed the socket to) holds the socket now.
+#[map]
+pub(crate) static EXITED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// `--pid` values; used when `Settings::filter_pids` is set.
+#[map]
+pub(crate) static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+/// `--port` values, host byte order; used when `Settings::filter_ports` is set.
+#[map]
+pub(crate) static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
 
 /// The keepalive timer callback running on this CPU, if any.
 #[repr(C)]

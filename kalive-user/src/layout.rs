@@ -19,8 +19,7 @@ pub fn discover(btf: &KernelBtf, tracefs: &Path) -> Result<Layout> {
     let icsk = |path: &str, size| btf.offset("inet_connection_sock", path, size);
     let tcp = |path: &str, size| btf.offset("tcp_sock", path, size);
     let net = |path: &str, size| btf.offset("net", path, size);
-    let setsockopt =
-        |tp: &str, field: &str| kernel::tracepoint_field(tracefs, "syscalls", tp, field);
+    let syscall = |tp: &str, field: &str| kernel::tracepoint_field(tracefs, "syscalls", tp, field);
 
     // The keepalive timer moved from sock.sk_timer into inet_connection_sock in 6.19.
     let keepalive_timer = if btf.has_field("inet_connection_sock", "icsk_keepalive_timer") {
@@ -85,10 +84,17 @@ pub fn discover(btf: &KernelBtf, tracefs: &Path) -> Result<Layout> {
         socket_sk: btf.offset("socket", "sk", PTR)?,
         socket_file: btf.offset("socket", "file", PTR)?,
 
-        setsockopt_fd: setsockopt("sys_enter_setsockopt", "fd")?,
-        setsockopt_level: setsockopt("sys_enter_setsockopt", "level")?,
-        setsockopt_optname: setsockopt("sys_enter_setsockopt", "optname")?,
-        setsockopt_ret: setsockopt("sys_exit_setsockopt", "ret")?,
+        task_group_leader: btf.offset("task_struct", "group_leader", PTR)?,
+        task_comm: btf.offset("task_struct", "comm", 16)?,
+        task_signal: btf.offset("task_struct", "signal", PTR)?,
+        signal_live: btf.offset("signal_struct", "live", 4)?,
+
+        setsockopt_fd: syscall("sys_enter_setsockopt", "fd")?,
+        setsockopt_level: syscall("sys_enter_setsockopt", "level")?,
+        setsockopt_optname: syscall("sys_enter_setsockopt", "optname")?,
+        setsockopt_ret: syscall("sys_exit_setsockopt", "ret")?,
+        accept_ret: syscall("sys_exit_accept", "ret")?,
+        accept4_ret: syscall("sys_exit_accept4", "ret")?,
     })
     .context("reading the running kernel's layout")
 }

@@ -6,9 +6,11 @@ mod kernel;
 mod layout;
 mod loader;
 mod output;
+mod procfs;
 mod sockets;
 
 use std::{
+    collections::HashSet,
     io::{self, IsTerminal as _, Write},
     path::Path,
     process::ExitCode,
@@ -18,7 +20,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use clap::Parser;
-use kalive_common::{Kind, Record, Settings};
+use kalive_common::{FLAG_SHARED, Kind, OWNER_PROCFS, Owner, Record};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -26,7 +28,7 @@ use tokio::{
 
 use crate::{
     clock::WallClock,
-    loader::Tracer,
+    loader::{Filters, Tracer},
     output::{Format, Writer},
 };
 
@@ -35,6 +37,8 @@ EXAMPLES:
     sudo kalive                      # stream keepalive events as a table
     sudo kalive --format json        # one JSON object per line
     sudo kalive --format json | jq 'select(.event == \"keepalive_timeout\")'
+    sudo kalive -p 1234 -p 5678      # sockets of these processes only
+    sudo kalive --port 5432          # sockets with local or remote port 5432
     sudo kalive --state-changes      # also every TCP state change
     sudo kalive --ring-size 8388608  # more room for bursts of records";
 
@@ -47,6 +51,15 @@ struct Cli {
     #[arg(long, value_enum)]
     format: Option<Format>,
 
+    /// Only sockets owned by this process (repeatable: any of them)
+    #[arg(short, long = "pid", value_name = "PID", value_parser = parse_pid)]
+    pids: Vec<u32>,
+
+    /// Only sockets with this local or remote port (repeatable: any of them).
+    /// With --pid too, a socket must match both.
+    #[arg(short = 'P', long = "port", value_name = "PORT", value_parser = parse_port)]
+    ports: Vec<u16>,
+
     /// Also report every TCP state change (`state_change` records; noisy on busy hosts)
     #[arg(long)]
     state_changes: bool,
@@ -55,6 +68,22 @@ struct Cli {
     /// least the page size. Larger rides out bigger bursts.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = parse_ring_size)]
     ring_size: u32,
+}
+
+fn parse_pid(value: &str) -> Result<u32, String> {
+    match value.parse::<u32>() {
+        Ok(0) => Err("pid 0 is not a process".to_owned()),
+        Ok(pid) if i32::try_from(pid).is_ok() => Ok(pid),
+        _ => Err(format!("{value:?} is not a process id")),
+    }
+}
+
+fn parse_port(value: &str) -> Result<u16, String> {
+    match value.parse::<u16>() {
+        Ok(0) => Err("port 0 is not a port a connection uses".to_owned()),
+        Ok(port) => Ok(port),
+        Err(_) => Err(format!("{value:?} is not a port (1-65535)")),
+    }
 }
 
 /// A power of two, at least a page: what `BPF_MAP_TYPE_RINGBUF` accepts.
@@ -108,13 +137,29 @@ async fn run(cli: Cli) -> Result<()> {
     let tracefs = kernel::tracefs()?;
     let layout = layout::discover(&kernel_btf, &tracefs)?;
     let hz = kernel::hz().context("finding the kernel's HZ")?;
-    let settings = Settings {
-        state_changes: u8::from(cli.state_changes),
-        pad: [0; 7],
+    for &pid in &cli.pids {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            eprintln!("kalive: no process {pid} now; its sockets are reported if it appears");
+        }
+    }
+    let filters = Filters {
+        pids: cli.pids,
+        ports: cli.ports,
     };
     // Undocumented: exercise the raw_tp fallback (tests).
     let raw_only = std::env::var_os("KALIVE_RAW_TRACEPOINTS").is_some_and(|v| v == "1");
-    let (tracer, events) = Tracer::start(&layout, settings, cli.ring_size, raw_only)?;
+    // Sockets that exist already: their owners come from procfs.
+    let sockets = procfs::Sockets::scan();
+    let (tracer, events) = Tracer::start(
+        &layout,
+        &filters,
+        cli.state_changes,
+        cli.ring_size,
+        raw_only,
+    )?;
+    for (hook, why) in &tracer.attached.skipped {
+        eprintln!("kalive: this kernel has no {hook} tracepoint: {why}");
+    }
     eprintln!(
         "kalive: tracing TCP keepalive ({}; HZ={hz}). Ctrl-C to stop.",
         tracer.attached
@@ -122,7 +167,11 @@ async fn run(cli: Cli) -> Result<()> {
 
     let mut stream = Stream {
         writer: Writer::new(stdout.lock(), format, WallClock::now(), hz),
+        tracer,
+        sockets,
+        pids: filters.pids.iter().copied().collect(),
         lost_reported: 0,
+        owners_full_reported: false,
     };
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged
     // until the `AsyncFd` (and with it the ring buffer) is dropped.
@@ -145,14 +194,14 @@ async fn run(cli: Cli) -> Result<()> {
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
         };
-        if let Err(err) = step.and_then(|()| stream.check_lost(&tracer)) {
+        if let Err(err) = step.and_then(|()| stream.check_counters()) {
             break Err(err);
         }
     };
     // Deliver what the kernel already produced, then stop.
     let result = result
         .and_then(|()| stream.drain(events.get_mut()))
-        .and_then(|()| stream.check_lost(&tracer));
+        .and_then(|()| stream.check_counters());
     match result {
         // A closed stdout (`kalive | head -1`) is a clean stop, not an error.
         Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(()),
@@ -162,8 +211,14 @@ async fn run(cli: Cli) -> Result<()> {
 
 struct Stream<W: Write> {
     writer: Writer<W>,
+    tracer: Tracer,
+    /// Who holds which socket, per the last `/proc` scan.
+    sockets: procfs::Sockets,
+    /// `--pid` values, for records the kernel could not filter.
+    pids: HashSet<u32>,
     /// Lost records already reported.
     lost_reported: u64,
+    owners_full_reported: bool,
 }
 
 impl<W: Write> Stream<W> {
@@ -172,8 +227,9 @@ impl<W: Write> Stream<W> {
         while let Some(item) = ring.next() {
             match Record::decode(&item) {
                 Ok(mut record) => {
-                    complete(&mut record);
-                    self.writer.record(&record)?;
+                    if self.complete(&mut record) {
+                        self.writer.record(&record)?;
+                    }
                 }
                 Err(err) => log::warn!("skipping a record: {err}"),
             }
@@ -181,31 +237,99 @@ impl<W: Write> Stream<W> {
         self.writer.flush()
     }
 
-    /// Reports records the programs could not deliver since the last check.
-    fn check_lost(&mut self, tracer: &Tracer) -> io::Result<()> {
-        let lost = tracer.lost().map_err(io::Error::other)?;
+    /// Fills in what the programs could not know, and applies the pid filter
+    /// where the kernel could not. Returns whether to write the record.
+    fn complete(&mut self, record: &mut Record) -> bool {
+        if record.owner_pid().is_none() && record.ino != 0 {
+            self.owner_from_procfs(record);
+        }
+        if record.cookie == 0 {
+            self.assign_cookie(record);
+        }
+        !record.unfiltered()
+            || record
+                .owner_pid()
+                .is_some_and(|pid| self.pids.contains(&pid))
+    }
+
+    /// The owner of a socket the programs know no owner for: whoever holds it in
+    /// `/proc`. The programs are told, so later records carry it.
+    fn owner_from_procfs(&mut self, record: &mut Record) {
+        let Some(holders) = self.sockets.holders(record.ino) else {
+            return;
+        };
+        // Several processes hold it: which one used it last only the kernel can
+        // tell; name the first, and say it is shared.
+        let Some(first) = holders.iter().min_by_key(|h| h.pid) else {
+            return;
+        };
+        let shared = holders.iter().any(|h| h.pid != first.pid);
+        let mut comm = [0u8; 16];
+        let len = first.comm.len().min(15);
+        comm[..len].copy_from_slice(&first.comm[..len]);
+        let owner = Owner {
+            pid: first.pid,
+            source: OWNER_PROCFS,
+            shared: u8::from(shared),
+            pad: 0,
+            learned_ns: WallClock::boot_now_ns(),
+            ino: record.ino,
+            comm,
+        };
+        record.pid = owner.pid;
+        record.comm = owner.comm;
+        record.owner = OWNER_PROCFS;
+        if shared {
+            record.flags |= FLAG_SHARED;
+        }
+        if let Err(err) = self.tracer.set_owner(record.sk, &owner) {
+            log::debug!(
+                "cannot tell the programs the owner of socket {}: {err:#}",
+                record.ino
+            );
+        }
+    }
+
+    /// A socket the kernel has assigned no cookie yet gets one through a
+    /// descriptor of its owner: the caller's for `keepalive_set`, else one found
+    /// in `/proc`.
+    fn assign_cookie(&mut self, record: &mut Record) {
+        if record.ino == 0 {
+            return;
+        }
+        let via = match (record.kind(), record.owner_pid()) {
+            (Some(Kind::KeepaliveSet), Some(pid)) if record.fd >= 0 => Some((pid, record.fd)),
+            _ => self
+                .sockets
+                .holders(record.ino)
+                .and_then(|holders| holders.first())
+                .map(|h| (h.pid, h.fd)),
+        };
+        if let Some((pid, fd)) = via {
+            match sockets::cookie_via_fd(pid, fd, record.ino) {
+                Ok(cookie) => record.cookie = cookie,
+                Err(err) => log::debug!("no cookie for socket {}: {err}", record.ino),
+            }
+        }
+    }
+
+    /// Reports records the programs could not deliver since the last check, and
+    /// (once) a full map of owners.
+    fn check_counters(&mut self) -> io::Result<()> {
+        let lost = self.tracer.lost().map_err(io::Error::other)?;
         if lost > self.lost_reported {
             let now = WallClock::boot_now_ns();
             self.writer.lost(now, lost - self.lost_reported)?;
             self.lost_reported = lost;
             self.writer.flush()?;
         }
-        Ok(())
-    }
-}
-
-/// Fills in what the programs could not: a `keepalive_set` on a socket that has
-/// no cookie yet gets one through the caller's descriptor.
-fn complete(record: &mut Record) {
-    if record.cookie == 0
-        && record.kind() == Some(Kind::KeepaliveSet)
-        && let Some(pid) = record.owner_pid()
-        && record.fd >= 0
-        && record.ino != 0
-    {
-        match sockets::cookie_via_fd(pid, record.fd, record.ino) {
-            Ok(cookie) => record.cookie = cookie,
-            Err(err) => log::debug!("no cookie for socket {}: {err}", record.ino),
+        if !self.owners_full_reported && self.tracer.owners_full().map_err(io::Error::other)? > 0 {
+            self.owners_full_reported = true;
+            eprintln!(
+                "kalive: the kernel's map of socket owners is full; owners of more sockets \
+                 come from /proc scans (slower, and not filtered in the kernel)"
+            );
         }
+        Ok(())
     }
 }

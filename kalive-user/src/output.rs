@@ -10,7 +10,9 @@ use std::{
     net::IpAddr,
 };
 
-use kalive_common::{CAUSE_PEER_RESET, CAUSE_PROBES_EXHAUSTED, CAUSE_USER_TIMEOUT, Kind, Record};
+use kalive_common::{
+    CAUSE_PEER_RESET, CAUSE_PROBES_EXHAUSTED, CAUSE_USER_TIMEOUT, Kind, OWNER_PROCFS, Record,
+};
 
 use crate::clock::{WallClock, write_rfc3339};
 
@@ -81,6 +83,17 @@ pub fn errno_name(errno: u32) -> String {
     name.to_owned()
 }
 
+/// How the owner was learned: from the process using the socket (`kernel`), from
+/// `/proc/PID/fd` (`procfs`), or not at all.
+#[must_use]
+pub const fn owner_name(record: &Record) -> &'static str {
+    match (record.owner_pid(), record.owner) {
+        (None, _) => "unknown",
+        (Some(_), OWNER_PROCFS) => "procfs",
+        (Some(_), _) => "kernel",
+    }
+}
+
 /// Why keepalive killed the connection.
 #[must_use]
 pub const fn timeout_cause(record: &Record) -> &'static str {
@@ -145,7 +158,7 @@ impl<W: Write> Writer<W> {
                 write_rfc3339(l, self.clock.unix_ns(ts_boot_ns));
                 let _ = write!(
                     l,
-                    "\",\"event\":\"{name}\",\"pid\":null,\"comm\":null,\"family\":null,\
+                    "\",\"event\":\"{name}\",\"pid\":null,\"comm\":null,\"owner\":null,\"shared\":null,\"family\":null,\
                      \"saddr\":null,\"sport\":null,\"daddr\":null,\"dport\":null,\"netns\":null,\
                      \"cookie\":null,\"state\":null,\"probes\":null,\"idle_ms\":null,\
                      \"keepidle_ms\":null,\"keepintvl_ms\":null,\"keepcnt\":null,\
@@ -222,6 +235,12 @@ impl<W: Write> Writer<W> {
             }
             None => l.push_str(",\"pid\":null,\"comm\":null"),
         }
+        let _ = write!(
+            l,
+            ",\"owner\":\"{}\",\"shared\":{}",
+            owner_name(r),
+            r.shared()
+        );
         let _ = write!(
             l,
             ",\"family\":\"{}\",\"saddr\":\"{}\",\"sport\":{},\"daddr\":\"{}\",\"dport\":{},\"netns\":{}",
@@ -443,7 +462,7 @@ mod tests {
         assert_eq!(
             render(Format::Json, &[r]),
             "{\"ts\":\"1970-01-01T00:00:01.001500Z\",\"event\":\"probe_sent\",\"pid\":4242,\
-             \"comm\":\"curl\",\"family\":\"ipv4\",\"saddr\":\"10.0.0.1\",\"sport\":40000,\
+             \"comm\":\"curl\",\"owner\":\"kernel\",\"shared\":false,\"family\":\"ipv4\",\"saddr\":\"10.0.0.1\",\"sport\":40000,\
              \"daddr\":\"10.0.0.2\",\"dport\":80,\"netns\":4026531840,\"cookie\":77,\
              \"state\":\"ESTABLISHED\",\"probes\":2,\"idle_ms\":2000,\"keepidle_ms\":1000,\
              \"keepintvl_ms\":1000,\"keepcnt\":2,\"user_timeout_ms\":0,\"next_ms\":1000}\n"
@@ -497,6 +516,25 @@ mod tests {
         for key in ["pid", "comm", "cookie", "idle_ms"] {
             assert!(v[key].is_null(), "{key}: {v}");
         }
+        assert_eq!(
+            (v["owner"].as_str(), v["shared"].as_bool()),
+            (Some("unknown"), Some(false))
+        );
+    }
+
+    #[test]
+    fn owner_says_how_it_was_learned() {
+        let mut r = sample(Kind::ProbeSent);
+        r.pid = 7;
+        r.owner = kalive_common::OWNER_KERNEL;
+        assert_eq!(json(&r)["owner"], "kernel");
+        r.owner = OWNER_PROCFS;
+        r.flags |= kalive_common::FLAG_SHARED;
+        let v = json(&r);
+        assert_eq!(
+            (v["owner"].as_str(), v["shared"].as_bool()),
+            (Some("procfs"), Some(true))
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! instantiated for tp_btf (BTF-typed arguments) and raw_tp (bare numbers); the
 //! loader uses tp_btf where it loads and falls back to raw_tp per hook.
 
+mod owner;
 mod setsockopt;
 mod state;
 mod tcp;
@@ -20,11 +21,11 @@ impl Args {
     }
 }
 
-/// `tracepoint!("name", btf_program, raw_program, body)` defines the tp_btf
+/// `hook!("name", btf_program, raw_program, body)` defines the tp_btf
 /// program `btf_program` and the raw_tp program `raw_program` on tracepoint
 /// `name`, both calling `body::<BTF>(args)`. `BTF` tells whether the arguments
 /// are BTF-typed, so that the body may pass them to helpers that need that.
-macro_rules! tracepoint {
+macro_rules! hook {
     ($tp:literal, $btf:ident, $raw:ident, $body:ident) => {
         #[aya_ebpf::macros::btf_tracepoint(function = $tp)]
         pub fn $btf(ctx: aya_ebpf::programs::BtfTracePointContext) -> i32 {
@@ -41,7 +42,7 @@ macro_rules! tracepoint {
         }
     };
 }
-pub(crate) use tracepoint;
+pub(crate) use hook;
 
 impl Args {
     pub(crate) const fn new(ctx: *mut core::ffi::c_void) -> Self {

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use kalive_common::Kind;
 
 use crate::{
-    emit::{current_owner, emit, learn_owner},
+    emit::{emit, learn_owner},
     kernel::{layout, sock_of_fd},
     maps::SETSOCKOPT,
 };
@@ -64,12 +64,7 @@ pub fn sys_exit_setsockopt(ctx: TracePointContext) -> u32 {
     }
     // The caller owns the socket; the record names the caller even if the map
     // of owners is full.
-    let owner = current_owner();
-    learn_owner(sk, &owner);
-    emit(Kind::KeepaliveSet, sk, 0, |r| {
-        r.fd = fd as i32;
-        r.pid = owner.pid;
-        r.comm = owner.comm;
-    });
+    let owner = learn_owner(sk);
+    emit(Kind::KeepaliveSet, sk, 0, Some(owner), |r| r.fd = fd as i32);
     0
 }

@@ -7,9 +7,9 @@
 use aya_ebpf::helpers::bpf_get_socket_cookie;
 use kalive_common::{CAUSE_PEER_RESET, CAUSE_PROBES_EXHAUSTED, CAUSE_USER_TIMEOUT, Kind};
 
-use super::{Args, tracepoint};
+use super::{Args, hook};
 use crate::{
-    emit::{current_owner, emit, learn_owner},
+    emit::{emit, learn_owner},
     kernel::{ICSK_TIME_PROBE0, Sock, setting},
     maps::CALLBACK,
 };
@@ -19,7 +19,7 @@ const TCP_FIN_WAIT2: u64 = 5;
 const TCP_CLOSE: u64 = 7;
 const ECONNRESET: u32 = 104;
 
-tracepoint!(
+hook!(
     "inet_sock_set_state",
     inet_sock_set_state,
     inet_sock_set_state_raw,
@@ -44,14 +44,14 @@ fn set_state<const BTF: bool>(args: Args) {
 
     // connect() moves CLOSE -> SYN_SENT in the caller's context: it owns the socket.
     if old == TCP_CLOSE && new == TCP_SYN_SENT {
-        learn_owner(sk, &current_owner());
+        learn_owner(sk);
     }
 
     if new == TCP_CLOSE
         && let Some(cause) = keepalive_kill(sk, old)
     {
         let err = sk.err();
-        emit(Kind::KeepaliveTimeout, sk, cookie, |r| {
+        emit(Kind::KeepaliveTimeout, sk, cookie, None, |r| {
             r.error = err;
             r.cause = cause;
             r.state = new as u8;
@@ -59,7 +59,7 @@ fn set_state<const BTF: bool>(args: Args) {
     }
 
     if setting!(state_changes) != 0 {
-        emit(Kind::StateChange, sk, cookie, |r| {
+        emit(Kind::StateChange, sk, cookie, None, |r| {
             r.old_state = old as u8;
             r.state = new as u8;
         });

@@ -3,7 +3,7 @@
 use aya_ebpf::helpers::bpf_get_socket_cookie;
 use kalive_common::Kind;
 
-use super::{Args, tracepoint};
+use super::{Args, hook};
 use crate::{
     emit::{emit, forget_owner},
     kernel::{ICSK_TIME_PROBE0, Segment, Sock},
@@ -11,7 +11,7 @@ use crate::{
 
 // TP_PROTO(struct sock *sk, const struct sk_buff *skb): every segment received on
 // an established socket, before tcp_ack() resets icsk_probes_out.
-tracepoint!("tcp_probe", tcp_probe, tcp_probe_raw, segment);
+hook!("tcp_probe", tcp_probe, tcp_probe_raw, segment);
 
 fn segment<const BTF: bool>(args: Args) {
     let sk = Sock(args.get(0));
@@ -40,11 +40,11 @@ fn segment<const BTF: bool>(args: Args) {
         0
     };
     // The ACK being processed answers the probes: none are unanswered after it.
-    emit(Kind::ProbeAcked, sk, cookie, |r| r.probes = 0);
+    emit(Kind::ProbeAcked, sk, cookie, None, |r| r.probes = 0);
 }
 
 // TP_PROTO(struct sock *sk)
-tracepoint!(
+hook!(
     "tcp_destroy_sock",
     tcp_destroy_sock,
     tcp_destroy_sock_raw,

@@ -10,7 +10,7 @@
 
 use kalive_common::Kind;
 
-use super::{Args, tracepoint};
+use super::{Args, hook};
 use crate::{
     emit::{emit, jiffies32},
     kernel::{Sock, layout, timer_expires, timer_function},
@@ -22,7 +22,7 @@ fn is_keepalive_timer(timer: u64) -> bool {
 }
 
 // TP_PROTO(struct timer_list *timer, unsigned long baseclk)
-tracepoint!(
+hook!(
     "timer_expire_entry",
     timer_expire_entry,
     timer_expire_entry_raw,
@@ -48,7 +48,7 @@ fn expire_entry<const BTF: bool>(args: Args) {
 
 // TP_PROTO(struct timer_list *timer). The callback may have freed the socket:
 // nothing here reads it.
-tracepoint!(
+hook!(
     "timer_expire_exit",
     timer_expire_exit,
     timer_expire_exit_raw,
@@ -71,7 +71,7 @@ fn expire_exit<const BTF: bool>(args: Args) {
 
 // 6.x: TP_PROTO(struct timer_list *timer, unsigned long bucket_expiry); older
 // kernels add arguments after `timer`. Only `timer` is used.
-tracepoint!("timer_start", timer_start, timer_start_raw, start);
+hook!("timer_start", timer_start, timer_start_raw, start);
 
 fn start<const BTF: bool>(args: Args) {
     let timer = args.get(0);
@@ -92,5 +92,5 @@ fn start<const BTF: bool>(args: Args) {
         return;
     }
     let next = (timer_expires(timer) as u32).wrapping_sub(jiffies32());
-    emit(Kind::ProbeSent, sk, 0, |r| r.next = next);
+    emit(Kind::ProbeSent, sk, 0, None, |r| r.next = next);
 }

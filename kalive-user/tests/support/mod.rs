@@ -13,7 +13,7 @@ use std::{
     os::unix::fs::MetadataExt as _,
     process::{Child, ChildStdin, Command, ExitStatus, Stdio},
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, PoisonError, RwLock, RwLockReadGuard,
         atomic::{AtomicU32, Ordering},
         mpsc::{self, Receiver, RecvTimeoutError},
     },
@@ -531,4 +531,93 @@ impl Drop for Peer {
             let _ = self.child.wait();
         }
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+    /// An IPv6 socket talking to an IPv4 peer (`::ffff:a.b.c.d`).
+    Mapped,
+}
+
+impl Family {
+    pub fn server_addr(self) -> String {
+        match self {
+            Self::V4 => format!("{}:7777", Topology::SERVER_V4),
+            Self::V6 => format!("[{}]:7777", Topology::SERVER_V6),
+            Self::Mapped => format!("[::ffff:{}]:7777", Topology::SERVER_V4),
+        }
+    }
+
+    pub fn listen_addr(self) -> String {
+        match self {
+            Self::V4 | Self::Mapped => format!("{}:7777", Topology::SERVER_V4),
+            Self::V6 => format!("[{}]:7777", Topology::SERVER_V6),
+        }
+    }
+
+    pub const fn json(self) -> &'static str {
+        match self {
+            Self::V4 => "ipv4",
+            Self::V6 | Self::Mapped => "ipv6",
+        }
+    }
+}
+
+/// Tests share the kernel: one that counts every record kalive sees
+/// (`overflow_is_counted_not_silent`) runs alone; the others run together.
+pub static KERNEL: RwLock<()> = RwLock::new(());
+
+pub fn shared() -> RwLockReadGuard<'static, ()> {
+    KERNEL.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A server holding one connection, and a client connected to it.
+pub struct Connection {
+    pub net: Topology,
+    pub server: Peer,
+    pub client: Peer,
+    pub info: SocketInfo,
+}
+
+pub fn connect(tag: &str, family: Family, client_args: &[&str]) -> Connection {
+    let net = Topology::new(tag);
+    let mut server = Peer::spawn(&net.server, &["serve", &family.listen_addr()]);
+    server.expect("listening");
+    let addr = family.server_addr();
+    let mut args = vec!["client", addr.as_str()];
+    args.extend_from_slice(client_args);
+    let mut client = Peer::spawn(&net.client, &args);
+    let info = client.socket("connected");
+    server.socket("server");
+    Connection {
+        net,
+        server,
+        client,
+        info,
+    }
+}
+
+/// A process the test did not spawn itself (a helper's forked child), killed on
+/// drop.
+pub struct Reap(pub u32);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0) {
+            // SAFETY: signalling a process this test made.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// `forked child=PID` from a helper: the child's pid, reaped on drop.
+pub fn forked_child(peer: &mut Peer) -> Reap {
+    let line = peer.expect("forked child=");
+    Reap(
+        line.trim_start_matches("forked child=")
+            .parse()
+            .expect("child pid"),
+    )
 }

@@ -9,14 +9,16 @@
 //! decides when each step happens.
 //!
 //! ```text
-//! tcp_peer pair ADDR          listen, connect, accept; on `close`: close both
-//! tcp_peer serve ADDR         accept one connection and hold it, never reading;
-//!                             stdin: `send N`, `abort`
+//! tcp_peer pair ADDR      listen, connect, accept; on `close`: close both
+//! tcp_peer serve ADDR [--idle S --intvl S --cnt N] [--fork-accept]
+//!     accept one connection and hold it, never reading; stdin: `send N`, `abort`
 //! tcp_peer client ADDR [--idle S] [--intvl S] [--cnt N] [--user-timeout MS]
-//!                      [--before-connect]
+//!                      [--before-connect] [--no-cookie] [--thread] [--comm NAME]
+//!                      [--fork handoff|share]
 //!     connect; set the keepalive options after `go` (or before connecting);
 //!     then read until the connection fails and print `recv_error errno=N`.
-//!     stdin: `disable` turns SO_KEEPALIVE off; `burst N` sets TCP_KEEPIDLE N times.
+//!     stdin: `disable` (SO_KEEPALIVE off), `burst N` (TCP_KEEPIDLE N times),
+//!     `send` (one byte), `child send` (one byte, from the forked child)
 //! ```
 
 use std::{
@@ -89,8 +91,8 @@ fn pair(args: &[String]) -> io::Result<()> {
     let listener = TcpListener::bind(addr(args)?)?;
     let client = TcpStream::connect(listener.local_addr()?)?;
     let (server, _) = listener.accept()?;
-    report("client", &client)?;
-    report("server", &server)?;
+    report("client", &client, true)?;
+    report("server", &server, true)?;
     wait_for("close")?;
     drop(client);
     let n = (&server).read(&mut [0u8; 1])?;
@@ -100,16 +102,36 @@ fn pair(args: &[String]) -> io::Result<()> {
     Ok(())
 }
 
-/// `serve ADDR`: accept one connection, report it, and hold it without reading
-/// until stdin closes. stdin: `send N` writes N small messages 100 ms apart;
-/// `abort` closes the connection without telling the peer anything the test
-/// lets through (`SO_LINGER` 0: a reset, which the test drops).
+/// `serve ADDR [--idle S --intvl S --cnt N] [--fork-accept]`: accept one
+/// connection, report it, and hold it without reading until stdin closes.
+/// Keepalive options are set on the listener (accepted sockets inherit them).
+/// With `--fork-accept` a child (`tcp_acceptor`) accepts while the parent, which
+/// made the listener, waits. stdin: `send N` writes N small messages 100 ms
+/// apart; `abort` closes the connection with a reset (`SO_LINGER` 0).
 fn serve(args: &[String]) -> io::Result<()> {
+    let (ka, opts) = Keepalive::parse(&args[1..])?;
     let listener = TcpListener::bind(addr(args)?)?;
+    if ka.any() {
+        configure(listener.as_raw_fd(), &ka)?;
+    }
     println!("listening");
     io::stdout().flush()?;
+    if opts.fork_accept {
+        // SAFETY: single-threaded here; the child only runs this function's code.
+        match unsafe { libc::fork() } {
+            -1 => return Err(io::Error::last_os_error()),
+            0 => set_comm("tcp_acceptor"),
+            child => {
+                println!("forked child={child}");
+                io::stdout().flush()?;
+                // The parent holds the listener until the test is done.
+                let _ = io::stdin().lock().read_to_end(&mut Vec::new());
+                return Ok(());
+            }
+        }
+    }
     let (server, _) = listener.accept()?;
-    report("server", &server)?;
+    report("server", &server, true)?;
     let mut server = Some(server);
     for line in io::stdin().lock().lines() {
         let line = line?;
@@ -154,30 +176,79 @@ struct Keepalive {
     intvl: Option<i32>,
     cnt: Option<i32>,
     user_timeout: Option<i32>,
-    before_connect: bool,
 }
 
-fn client(args: &[String]) -> io::Result<()> {
-    let peer = addr(args)?;
-    let mut ka = Keepalive::default();
-    let mut rest = args[1..].iter();
-    while let Some(flag) = rest.next() {
-        let mut value = || -> io::Result<i32> {
-            rest.next()
-                .ok_or_else(|| io::Error::other(format!("{flag} needs a value")))?
-                .parse()
-                .map_err(io::Error::other)
-        };
-        match flag.as_str() {
-            "--idle" => ka.idle = Some(value()?),
-            "--intvl" => ka.intvl = Some(value()?),
-            "--cnt" => ka.cnt = Some(value()?),
-            "--user-timeout" => ka.user_timeout = Some(value()?),
-            "--before-connect" => ka.before_connect = true,
-            other => return Err(io::Error::other(format!("unknown flag {other}"))),
-        }
+impl Keepalive {
+    const fn any(&self) -> bool {
+        self.idle.is_some() || self.intvl.is_some() || self.cnt.is_some()
     }
 
+    /// Keepalive flags and the other options, from `args`.
+    fn parse(args: &[String]) -> io::Result<(Self, Options)> {
+        let mut ka = Self::default();
+        let mut opts = Options::default();
+        let mut rest = args.iter();
+        while let Some(flag) = rest.next() {
+            let mut value = || -> io::Result<&String> {
+                rest.next()
+                    .ok_or_else(|| io::Error::other(format!("{flag} needs a value")))
+            };
+            let number = |v: &String| v.parse::<i32>().map_err(io::Error::other);
+            match flag.as_str() {
+                "--idle" => ka.idle = Some(number(value()?)?),
+                "--intvl" => ka.intvl = Some(number(value()?)?),
+                "--cnt" => ka.cnt = Some(number(value()?)?),
+                "--user-timeout" => ka.user_timeout = Some(number(value()?)?),
+                "--before-connect" => opts.before_connect = true,
+                "--no-cookie" => opts.no_cookie = true,
+                "--thread" => opts.thread = true,
+                "--fork-accept" => opts.fork_accept = true,
+                "--comm" => opts.comm = Some(value()?.clone()),
+                "--fork" => opts.fork = Some(value()?.clone()),
+                other => return Err(io::Error::other(format!("unknown flag {other}"))),
+            }
+        }
+        Ok((ka, opts))
+    }
+}
+
+#[derive(Default)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent command-line switches"
+)]
+struct Options {
+    before_connect: bool,
+    /// Do not ask for the socket's cookie (which would assign one).
+    no_cookie: bool,
+    /// Do the socket's work in a thread named `worker`.
+    thread: bool,
+    fork_accept: bool,
+    /// Name this process so (`PR_SET_NAME`).
+    comm: Option<String>,
+    /// `handoff`: after configuring, fork; the parent exits, the child
+    /// (`tcp_child`) keeps the socket. `share`: both keep it.
+    fork: Option<String>,
+}
+
+/// `client ADDR [keepalive flags] [options]`: see the module's documentation.
+fn client(args: &[String]) -> io::Result<()> {
+    let peer = addr(args)?;
+    let (ka, opts) = Keepalive::parse(&args[1..])?;
+    if let Some(comm) = &opts.comm {
+        set_comm(comm);
+    }
+    if opts.thread {
+        return std::thread::Builder::new()
+            .name("worker".to_owned())
+            .spawn(move || client_socket(peer, &ka, &opts))?
+            .join()
+            .map_err(|_| io::Error::other("worker thread panicked"))?;
+    }
+    client_socket(peer, &ka, &opts)
+}
+
+fn client_socket(peer: SocketAddr, ka: &Keepalive, opts: &Options) -> io::Result<()> {
     let domain = if peer.is_ipv6() {
         libc::AF_INET6
     } else {
@@ -190,20 +261,65 @@ fn client(args: &[String]) -> io::Result<()> {
     }
     // SAFETY: a fresh descriptor nothing else owns.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    if ka.before_connect {
-        configure(fd, &ka)?;
+    if opts.before_connect {
+        configure(fd, ka)?;
     }
     connect(fd, peer)?;
     let stream = TcpStream::from(owned);
-    report("connected", &stream)?;
-    if !ka.before_connect {
+    report("connected", &stream, !opts.no_cookie)?;
+    if !opts.before_connect {
         wait_for("go")?;
-        configure(fd, &ka)?;
+        configure(fd, ka)?;
     }
     println!("configured");
     io::stdout().flush()?;
 
-    // Commands arrive while the main thread blocks in recv().
+    // `child send` commands go to a forked child through this pipe.
+    let mut to_child: Option<std::fs::File> = None;
+    match opts.fork.as_deref() {
+        None => {}
+        Some(mode @ ("handoff" | "share")) => {
+            let mut fds = [0; 2];
+            // SAFETY: `fds` has room for two descriptors.
+            if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: single-threaded here (no command thread yet).
+            match unsafe { libc::fork() } {
+                -1 => return Err(io::Error::last_os_error()),
+                0 => {
+                    set_comm("tcp_child");
+                    // SAFETY: the read end of the pipe made above, owned here.
+                    let from_parent = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+                    std::thread::spawn(move || {
+                        for line in io::BufReader::new(from_parent).lines() {
+                            if line.is_ok_and(|l| l == "send") {
+                                let sent = (&*stream_clone(fd)).write_all(b"c");
+                                println!("child sent {}", sent.is_ok());
+                                let _ = io::stdout().flush();
+                            }
+                        }
+                    });
+                    return read_until_closed(&stream);
+                }
+                child => {
+                    println!("forked child={child}");
+                    io::stdout().flush()?;
+                    if mode == "handoff" {
+                        // Leave the socket to the child; skip destructors so
+                        // nothing is flushed or closed twice.
+                        // SAFETY: ends this process at once.
+                        unsafe { libc::_exit(0) };
+                    }
+                    // SAFETY: the write end of the pipe made above, owned here.
+                    to_child = Some(unsafe { std::fs::File::from_raw_fd(fds[1]) });
+                }
+            }
+        }
+        Some(other) => return Err(io::Error::other(format!("unknown fork mode {other}"))),
+    }
+
+    // Commands arrive while this thread blocks in recv().
     std::thread::spawn(move || {
         for line in io::stdin().lock().lines() {
             let Ok(line) = line else { break };
@@ -224,16 +340,34 @@ fn client(args: &[String]) -> io::Result<()> {
                         .count();
                     println!("burst done failed={failed}");
                 }
+                ["send"] => {
+                    let sent = (&*stream_clone(fd)).write_all(b"p");
+                    println!("sent {}", sent.is_ok());
+                }
+                ["child", "send"] => {
+                    let relayed = to_child.as_mut().map(|pipe| writeln!(pipe, "send"));
+                    println!("relayed {}", relayed.is_some_and(|r| r.is_ok()));
+                }
                 _ => println!("unknown command {line:?}"),
             }
             let _ = io::stdout().flush();
         }
     });
+    read_until_closed(&stream)
+}
 
-    // Read (and drop) whatever the server sends, until the connection ends.
+/// A `TcpStream` view of `fd` that does not close it.
+fn stream_clone(fd: RawFd) -> std::mem::ManuallyDrop<TcpStream> {
+    // SAFETY: `fd` stays open for the life of the process; ManuallyDrop keeps
+    // this view from closing it.
+    std::mem::ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) })
+}
+
+/// Reads (and drops) whatever the server sends, until the connection ends.
+fn read_until_closed(stream: &TcpStream) -> io::Result<()> {
     let mut buf = [0u8; 4096];
     loop {
-        match (&stream).read(&mut buf) {
+        match (&*stream).read(&mut buf) {
             Ok(0) => {
                 println!("recv_eof");
                 break;
@@ -246,6 +380,12 @@ fn client(args: &[String]) -> io::Result<()> {
         }
     }
     io::stdout().flush()
+}
+
+fn set_comm(name: &str) {
+    let name = std::ffi::CString::new(name).expect("no NUL in a comm");
+    // SAFETY: PR_SET_NAME with a NUL-terminated name (truncated to 15 bytes).
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
 }
 
 /// `SO_KEEPALIVE`, then each `TCP_*` option given, in this order.
@@ -310,10 +450,12 @@ fn connect(fd: RawFd, peer: SocketAddr) -> io::Result<()> {
     }
 }
 
-fn report(role: &str, stream: &TcpStream) -> io::Result<()> {
+/// `ROLE cookie=.. pid=.. local=.. peer=..`; cookie 0 when not asked (asking
+/// assigns one).
+fn report(role: &str, stream: &TcpStream, with_cookie: bool) -> io::Result<()> {
     println!(
         "{role} cookie={} pid={} local={} peer={}",
-        cookie(stream)?,
+        if with_cookie { cookie(stream)? } else { 0 },
         std::process::id(),
         stream.local_addr()?,
         stream.peer_addr()?

@@ -1,0 +1,178 @@
+//! Finding which processes hold a socket, from `/proc/PID/fd`: the owner of
+//! sockets that were opened before kalive started, or whose owner the programs
+//! could not learn (a child that inherited a socket and never used it).
+
+use std::{
+    collections::HashMap,
+    fs,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+/// A process holding a socket, through descriptor `fd`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: u32,
+    pub fd: i32,
+    /// The process's command name (its main thread's), raw bytes.
+    pub comm: Vec<u8>,
+}
+
+/// Socket inode -> processes holding it, from the last scan.
+#[derive(Debug, Default)]
+pub struct Sockets {
+    holders: HashMap<u64, Vec<Holder>>,
+    scanned_at: Option<Instant>,
+    /// How long the last scan took: scans are spaced by ten times that.
+    last_cost: Duration,
+    scans: u64,
+}
+
+/// Never rescan more often than this, however cheap a scan is.
+const MIN_INTERVAL: Duration = Duration::from_millis(250);
+
+impl Sockets {
+    /// Scans `/proc` now.
+    #[must_use]
+    pub fn scan() -> Self {
+        let mut sockets = Self::default();
+        sockets.rescan();
+        sockets
+    }
+
+    /// Who holds socket `ino`. On a miss, rescans `/proc` unless the last scan is
+    /// recent (scans are rate limited to at most 10% of a CPU).
+    pub fn holders(&mut self, ino: u64) -> Option<&[Holder]> {
+        if !self.holders.contains_key(&ino) && self.may_rescan() {
+            self.rescan();
+        }
+        self.holders.get(&ino).map(Vec::as_slice)
+    }
+
+    /// Number of scans so far.
+    #[cfg(test)]
+    pub const fn scans(&self) -> u64 {
+        self.scans
+    }
+
+    fn may_rescan(&self) -> bool {
+        self.scanned_at
+            .is_none_or(|at| at.elapsed() >= MIN_INTERVAL.max(self.last_cost * 10))
+    }
+
+    fn rescan(&mut self) {
+        let start = Instant::now();
+        self.holders = scan_dir(Path::new("/proc"));
+        self.last_cost = start.elapsed();
+        self.scanned_at = Some(Instant::now());
+        self.scans += 1;
+    }
+}
+
+/// Every `socket:[N]` link under `root/PID/fd/`.
+fn scan_dir(root: &Path) -> HashMap<u64, Vec<Holder>> {
+    let mut holders: HashMap<u64, Vec<Holder>> = HashMap::new();
+    let Ok(procs) = fs::read_dir(root) else {
+        return holders;
+    };
+    for proc in procs.flatten() {
+        let Some(pid) = proc
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let dir = proc.path();
+        // A process may exit while we look: skip whatever is gone.
+        let Ok(fds) = fs::read_dir(dir.join("fd")) else {
+            continue;
+        };
+        let mut comm: Option<Vec<u8>> = None;
+        for fd in fds.flatten() {
+            let Ok(link) = fs::read_link(fd.path()) else {
+                continue;
+            };
+            let Some(ino) = socket_inode(link.as_os_str().as_encoded_bytes()) else {
+                continue;
+            };
+            let Some(fd) = fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let comm = comm
+                .get_or_insert_with(|| {
+                    let mut c = fs::read(dir.join("comm")).unwrap_or_default();
+                    if c.last() == Some(&b'\n') {
+                        c.pop();
+                    }
+                    c
+                })
+                .clone();
+            holders
+                .entry(ino)
+                .or_default()
+                .push(Holder { pid, fd, comm });
+        }
+    }
+    holders
+}
+
+/// `socket:[12345]` -> 12345
+fn socket_inode(link: &[u8]) -> Option<u64> {
+    let digits = link.strip_prefix(b"socket:[")?.strip_suffix(b"]")?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::TcpListener, os::unix::fs::MetadataExt as _};
+
+    use super::*;
+
+    #[test]
+    fn parses_socket_links() {
+        assert_eq!(socket_inode(b"socket:[4026]"), Some(4026));
+        assert_eq!(socket_inode(b"pipe:[4026]"), None);
+        assert_eq!(socket_inode(b"/dev/null"), None);
+        assert_eq!(socket_inode(b"socket:[x]"), None);
+    }
+
+    #[test]
+    fn finds_our_own_socket() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+        let ino = fs::metadata(format!("/proc/self/fd/{fd}"))
+            .expect("fd")
+            .ino();
+        let mut sockets = Sockets::scan();
+        let holders = sockets.holders(ino).expect("found").to_vec();
+        let me = std::process::id();
+        assert!(
+            holders.iter().any(|h| h.pid == me && h.fd == fd),
+            "{holders:?}"
+        );
+        let comm = fs::read_to_string("/proc/self/comm").expect("comm");
+        assert!(holders.iter().all(|h| h.comm == comm.trim_end().as_bytes()));
+    }
+
+    #[test]
+    fn rescans_on_a_miss_but_not_too_often() {
+        let mut sockets = Sockets::scan();
+        assert_eq!(sockets.scans(), 1);
+        // Inode 1 is never a socket: a miss, but the scan just happened.
+        assert!(sockets.holders(1).is_none());
+        assert_eq!(sockets.scans(), 1);
+        std::thread::sleep(MIN_INTERVAL.max(sockets.last_cost * 10));
+        assert!(sockets.holders(1).is_none());
+        assert_eq!(sockets.scans(), 2);
+        // A socket opened since the last scan is found by the rescan.
+        std::thread::sleep(MIN_INTERVAL.max(sockets.last_cost * 10));
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+        let ino = fs::metadata(format!("/proc/self/fd/{fd}"))
+            .expect("fd")
+            .ino();
+        assert!(sockets.holders(ino).is_some());
+        assert_eq!(sockets.scans(), 3);
+    }
+}
