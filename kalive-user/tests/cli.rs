@@ -25,6 +25,12 @@ fn bad_values_are_usage_errors() {
     assert_usage_error(&["--ring-size", "2048"], "at least");
     assert_usage_error(&["--ring-size", "lots"], "not a number");
     assert_usage_error(&["--no-such-flag"], "unexpected argument");
+    assert_usage_error(&["--pid", "abc"], "not a process id");
+    assert_usage_error(&["--pid", "0"], "pid 0 is not a process");
+    assert_usage_error(&["--pid", "-5"], "");
+    assert_usage_error(&["--port", "70000"], "not a port (1-65535)");
+    assert_usage_error(&["--port", "0"], "port 0");
+    assert_usage_error(&["--port", "http"], "not a port");
 }
 
 #[test]

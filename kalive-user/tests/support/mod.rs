@@ -386,6 +386,13 @@ impl Kalive {
         );
     }
 
+    /// Reads every record kalive wrote until it exited (after [`Self::stop`]).
+    pub fn drain(&mut self) {
+        while let Ok(line) = self.stdout.recv_timeout(Duration::from_secs(10)) {
+            self.push(&line);
+        }
+    }
+
     /// Records of one socket, by cookie.
     pub fn socket(&self, cookie: u64) -> Vec<&Value> {
         self.records
