@@ -126,6 +126,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    // Before anything else: a signal during start-up is a clean stop too.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     let stdout = io::stdout();
     let format = cli.format.unwrap_or(if stdout.is_terminal() {
         Format::Text
@@ -178,8 +181,6 @@ async fn run(cli: Cli) -> Result<()> {
     let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
         .map_err(|err| err.into_parts().1)
         .context("polling the ring buffer")?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
 
     let result = loop {

@@ -167,5 +167,6 @@ fn a_pid_that_does_not_exist_yet_is_noted() {
         "{}",
         kalive.stderr()
     );
-    assert!(kalive.stop().success());
+    let status = kalive.stop();
+    assert!(status.success(), "{status:?}: {}", kalive.stderr());
 }
