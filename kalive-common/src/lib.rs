@@ -11,7 +11,7 @@ mod user;
 pub use user::DecodeError;
 
 /// Bumped whenever the layout of [`Record`] changes.
-pub const RECORD_VERSION: u8 = 4;
+pub const RECORD_VERSION: u8 = 5;
 
 /// What a [`Record`] reports.
 #[repr(u8)]
@@ -31,6 +31,12 @@ pub enum Kind {
     /// Records the kernel could not deliver; made by userspace from the programs'
     /// lost-record counters, never by a program.
     EventsLost = 6,
+    /// The persist timer probed a zero window (`tcp_send_probe0`).
+    ZeroWindowProbeSent = 7,
+    /// The peer opened its window again: zero-window probing ended.
+    ZeroWindowOpen = 8,
+    /// Zero-window probing killed the connection.
+    ZeroWindowTimeout = 9,
 }
 
 impl Kind {
@@ -43,6 +49,9 @@ impl Kind {
             4 => Self::ProbeAcked,
             5 => Self::KeepaliveTimeout,
             6 => Self::EventsLost,
+            7 => Self::ZeroWindowProbeSent,
+            8 => Self::ZeroWindowOpen,
+            9 => Self::ZeroWindowTimeout,
             _ => return None,
         })
     }
@@ -75,6 +84,9 @@ pub const CAUSE_USER_TIMEOUT: u8 = 2;
 /// [`Record::cause`]: the peer reset the connection while keepalive probes were
 /// out (typically: it rebooted and answered a probe with RST).
 pub const CAUSE_PEER_RESET: u8 = 3;
+/// [`Record::cause`]: `tcp_retries2` zero-window probes went unanswered
+/// (`tcp_orphan_retries` for an orphan).
+pub const CAUSE_RETRIES_EXHAUSTED: u8 = 4;
 
 /// [`Record::idle`] when the socket has no peer (not connected): no idle time.
 pub const IDLE_NONE: u32 = u32::MAX;
@@ -219,6 +231,10 @@ pub struct Owner {
 pub struct Layout {
     /// Address of `tcp_keepalive_timer` (`timer_list.function` of keepalive timers).
     pub keepalive_timer_fn: u64,
+    /// Address of `tcp_write_timer`: retransmission and zero-window probes.
+    pub write_timer_fn: u64,
+    /// The kernel's HZ: jiffies per second.
+    pub hz: u32,
 
     // struct sock (sock_common is at its start)
     pub skc_family: u32,
@@ -254,6 +270,10 @@ pub struct Layout {
     /// Which write timer is armed (`ICSK_TIME_*`).
     pub icsk_pending: u32,
     pub icsk_user_timeout: u32,
+    /// When zero-window probing started (jiffies), 0 when not probing.
+    pub icsk_probes_tstamp: u32,
+    /// `icsk_retransmit_timer`: the write timer, whose function is `tcp_write_timer`.
+    pub write_timer: u32,
 
     // struct tcp_sock
     pub tcp_keepalive_time: u32,
@@ -303,6 +323,9 @@ pub struct Layout {
     pub accept_ret: u32,
     pub accept4_ret: u32,
 }
+
+// Two u64 and 58 u32, no padding: every byte the loader writes is meaningful.
+const _: () = assert!(core::mem::size_of::<Layout>() == 2 * 8 + 58 * 4);
 
 /// What the user asked for, handed to the programs as a read-only global.
 #[repr(C)]

@@ -8,8 +8,8 @@ use kalive_common::{
 };
 
 use crate::{
-    kernel::{Sock, current_process_comm, netns_ino, setting},
-    maps::{EVENTS, EXITED, LOST, OWNERS, OWNERS_FULL, PIDS, PORTS},
+    kernel::{Sock, current_process_comm, layout, netns_ino, setting},
+    maps::{EVENTS, EXITED, LOST, OWNERS, OWNERS_FULL, PIDS, PORTS, ZERO_WINDOW, ZERO_WINDOW_LAST},
 };
 
 /// TCP states in which the socket has a peer whose silence can be measured.
@@ -81,6 +81,37 @@ pub(crate) fn forget_owner(sk: Sock) {
 pub(crate) fn process_exited() {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let _ = EXITED.insert(&pid, &now_ns(), 0);
+}
+
+/// Notes that `sk` probes a zero window (`probing`), or sees it is not probing
+/// one: if it was, the peer opened its window, which is reported.
+pub(crate) fn zero_window_probed(sk: Sock, probing: bool) {
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_jiffies64() };
+    if probing {
+        let _ = ZERO_WINDOW.insert(&sk.0, &1, 0);
+        if let Some(last) = ZERO_WINDOW_LAST.get_ptr_mut(0) {
+            // SAFETY: a valid slot; a racing writer stores a time as recent.
+            unsafe { *last = now };
+        }
+        return;
+    }
+    // Probes are at most TCP_RTO_MAX (120 s) apart: without one for twice that,
+    // no socket on this host is probing, and the map need not be searched.
+    let last = ZERO_WINDOW_LAST.get(0).copied().unwrap_or(0);
+    if last == 0 || now.wrapping_sub(last) > 240 * u64::from(layout!(hz)) {
+        return;
+    }
+    // SAFETY: only presence is checked.
+    if unsafe { ZERO_WINDOW.get(&sk.0) }.is_some() {
+        let _ = ZERO_WINDOW.remove(&sk.0);
+        emit(Kind::ZeroWindowOpen, sk, 0, None, |_| {});
+    }
+}
+
+/// Forgets a socket that closes or is destroyed.
+pub(crate) fn forget_zero_window(sk: Sock) {
+    let _ = ZERO_WINDOW.remove(&sk.0);
 }
 
 /// Whether `--port` lets a socket with these ports (network order) through.

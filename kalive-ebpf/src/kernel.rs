@@ -64,6 +64,11 @@ impl Sock {
         Self(timer - u64::from(layout!(keepalive_timer)))
     }
 
+    /// The socket whose write timer (`icsk_retransmit_timer`) is `timer`.
+    pub(crate) fn of_write_timer(timer: u64) -> Self {
+        Self(timer - u64::from(layout!(write_timer)))
+    }
+
     /// A TCP socket: `IPPROTO_TCP` and `SOCK_STREAM` (a raw socket may carry
     /// `IPPROTO_TCP` too, but is no `tcp_sock`).
     pub(crate) fn is_tcp(self) -> bool {
@@ -159,6 +164,11 @@ impl Sock {
 
     pub(crate) fn backoff(self) -> u8 {
         read(self.0, layout!(icsk_backoff))
+    }
+
+    /// Jiffies when zero-window probing started, 0 when not probing.
+    pub(crate) fn probes_tstamp(self) -> u32 {
+        read(self.0, layout!(icsk_probes_tstamp))
     }
 
     /// `TCP_USER_TIMEOUT` in milliseconds, 0 when unset.

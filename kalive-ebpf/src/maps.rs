@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use kalive_common::Owner;
 
@@ -38,7 +38,7 @@ pub(crate) static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 pub(crate) static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
 
-/// The keepalive timer callback running on this CPU, if any.
+/// The TCP timer callback (keepalive or write timer) running on this CPU, if any.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub(crate) struct Callback {
@@ -48,11 +48,30 @@ pub(crate) struct Callback {
     pub(crate) sk: u64,
     /// `icsk_probes_out` when the callback started.
     pub(crate) probes_before: u8,
-    pub(crate) pad: [u8; 7],
+    /// [`KEEPALIVE`] or [`WRITE`].
+    pub(crate) kind: u8,
+    /// `icsk_pending` when the callback started: which write timer fired.
+    pub(crate) pending: u8,
+    pub(crate) pad: [u8; 5],
 }
+
+/// [`Callback::kind`]: `tcp_keepalive_timer`.
+pub(crate) const KEEPALIVE: u8 = 1;
+/// [`Callback::kind`]: `tcp_write_timer`.
+pub(crate) const WRITE: u8 = 2;
 
 #[map]
 pub(crate) static CALLBACK: PerCpuArray<Callback> = PerCpuArray::with_max_entries(1, 0);
+
+/// Sockets probing a zero window (`struct sock *`), to report when it opens.
+#[map]
+pub(crate) static ZERO_WINDOW: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
+
+/// `[0]`: jiffies of the last zero-window probe on this host. When there was
+/// none for longer than probes can be apart, no socket is probing and the
+/// per-segment check is skipped.
+#[map]
+pub(crate) static ZERO_WINDOW_LAST: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Thread (`pid_tgid`) -> the descriptor of its keepalive `setsockopt()` in
 /// flight, from syscall entry to exit. LRU: a thread killed mid-call leaves an

@@ -11,10 +11,12 @@ use crate::{btf::KernelBtf, kernel};
 
 const PTR: usize = size_of::<usize>();
 
+/// `hz` is the kernel's HZ.
+///
 /// # Errors
 /// When the running kernel lacks a structure member, symbol or tracepoint kalive
 /// reads, or a member changed size.
-pub fn discover(btf: &KernelBtf, tracefs: &Path) -> Result<Layout> {
+pub fn discover(btf: &KernelBtf, tracefs: &Path, hz: u32) -> Result<Layout> {
     let sock = |path: &str, size| btf.offset("sock", path, size);
     let icsk = |path: &str, size| btf.offset("inet_connection_sock", path, size);
     let tcp = |path: &str, size| btf.offset("tcp_sock", path, size);
@@ -31,6 +33,8 @@ pub fn discover(btf: &KernelBtf, tracefs: &Path) -> Result<Layout> {
 
     Ok::<_, anyhow::Error>(Layout {
         keepalive_timer_fn: kernel::kallsyms("tcp_keepalive_timer")?,
+        write_timer_fn: kernel::kallsyms("tcp_write_timer")?,
+        hz,
 
         skc_family: sock("__sk_common.skc_family", 2)?,
         skc_state: sock("__sk_common.skc_state", 1)?,
@@ -55,6 +59,10 @@ pub fn discover(btf: &KernelBtf, tracefs: &Path) -> Result<Layout> {
         icsk_backoff: icsk("icsk_backoff", 1)?,
         icsk_pending: icsk("icsk_pending", 1)?,
         icsk_user_timeout: icsk("icsk_user_timeout", 4)?,
+        icsk_probes_tstamp: icsk("icsk_probes_tstamp", 4)?,
+        write_timer: btf
+            .field("inet_connection_sock", "icsk_retransmit_timer")?
+            .offset,
 
         tcp_keepalive_time: tcp("keepalive_time", 4)?,
         tcp_keepalive_intvl: tcp("keepalive_intvl", 4)?,
@@ -108,7 +116,7 @@ mod tests {
     fn discovers_this_kernel() {
         let btf = KernelBtf::open(Path::new(crate::btf::VMLINUX)).expect("btf");
         let tracefs = kernel::tracefs().expect("tracefs");
-        let layout = discover(&btf, &tracefs).expect("layout");
+        let layout = discover(&btf, &tracefs, 250).expect("layout");
         assert_eq!(
             layout.keepalive_timer_fn,
             kernel::kallsyms("tcp_keepalive_timer").expect("sym")

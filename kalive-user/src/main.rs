@@ -138,8 +138,8 @@ async fn run(cli: Cli) -> Result<()> {
 
     let kernel_btf = btf::KernelBtf::open(Path::new(btf::VMLINUX))?;
     let tracefs = kernel::tracefs()?;
-    let layout = layout::discover(&kernel_btf, &tracefs)?;
     let hz = kernel::hz().context("finding the kernel's HZ")?;
+    let layout = layout::discover(&kernel_btf, &tracefs, hz)?;
     for &pid in &cli.pids {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             eprintln!("kalive: no process {pid} now; its sockets are reported if it appears");

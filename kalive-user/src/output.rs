@@ -11,7 +11,8 @@ use std::{
 };
 
 use kalive_common::{
-    CAUSE_PEER_RESET, CAUSE_PROBES_EXHAUSTED, CAUSE_USER_TIMEOUT, Kind, OWNER_PROCFS, Record,
+    CAUSE_PEER_RESET, CAUSE_PROBES_EXHAUSTED, CAUSE_RETRIES_EXHAUSTED, CAUSE_USER_TIMEOUT, Kind,
+    OWNER_PROCFS, Record,
 };
 
 use crate::clock::{WallClock, write_rfc3339};
@@ -34,6 +35,9 @@ pub const fn event_name(kind: Kind) -> &'static str {
         Kind::ProbeAcked => "probe_acked",
         Kind::KeepaliveTimeout => "keepalive_timeout",
         Kind::EventsLost => "events_lost",
+        Kind::ZeroWindowProbeSent => "zero_window_probe_sent",
+        Kind::ZeroWindowOpen => "zero_window_open",
+        Kind::ZeroWindowTimeout => "zero_window_timeout",
     }
 }
 
@@ -101,6 +105,7 @@ pub const fn timeout_cause(record: &Record) -> &'static str {
         CAUSE_USER_TIMEOUT => "user_timeout",
         CAUSE_PEER_RESET => "peer_reset",
         CAUSE_PROBES_EXHAUSTED => "probes_exhausted",
+        CAUSE_RETRIES_EXHAUSTED => "retries_exhausted",
         _ => "unknown",
     }
 }
@@ -280,7 +285,7 @@ impl<W: Write> Writer<W> {
             Kind::ProbeSent => {
                 let _ = write!(l, ",\"next_ms\":{next}");
             }
-            Kind::KeepaliveTimeout => {
+            Kind::KeepaliveTimeout | Kind::ZeroWindowTimeout => {
                 let _ = write!(
                     l,
                     ",\"error\":\"{}\",\"cause\":\"{}\"",
@@ -290,6 +295,16 @@ impl<W: Write> Writer<W> {
             }
             Kind::StateChange => {
                 let _ = write!(l, ",\"old_state\":\"{}\"", state_name(r.old_state));
+            }
+            Kind::ZeroWindowProbeSent => {
+                let _ = write!(
+                    l,
+                    ",\"backoff\":{},\"next_ms\":{next},\"snd_wnd\":{}",
+                    r.backoff, r.snd_wnd
+                );
+            }
+            Kind::ZeroWindowOpen => {
+                let _ = write!(l, ",\"snd_wnd\":{}", r.snd_wnd);
             }
             Kind::ProbeAcked | Kind::EventsLost => {}
         }
@@ -332,9 +347,17 @@ impl<W: Write> Writer<W> {
             .to_owned(),
             Kind::ProbeSent => format!("next in {}", seconds(self.ms(r.next))),
             Kind::ProbeAcked => "peer answered".to_owned(),
-            Kind::KeepaliveTimeout => format!("{} ({})", errno_name(r.error), timeout_cause(r)),
+            Kind::KeepaliveTimeout | Kind::ZeroWindowTimeout => {
+                format!("{} ({})", errno_name(r.error), timeout_cause(r))
+            }
             Kind::StateChange => format!("{} -> {}", state_name(r.old_state), state_name(r.state)),
             Kind::EventsLost => String::new(),
+            Kind::ZeroWindowProbeSent => format!(
+                "window 0, backoff {}, next in {}",
+                r.backoff,
+                seconds(self.ms(r.next))
+            ),
+            Kind::ZeroWindowOpen => format!("window {}", r.snd_wnd),
         };
         let _ = write!(
             self.line,
@@ -502,6 +525,26 @@ mod tests {
         );
         timeout.error = 13;
         assert_eq!(json(&timeout)["error"], "EACCES");
+
+        let mut zw = sample(Kind::ZeroWindowProbeSent);
+        zw.backoff = 3;
+        zw.next = 208;
+        let v = json(&zw);
+        assert_eq!(
+            (
+                v["backoff"].as_u64(),
+                v["next_ms"].as_u64(),
+                v["snd_wnd"].as_u64()
+            ),
+            (Some(3), Some(832), Some(0))
+        );
+        let mut zw = sample(Kind::ZeroWindowTimeout);
+        zw.error = 110;
+        zw.cause = CAUSE_RETRIES_EXHAUSTED;
+        assert_eq!(json(&zw)["cause"], "retries_exhausted");
+        let mut open = sample(Kind::ZeroWindowOpen);
+        open.snd_wnd = 65535;
+        assert_eq!(json(&open)["snd_wnd"], 65535);
 
         let acked = json(&sample(Kind::ProbeAcked));
         assert!(acked.get("next_ms").is_none() && acked.get("error").is_none());

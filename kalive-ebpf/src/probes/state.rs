@@ -5,13 +5,15 @@
 //! port and before the new state is stored.
 
 use aya_ebpf::helpers::bpf_get_socket_cookie;
-use kalive_common::{CAUSE_PEER_RESET, CAUSE_PROBES_EXHAUSTED, CAUSE_USER_TIMEOUT, Kind};
+use kalive_common::{
+    CAUSE_PEER_RESET, CAUSE_PROBES_EXHAUSTED, CAUSE_RETRIES_EXHAUSTED, CAUSE_USER_TIMEOUT, Kind,
+};
 
 use super::{Args, hook};
 use crate::{
-    emit::{emit, learn_owner},
-    kernel::{ICSK_TIME_PROBE0, Sock, setting},
-    maps::CALLBACK,
+    emit::{emit, forget_zero_window, jiffies32, learn_owner},
+    kernel::{ICSK_TIME_PROBE0, Sock, layout, setting},
+    maps::{CALLBACK, KEEPALIVE},
 };
 
 const TCP_SYN_SENT: u64 = 2;
@@ -47,15 +49,16 @@ fn set_state<const BTF: bool>(args: Args) {
         learn_owner(sk);
     }
 
-    if new == TCP_CLOSE
-        && let Some(cause) = keepalive_kill(sk, old)
-    {
-        let err = sk.err();
-        emit(Kind::KeepaliveTimeout, sk, cookie, None, |r| {
-            r.error = err;
-            r.cause = cause;
-            r.state = new as u8;
-        });
+    if new == TCP_CLOSE {
+        forget_zero_window(sk);
+        if let Some((kind, cause)) = killed_by(sk, old) {
+            let err = sk.err();
+            emit(kind, sk, cookie, None, |r| {
+                r.error = err;
+                r.cause = cause;
+                r.state = new as u8;
+            });
+        }
     }
 
     if setting!(state_changes) != 0 {
@@ -66,29 +69,38 @@ fn set_state<const BTF: bool>(args: Args) {
     }
 }
 
-/// Whether keepalive is what closes `sk`, and why.
-fn keepalive_kill(sk: Sock, old: u64) -> Option<u8> {
+/// Whether keepalive or zero-window probing is what closes `sk`, and why.
+fn killed_by(sk: Sock, old: u64) -> Option<(Kind, u8)> {
     let err = sk.err();
     if err == 0 {
         return None;
     }
-    // tcp_keepalive_timer() -> tcp_write_err() -> tcp_done(): the socket closes
-    // inside its own keepalive callback. An orphan in FIN_WAIT2 also closes there,
-    // on its linger timeout, which is no keepalive verdict.
+    // tcp_keepalive_timer() or tcp_probe_timer() -> tcp_write_err() ->
+    // tcp_done(): the socket closes inside its own timer's callback.
     if let Some(cb) = CALLBACK.get_ptr_mut(0) {
         // SAFETY: this CPU's slot.
         let cb = unsafe { &mut *cb };
         if cb.sk == sk.0 {
             // Consumed: nothing else in this callback is its verdict.
             cb.sk = 0;
-            if old == TCP_FIN_WAIT2 && sk.orphan() {
-                return None;
+            if cb.kind == KEEPALIVE {
+                // An orphan in FIN_WAIT2 also closes there, on its linger
+                // timeout, which is no keepalive verdict.
+                if old == TCP_FIN_WAIT2 && sk.orphan() {
+                    return None;
+                }
+                let cause = if sk.user_timeout_ms() != 0 {
+                    CAUSE_USER_TIMEOUT
+                } else {
+                    CAUSE_PROBES_EXHAUSTED
+                };
+                return Some((Kind::KeepaliveTimeout, cause));
             }
-            return Some(if sk.user_timeout_ms() != 0 {
-                CAUSE_USER_TIMEOUT
-            } else {
-                CAUSE_PROBES_EXHAUSTED
-            });
+            if cb.pending == ICSK_TIME_PROBE0 {
+                return Some((Kind::ZeroWindowTimeout, zero_window_cause(sk)));
+            }
+            // A retransmission timeout: neither keepalive nor zero window.
+            return None;
         }
     }
     // tcp_reset(): the peer answered with RST while keepalive probes were out
@@ -98,7 +110,21 @@ fn keepalive_kill(sk: Sock, old: u64) -> Option<u8> {
         && sk.probes_out() > 0
         && sk.pending() != ICSK_TIME_PROBE0
     {
-        return Some(CAUSE_PEER_RESET);
+        return Some((Kind::KeepaliveTimeout, CAUSE_PEER_RESET));
     }
     None
+}
+
+/// tcp_probe_timer(): the user timeout, counted from the first probe
+/// (`icsk_probes_tstamp`), is checked before the number of probes.
+fn zero_window_cause(sk: Sock) -> u8 {
+    let user_timeout = u64::from(sk.user_timeout_ms());
+    let started = sk.probes_tstamp();
+    if user_timeout != 0 && started != 0 {
+        let elapsed = u64::from(jiffies32().wrapping_sub(started));
+        if elapsed * 1000 >= user_timeout * u64::from(layout!(hz)) {
+            return CAUSE_USER_TIMEOUT;
+        }
+    }
+    CAUSE_RETRIES_EXHAUSTED
 }

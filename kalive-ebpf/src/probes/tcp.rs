@@ -5,7 +5,7 @@ use kalive_common::Kind;
 
 use super::{Args, hook};
 use crate::{
-    emit::{emit, forget_owner},
+    emit::{emit, forget_owner, forget_zero_window, zero_window_probed},
     kernel::{ICSK_TIME_PROBE0, Segment, Sock},
 };
 
@@ -15,11 +15,16 @@ hook!("tcp_probe", tcp_probe, tcp_probe_raw, segment);
 
 fn segment<const BTF: bool>(args: Args) {
     let sk = Sock(args.get(0));
+    let probing_zero_window = sk.pending() == ICSK_TIME_PROBE0;
+    if !probing_zero_window {
+        // If it was probing before, the previous ACK opened the window.
+        zero_window_probed(sk, false);
+    }
     if sk.probes_out() == 0 {
         return;
     }
     // Zero-window probes share icsk_probes_out; they are not keepalive.
-    if sk.pending() == ICSK_TIME_PROBE0 {
+    if probing_zero_window {
         return;
     }
     // The answer to a probe is a bare ACK, which tcp_ack() always processes. A
@@ -52,5 +57,7 @@ hook!(
 );
 
 fn destroy<const BTF: bool>(args: Args) {
-    forget_owner(Sock(args.get(0)));
+    let sk = Sock(args.get(0));
+    forget_owner(sk);
+    forget_zero_window(sk);
 }

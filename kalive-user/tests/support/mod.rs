@@ -156,6 +156,34 @@ impl Topology {
             ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "veth0", "nodad"]);
             ns.ip(&["link", "set", "veth0", "up"]);
         }
+        // Static neighbours: no neighbour discovery, which right after the link
+        // comes up can hold the first IPv6 packets back for a second.
+        let mac = |ns: &Netns| {
+            let line = ns.ip(&["-br", "link", "show", "veth0"]);
+            line.split_whitespace()
+                .nth(2)
+                .expect("MAC address")
+                .to_owned()
+        };
+        let (client_mac, server_mac) = (mac(&client), mac(&server));
+        for (ns, peer_v4, peer_v6, peer_mac) in [
+            (&client, Self::SERVER_V4, Self::SERVER_V6, &server_mac),
+            (&server, Self::CLIENT_V4, Self::CLIENT_V6, &client_mac),
+        ] {
+            for addr in [peer_v4, peer_v6] {
+                ns.ip(&[
+                    "neigh",
+                    "replace",
+                    addr,
+                    "lladdr",
+                    peer_mac,
+                    "dev",
+                    "veth0",
+                    "nud",
+                    "permanent",
+                ]);
+            }
+        }
         Self { client, server }
     }
 

@@ -10,15 +10,17 @@
 //!
 //! ```text
 //! tcp_peer pair ADDR      listen, connect, accept; on `close`: close both
-//! tcp_peer serve ADDR [--idle S --intvl S --cnt N] [--fork-accept]
-//!     accept one connection and hold it, never reading; stdin: `send N`, `abort`
+//! tcp_peer serve ADDR [--idle S --intvl S --cnt N] [--fork-accept] [--rcvbuf B]
+//!     accept one connection and hold it, not reading until `read`;
+//!     stdin: `send N`, `read`, `abort`
 //! tcp_peer client ADDR [--idle S] [--intvl S] [--cnt N] [--user-timeout MS]
 //!                      [--before-connect] [--no-cookie] [--thread] [--comm NAME]
-//!                      [--fork handoff|share]
+//!                      [--fork handoff|share] [--no-keepalive] [--sndbuf B]
 //!     connect; set the keepalive options after `go` (or before connecting);
 //!     then read until the connection fails and print `recv_error errno=N`.
 //!     stdin: `disable` (SO_KEEPALIVE off), `burst N` (TCP_KEEPIDLE N times),
-//!     `send` (one byte), `child send` (one byte, from the forked child)
+//!     `send` (one byte), `child send` (one byte, from the forked child),
+//!     `fill` (send until the send buffer is full)
 //! ```
 
 use std::{
@@ -112,7 +114,16 @@ fn serve(args: &[String]) -> io::Result<()> {
     let (ka, opts) = Keepalive::parse(&args[1..])?;
     let listener = TcpListener::bind(addr(args)?)?;
     if ka.any() {
-        configure(listener.as_raw_fd(), &ka)?;
+        configure(listener.as_raw_fd(), &ka, true)?;
+    }
+    // Accepted sockets inherit the listener's buffer size.
+    if let Some(size) = opts.rcvbuf {
+        setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            size,
+        )?;
     }
     println!("listening");
     io::stdout().flush()?;
@@ -143,6 +154,15 @@ fn serve(args: &[String]) -> io::Result<()> {
                     std::thread::sleep(std::time::Duration::from_millis(100));
                 }
                 println!("sent");
+            }
+            // Read everything from now on: the window opens and stays open.
+            (["read"], Some(stream)) => {
+                let reader = stream.try_clone()?;
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 65536];
+                    while (&reader).read(&mut buf).is_ok_and(|n| n > 0) {}
+                });
+                println!("reading");
             }
             (["abort"], Some(stream)) => {
                 let linger = libc::linger {
@@ -204,6 +224,9 @@ impl Keepalive {
                 "--thread" => opts.thread = true,
                 "--fork-accept" => opts.fork_accept = true,
                 "--comm" => opts.comm = Some(value()?.clone()),
+                "--no-keepalive" => opts.no_keepalive = true,
+                "--sndbuf" => opts.sndbuf = Some(number(value()?)?),
+                "--rcvbuf" => opts.rcvbuf = Some(number(value()?)?),
                 "--fork" => opts.fork = Some(value()?.clone()),
                 other => return Err(io::Error::other(format!("unknown flag {other}"))),
             }
@@ -229,6 +252,11 @@ struct Options {
     /// `handoff`: after configuring, fork; the parent exits, the child
     /// (`tcp_child`) keeps the socket. `share`: both keep it.
     fork: Option<String>,
+    /// `go` sets only the `TCP_*` options given, not `SO_KEEPALIVE`.
+    no_keepalive: bool,
+    /// `SO_SNDBUF` (client) and `SO_RCVBUF` (server).
+    sndbuf: Option<i32>,
+    rcvbuf: Option<i32>,
 }
 
 /// `client ADDR [keepalive flags] [options]`: see the module's documentation.
@@ -261,15 +289,18 @@ fn client_socket(peer: SocketAddr, ka: &Keepalive, opts: &Options) -> io::Result
     }
     // SAFETY: a fresh descriptor nothing else owns.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    if let Some(size) = opts.sndbuf {
+        setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, size)?;
+    }
     if opts.before_connect {
-        configure(fd, ka)?;
+        configure(fd, ka, !opts.no_keepalive)?;
     }
     connect(fd, peer)?;
     let stream = TcpStream::from(owned);
     report("connected", &stream, !opts.no_cookie)?;
     if !opts.before_connect {
         wait_for("go")?;
-        configure(fd, ka)?;
+        configure(fd, ka, !opts.no_keepalive)?;
     }
     println!("configured");
     io::stdout().flush()?;
@@ -320,40 +351,62 @@ fn client_socket(peer: SocketAddr, ka: &Keepalive, opts: &Options) -> io::Result
     }
 
     // Commands arrive while this thread blocks in recv().
-    std::thread::spawn(move || {
-        for line in io::stdin().lock().lines() {
-            let Ok(line) = line else { break };
-            let words: Vec<&str> = line.split_whitespace().collect();
-            match words.as_slice() {
-                ["disable"] => {
-                    let result = setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 0);
-                    println!("disabled {result:?}");
-                }
-                // `burst N`: N keepalive re-configurations as fast as possible.
-                ["burst", n] => {
-                    let n: i32 = n.parse().unwrap_or(0);
-                    let failed = (0..n)
-                        .filter(|i| {
-                            setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 100 + i % 2)
-                                .is_err()
-                        })
-                        .count();
-                    println!("burst done failed={failed}");
-                }
-                ["send"] => {
-                    let sent = (&*stream_clone(fd)).write_all(b"p");
-                    println!("sent {}", sent.is_ok());
-                }
-                ["child", "send"] => {
-                    let relayed = to_child.as_mut().map(|pipe| writeln!(pipe, "send"));
-                    println!("relayed {}", relayed.is_some_and(|r| r.is_ok()));
-                }
-                _ => println!("unknown command {line:?}"),
-            }
-            let _ = io::stdout().flush();
-        }
-    });
+    std::thread::spawn(move || commands(fd, to_child));
     read_until_closed(&stream)
+}
+
+/// The client's stdin commands (see the module's documentation).
+fn commands(fd: RawFd, mut to_child: Option<std::fs::File>) {
+    for line in io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["disable"] => {
+                let result = setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 0);
+                println!("disabled {result:?}");
+            }
+            // `burst N`: N keepalive re-configurations as fast as possible.
+            ["burst", n] => {
+                let n: i32 = n.parse().unwrap_or(0);
+                let failed = (0..n)
+                    .filter(|i| {
+                        setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 100 + i % 2).is_err()
+                    })
+                    .count();
+                println!("burst done failed={failed}");
+            }
+            ["send"] => {
+                let sent = (&*stream_clone(fd)).write_all(b"p");
+                println!("sent {}", sent.is_ok());
+            }
+            // Send until the send buffer is full (the peer's window closed).
+            ["fill"] => {
+                let chunk = [b'f'; 1024];
+                let mut total = 0usize;
+                loop {
+                    // SAFETY: `chunk` is valid for its length.
+                    let n = unsafe {
+                        libc::send(fd, chunk.as_ptr().cast(), chunk.len(), libc::MSG_DONTWAIT)
+                    };
+                    match usize::try_from(n) {
+                        Ok(n) => total += n,
+                        Err(_) => break,
+                    }
+                }
+                let err = io::Error::last_os_error();
+                println!(
+                    "filled bytes={total} until={}",
+                    err.raw_os_error().unwrap_or(0)
+                );
+            }
+            ["child", "send"] => {
+                let relayed = to_child.as_mut().map(|pipe| writeln!(pipe, "send"));
+                println!("relayed {}", relayed.is_some_and(|r| r.is_ok()));
+            }
+            _ => println!("unknown command {line:?}"),
+        }
+        let _ = io::stdout().flush();
+    }
 }
 
 /// A `TcpStream` view of `fd` that does not close it.
@@ -388,9 +441,12 @@ fn set_comm(name: &str) {
     unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
 }
 
-/// `SO_KEEPALIVE`, then each `TCP_*` option given, in this order.
-fn configure(fd: RawFd, ka: &Keepalive) -> io::Result<()> {
-    setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+/// `SO_KEEPALIVE` (unless not `keepalive`), then each `TCP_*` option given, in
+/// this order.
+fn configure(fd: RawFd, ka: &Keepalive, keepalive: bool) -> io::Result<()> {
+    if keepalive {
+        setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    }
     for (opt, value) in [
         (libc::TCP_KEEPIDLE, ka.idle),
         (libc::TCP_KEEPINTVL, ka.intvl),

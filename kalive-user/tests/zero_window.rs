@@ -1,0 +1,252 @@
+//! End to end: zero-window probing by the persist timer, against a peer that
+//! stops reading, with the kernel's `TcpExtTCPWinProbe` as the oracle.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Family, Kalive, Peer, SocketInfo, Topology};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+struct Stuck {
+    net: Topology,
+    server: Peer,
+    client: Peer,
+    info: SocketInfo,
+}
+
+/// A client whose peer advertises a zero window: the server never reads (4 KiB
+/// receive buffer) and the client sends until its 4 KiB send buffer is full.
+/// `client_args` are extra options for the client (set at `go`).
+fn stuck(
+    tag: &str,
+    family: Family,
+    client_args: &[&str],
+    before_fill: impl FnOnce(&Topology),
+) -> Stuck {
+    let net = Topology::new(tag);
+    // Answer every probe: the out-of-window probe is otherwise answered at most
+    // every 500 ms.
+    sh_sysctl(&net.server, "net.ipv4.tcp_invalid_ratelimit=0");
+    let listen = family.listen_addr();
+    let mut server = Peer::spawn(&net.server, &["serve", &listen, "--rcvbuf", "4096"]);
+    server.expect("listening");
+    let target = family.server_addr();
+    let mut args = vec![
+        "client",
+        target.as_str(),
+        "--no-keepalive",
+        "--sndbuf",
+        "4096",
+    ];
+    args.extend_from_slice(client_args);
+    let mut client = Peer::spawn(&net.client, &args);
+    let info = client.socket("connected");
+    server.socket("server");
+    client.send("go");
+    client.expect("configured");
+    before_fill(&net);
+    client.send("fill");
+    assert!(
+        client.expect("filled").ends_with("until=11"),
+        "send until EAGAIN"
+    );
+    Stuck {
+        net,
+        server,
+        client,
+        info,
+    }
+}
+
+fn sh_sysctl(ns: &support::Netns, setting: &str) {
+    support::sh(
+        "ip",
+        &["netns", "exec", ns.name(), "sysctl", "-q", "-w", setting],
+    );
+}
+
+fn of<'a>(records: &'a [Value], cookie: u64, event: &str) -> Vec<&'a Value> {
+    records
+        .iter()
+        .filter(|r| r["cookie"] == cookie && r["event"] == event)
+        .collect()
+}
+
+fn num(r: &Value, key: &str) -> u64 {
+    r[key].as_u64().unwrap_or_else(|| panic!("{key} in {r}"))
+}
+
+/// Every record of the socket names it and its owner; the zero-window records
+/// are returned. None is a keepalive probe or timeout: the two share
+/// `icsk_probes_out`. (`TCP_USER_TIMEOUT` is a keepalive setting too, so setting
+/// it makes a `keepalive_set`.)
+fn zero_window_records<'a>(records: &[&'a Value], s: &Stuck) -> Vec<&'a Value> {
+    for r in records {
+        assert_eq!(r["pid"], s.info.pid, "{r}");
+        assert_eq!(r["comm"], "tcp_peer", "{r}");
+        assert_eq!(r["sport"], s.info.local.port(), "{r}");
+        assert_eq!(r["dport"], s.info.peer.port(), "{r}");
+        let event = r["event"].as_str().expect("event");
+        assert!(
+            event == "keepalive_set" || event.starts_with("zero_window_"),
+            "no keepalive probe or timeout: {r}"
+        );
+    }
+    records
+        .iter()
+        .copied()
+        .filter(|r| r["event"] != "keepalive_set")
+        .collect()
+}
+
+/// The peer is alive: every probe is answered (with a zero window), the probes
+/// back off exponentially, and when the peer reads, probing ends.
+fn answered_then_open(tag: &str, family: Family) {
+    let mut kalive = Kalive::start(&[]);
+    let mut s = stuck(tag, family, &[], |_| {});
+    let winprobes0 = s.net.client.counter("TcpExtTCPWinProbe");
+    let cookie = s.info.cookie;
+    kalive.wait_until(DEADLINE, |rs| {
+        of(rs, cookie, "zero_window_probe_sent").len() >= 3
+    });
+    s.server.send("read");
+    s.server.expect("reading");
+    kalive.wait_until(DEADLINE, |rs| {
+        !of(rs, cookie, "zero_window_open").is_empty()
+    });
+    let records = zero_window_records(&kalive.socket(cookie), &s);
+    let (last, probes) = records.split_last().expect("records");
+    assert_eq!(
+        last["event"],
+        "zero_window_open",
+        "records:\n{}",
+        kalive.dump()
+    );
+    assert!(num(last, "snd_wnd") > 0, "{last}");
+    for (i, p) in probes.iter().enumerate() {
+        assert_eq!(p["event"], "zero_window_probe_sent", "{p}");
+        // Each probe was answered before the next: one out at a time.
+        assert_eq!(num(p, "probes"), 1, "{p}");
+        assert_eq!(num(p, "snd_wnd"), 0, "{p}");
+        assert_eq!(num(p, "backoff"), i as u64 + 1, "{p}");
+    }
+    for pair in probes.windows(2) {
+        assert_eq!(
+            num(pair[1], "next_ms"),
+            2 * num(pair[0], "next_ms"),
+            "backoff doubles"
+        );
+    }
+    // Probing is over: the kernel's count stops where kalive's does.
+    std::thread::sleep(Duration::from_secs(1));
+    let counted = s.net.client.counter("TcpExtTCPWinProbe") - winprobes0;
+    assert_eq!(counted, probes.len() as u64);
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn answered_then_open_ipv4() {
+    answered_then_open("zwopen4", Family::V4);
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn answered_then_open_ipv6() {
+    answered_then_open("zwopen6", Family::V6);
+}
+
+/// `TCP_USER_TIMEOUT` counts from the first probe: the peer answers, but keeps
+/// its window shut for longer than that.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn user_timeout_while_probing() {
+    let mut kalive = Kalive::start(&[]);
+    let mut s = stuck("zwut", Family::V4, &["--user-timeout", "3000"], |_| {});
+    let ns = &s.net.client;
+    let winprobes0 = ns.counter("TcpExtTCPWinProbe");
+    let aborts0 = ns.counter("TcpExtTCPAbortOnTimeout");
+    assert_eq!(s.client.expect("recv_error"), "recv_error errno=110");
+    let cookie = s.info.cookie;
+    kalive.wait_until(DEADLINE, |rs| {
+        !of(rs, cookie, "zero_window_timeout").is_empty()
+    });
+    let records = zero_window_records(&kalive.socket(cookie), &s);
+    let (last, probes) = records.split_last().expect("records");
+    assert_eq!(
+        last["event"],
+        "zero_window_timeout",
+        "records:\n{}",
+        kalive.dump()
+    );
+    assert_eq!(last["error"], "ETIMEDOUT");
+    assert_eq!(last["cause"], "user_timeout");
+    assert_eq!(last["user_timeout_ms"], 3000);
+    assert!(
+        probes
+            .iter()
+            .all(|p| p["event"] == "zero_window_probe_sent")
+    );
+    let first = probes.first().expect("a probe");
+    let waited = support::ts_micros(last) - support::ts_micros(first);
+    assert!(
+        waited >= 2_900_000,
+        "killed {waited} us after the first probe"
+    );
+    assert_eq!(
+        ns.counter("TcpExtTCPWinProbe") - winprobes0,
+        probes.len() as u64
+    );
+    assert_eq!(ns.counter("TcpExtTCPAbortOnTimeout") - aborts0, 1);
+}
+
+/// The peer dies while its window is shut: `tcp_retries2` unanswered probes,
+/// then the connection is aborted (no RST).
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn dead_peer_exhausts_retries() {
+    let mut kalive = Kalive::start(&[]);
+    let mut s = stuck("zwdead", Family::V4, &[], |net| {
+        sh_sysctl(&net.client, "net.ipv4.tcp_retries2=2");
+    });
+    let ns = &s.net.client;
+    let winprobes0 = ns.counter("TcpExtTCPWinProbe");
+    let aborts0 = ns.counter("TcpExtTCPAbortOnTimeout");
+    // Probing has started (the peer advertised its zero window); then it dies.
+    let cookie = s.info.cookie;
+    kalive.wait_until(DEADLINE, |rs| {
+        !of(rs, cookie, "zero_window_probe_sent").is_empty()
+    });
+    s.net.kill_server();
+    assert_eq!(s.client.expect("recv_error"), "recv_error errno=110");
+    kalive.wait_until(DEADLINE, |rs| {
+        !of(rs, cookie, "zero_window_timeout").is_empty()
+    });
+    let records = zero_window_records(&kalive.socket(cookie), &s);
+    let summary: Vec<(&str, u64)> = records
+        .iter()
+        .map(|r| (r["event"].as_str().expect("event"), num(r, "probes")))
+        .collect();
+    // Probes answered before the peer died went out one at a time; then two
+    // went unanswered, and at the next turn the timer gave up.
+    let (answered, dead) = summary.split_at(summary.len() - 3);
+    assert!(!answered.is_empty(), "records:\n{}", kalive.dump());
+    assert!(
+        answered.iter().all(|&r| r == ("zero_window_probe_sent", 1)),
+        "{summary:?}"
+    );
+    let want = [
+        ("zero_window_probe_sent", 1),
+        ("zero_window_probe_sent", 2),
+        ("zero_window_timeout", 2),
+    ];
+    assert_eq!(dead, want, "records:\n{}", kalive.dump());
+    let last = records.last().expect("records");
+    assert_eq!(last["error"], "ETIMEDOUT");
+    assert_eq!(last["cause"], "retries_exhausted");
+    let sent = records.len() as u64 - 1;
+    assert_eq!(ns.counter("TcpExtTCPWinProbe") - winprobes0, sent);
+    assert_eq!(ns.counter("TcpExtTCPAbortOnTimeout") - aborts0, 1);
+}
