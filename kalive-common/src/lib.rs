@@ -337,8 +337,21 @@ pub struct Settings {
     pub filter_pids: u8,
     /// Only records of sockets with a local or remote port in `PORTS`.
     pub filter_ports: u8,
-    pub pad: [u8; 5],
+    /// `TIMER_START_*` bits: what the `timer:timer_start` tracepoint detects,
+    /// because the backend has no function hook for it.
+    pub timer_start_does: u8,
+    pub pad: [u8; 4],
 }
+
+/// [`Settings::timer_start_does`]: keepalive probes (else: `tcp_write_wakeup` returns).
+pub const TIMER_START_KEEPALIVE_PROBES: u8 = 1 << 0;
+/// Zero-window probes (else: `tcp_send_probe0` returns).
+pub const TIMER_START_ZERO_WINDOW_PROBES: u8 = 1 << 1;
+/// The window opening (else: `tcp_rearm_rto` is called).
+pub const TIMER_START_ZERO_WINDOW_OPEN: u8 = 1 << 2;
+/// Everything: the tracepoint backend.
+pub const TIMER_START_ALL: u8 =
+    TIMER_START_KEEPALIVE_PROBES | TIMER_START_ZERO_WINDOW_PROBES | TIMER_START_ZERO_WINDOW_OPEN;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;

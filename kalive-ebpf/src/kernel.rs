@@ -17,7 +17,8 @@ pub(crate) static SETTINGS: Settings = Settings {
     state_changes: 0,
     filter_pids: 0,
     filter_ports: 0,
-    pad: [0; 5],
+    timer_start_does: 0,
+    pad: [0; 4],
 };
 
 /// The placeholder the loader always overrides.

@@ -73,6 +73,14 @@ pub(crate) static ZERO_WINDOW: LruHashMap<u64, u8> = LruHashMap::with_max_entrie
 #[map]
 pub(crate) static ZERO_WINDOW_LAST: Array<u64> = Array::with_max_entries(1, 0);
 
+/// kprobe backend: the socket of the `tcp_write_wakeup()` running on this CPU.
+#[map]
+pub(crate) static STASH_WRITE_WAKEUP: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// kprobe backend: thread (`pid_tgid`) -> the socket of its `tcp_send_probe0()`.
+#[map]
+pub(crate) static STASH_SEND_PROBE0: LruHashMap<u64, u64> = LruHashMap::with_max_entries(1024, 0);
+
 /// Thread (`pid_tgid`) -> the descriptor of its keepalive `setsockopt()` in
 /// flight, from syscall entry to exit. LRU: a thread killed mid-call leaves an
 /// entry that ages out.

@@ -109,6 +109,15 @@ impl KernelBtf {
         bail!("enum {enum_name} has no {name} in the kernel's BTF")
     }
 
+    /// Whether `name` is a function the kernel's BTF describes (which fentry
+    /// needs).
+    #[must_use]
+    pub fn has_func(&self, name: &str) -> bool {
+        self.btf
+            .resolve_types_by_name(name)
+            .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Func(_))))
+    }
+
     fn named_struct(&self, name: &str) -> Result<Type> {
         self.btf
             .resolve_types_by_name(name)

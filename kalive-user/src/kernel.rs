@@ -3,6 +3,7 @@
 //! formats).
 
 use std::{
+    collections::HashMap,
     fs,
     io::{BufRead as _, BufReader, Read as _},
     path::{Path, PathBuf},
@@ -12,33 +13,57 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-/// The address of kernel function `name` from `/proc/kallsyms`.
-///
-/// # Errors
-/// When the symbol is missing, or addresses are hidden (`kernel.kptr_restrict`).
-pub fn kallsyms(name: &str) -> Result<u64> {
-    let file = fs::File::open("/proc/kallsyms").context("opening /proc/kallsyms")?;
-    let mut reader = BufReader::with_capacity(1 << 16, file);
-    let mut line = String::new();
-    while reader.read_line(&mut line)? != 0 {
-        // "ffffffff8208b950 t tcp_keepalive_timer" (module symbols add " [mod]")
-        let mut fields = line.split_ascii_whitespace();
-        if let (Some(addr), Some(_kind), Some(sym)) = (fields.next(), fields.next(), fields.next())
-            && sym == name
-        {
-            let addr = u64::from_str_radix(addr, 16)
-                .with_context(|| format!("bad address in /proc/kallsyms: {line:?}"))?;
-            if addr == 0 {
-                bail!(
-                    "/proc/kallsyms hides addresses (kernel.kptr_restrict); kalive needs them: \
-                     run as root, or `sysctl kernel.kptr_restrict=1`"
-                );
+/// Addresses of kernel symbols from `/proc/kallsyms`, read in one pass. A
+/// symbol that is missing there is not a function of its own: the compiler
+/// inlined it into its callers, and nothing can hook it.
+#[derive(Debug, Default)]
+pub struct Symbols(HashMap<String, u64>);
+
+impl Symbols {
+    /// Looks up `names`.
+    ///
+    /// # Errors
+    /// When `/proc/kallsyms` cannot be read.
+    pub fn read(names: &[&str]) -> Result<Self> {
+        let file = fs::File::open("/proc/kallsyms").context("opening /proc/kallsyms")?;
+        let mut reader = BufReader::with_capacity(1 << 16, file);
+        let mut line = String::new();
+        let mut found = HashMap::new();
+        while reader.read_line(&mut line)? != 0 {
+            // "ffffffff8208b950 t tcp_keepalive_timer" (module symbols add " [mod]")
+            let mut fields = line.split_ascii_whitespace();
+            if let (Some(addr), Some(_kind), Some(sym)) =
+                (fields.next(), fields.next(), fields.next())
+                && names.contains(&sym)
+                && let Ok(addr) = u64::from_str_radix(addr, 16)
+            {
+                found.insert(sym.to_owned(), addr);
             }
-            return Ok(addr);
+            line.clear();
         }
-        line.clear();
+        Ok(Self(found))
     }
-    Err(anyhow!("{name} not found in /proc/kallsyms"))
+
+    /// Whether `name` is a function of its own (not inlined away).
+    #[must_use]
+    pub fn has(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+
+    /// The address of `name`.
+    ///
+    /// # Errors
+    /// When the symbol is missing, or addresses are hidden (`kernel.kptr_restrict`).
+    pub fn address(&self, name: &str) -> Result<u64> {
+        match self.0.get(name) {
+            None => Err(anyhow!("{name} not found in /proc/kallsyms")),
+            Some(0) => bail!(
+                "/proc/kallsyms hides addresses (kernel.kptr_restrict); kalive needs them: \
+                 run as root, or `sysctl kernel.kptr_restrict=1`"
+            ),
+            Some(&addr) => Ok(addr),
+        }
+    }
 }
 
 /// The kernel's HZ: from its config (`/boot/config-RELEASE` or

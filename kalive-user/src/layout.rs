@@ -7,7 +7,10 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use kalive_common::Layout;
 
-use crate::{btf::KernelBtf, kernel};
+use crate::{
+    btf::KernelBtf,
+    kernel::{self, Symbols},
+};
 
 const PTR: usize = size_of::<usize>();
 
@@ -16,7 +19,7 @@ const PTR: usize = size_of::<usize>();
 /// # Errors
 /// When the running kernel lacks a structure member, symbol or tracepoint kalive
 /// reads, or a member changed size.
-pub fn discover(btf: &KernelBtf, tracefs: &Path, hz: u32) -> Result<Layout> {
+pub fn discover(btf: &KernelBtf, symbols: &Symbols, tracefs: &Path, hz: u32) -> Result<Layout> {
     let sock = |path: &str, size| btf.offset("sock", path, size);
     let icsk = |path: &str, size| btf.offset("inet_connection_sock", path, size);
     let tcp = |path: &str, size| btf.offset("tcp_sock", path, size);
@@ -32,8 +35,8 @@ pub fn discover(btf: &KernelBtf, tracefs: &Path, hz: u32) -> Result<Layout> {
     };
 
     Ok::<_, anyhow::Error>(Layout {
-        keepalive_timer_fn: kernel::kallsyms("tcp_keepalive_timer")?,
-        write_timer_fn: kernel::kallsyms("tcp_write_timer")?,
+        keepalive_timer_fn: symbols.address("tcp_keepalive_timer")?,
+        write_timer_fn: symbols.address("tcp_write_timer")?,
         hz,
 
         skc_family: sock("__sk_common.skc_family", 2)?,
@@ -116,11 +119,13 @@ mod tests {
     fn discovers_this_kernel() {
         let btf = KernelBtf::open(Path::new(crate::btf::VMLINUX)).expect("btf");
         let tracefs = kernel::tracefs().expect("tracefs");
-        let layout = discover(&btf, &tracefs, 250).expect("layout");
+        let symbols = Symbols::read(&["tcp_keepalive_timer", "tcp_write_timer"]).expect("kallsyms");
+        let layout = discover(&btf, &symbols, &tracefs, 250).expect("layout");
         assert_eq!(
             layout.keepalive_timer_fn,
-            kernel::kallsyms("tcp_keepalive_timer").expect("sym")
+            symbols.address("tcp_keepalive_timer").expect("sym")
         );
+        assert_ne!(layout.write_timer_fn, 0);
         assert!(layout.skc_v6_daddr > layout.skc_daddr);
         // tcp_sock embeds inet_connection_sock embeds sock, all at offset 0.
         assert!(layout.tcp_keepalive_time > layout.icsk_probes_out);

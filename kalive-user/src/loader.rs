@@ -1,56 +1,156 @@
-//! Loading the embedded BPF object, handing it the kernel's layout and the
-//! user's settings and filters, attaching every hook.
+//! Loading the embedded BPF object with the kernel's layout and the user's
+//! settings, and attaching a backend's hooks.
+//!
+//! Backends are interchangeable producers of the same records; they differ in
+//! how they see TCP's timers at work:
+//! - `fentry`: BPF trampolines on the kernel functions (cheapest);
+//! - `kprobe`: kprobes and kretprobes on the same functions;
+//! - `tracepoint`: the timer tracepoints, which fire for every timer in the
+//!   system (works where neither of the others is allowed).
+//!
+//! All share the TCP, socket, scheduler and syscall tracepoints. A function the
+//! compiler inlined cannot be hooked: that part falls back to the timer
+//! tracepoints, per hook, not all or nothing.
 
 use std::fmt;
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, RawTracePoint, TracePoint},
 };
-use kalive_common::{Layout, Owner, Settings};
+use kalive_common::{
+    Layout, Owner, Settings, TIMER_START_KEEPALIVE_PROBES, TIMER_START_ZERO_WINDOW_OPEN,
+    TIMER_START_ZERO_WINDOW_PROBES,
+};
+
+use crate::{btf::KernelBtf, kernel::Symbols};
 
 /// The object `cargo xtask build-ebpf` built, embedded at compile time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("KALIVE_BPF_OBJECT"));
 
-/// A kernel tracepoint kalive hooks. Each has a `tp_btf` program `name` and a
-/// `raw_tp` twin `name_raw` in the object.
-struct Hook {
-    name: &'static str,
-    /// `None`: required. `Some(why)`: kalive runs without it, saying what is lost.
-    optional: Option<&'static str>,
+/// How kalive hooks the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    Fentry,
+    Kprobe,
+    Tracepoint,
 }
 
-const fn required(name: &'static str) -> Hook {
-    Hook {
-        name,
-        optional: None,
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Fentry => "fentry",
+            Self::Kprobe => "kprobe",
+            Self::Tracepoint => "tracepoint",
+        })
     }
 }
 
-/// Attached in this order, so that what ends a piece of state is in place before
-/// what starts it: a callback that begins while kalive attaches must not leave
-/// its per-CPU note behind, and no socket may be destroyed unseen after its
-/// owner was noted.
-const BTF_TRACEPOINTS: &[Hook] = &[
-    required("timer_expire_exit"),
-    required("tcp_destroy_sock"),
-    required("sched_process_exit"),
-    required("inet_sock_set_state"),
-    required("tcp_probe"),
+/// `--backend`: one, or the first of fentry, kprobe, tracepoint that runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Choice {
+    Auto,
+    Fentry,
+    Kprobe,
+    Tracepoint,
+}
+
+impl Choice {
+    const fn backends(self) -> &'static [Backend] {
+        match self {
+            Self::Auto => &[Backend::Fentry, Backend::Kprobe, Backend::Tracepoint],
+            Self::Fentry => &[Backend::Fentry],
+            Self::Kprobe => &[Backend::Kprobe],
+            Self::Tracepoint => &[Backend::Tracepoint],
+        }
+    }
+}
+
+/// Kernel functions the `fentry` and `kprobe` backends hook.
+pub const FUNCTIONS: &[&str] = &[
+    "tcp_keepalive_timer",
+    "tcp_write_timer",
+    "tcp_write_wakeup",
+    "tcp_send_probe0",
+    "tcp_rearm_rto",
+    "tcp_sendmsg",
+    "tcp_recvmsg",
+];
+
+/// One thing a function backend watches, the hooks that do it, and what the
+/// timer tracepoints do instead when the functions cannot be hooked.
+struct Piece {
+    what: &'static str,
+    /// (function, fentry program, fexit program) per hook; kprobe programs are
+    /// `kprobe_FUNCTION` and `kretprobe_FUNCTION`.
+    hooks: &'static [Hook],
+    /// `TIMER_START_*` bits, or 0 for the callback brackets (then
+    /// `timer_expire_entry`/`exit`).
+    fallback: u8,
+}
+
+#[derive(Clone, Copy)]
+struct Hook {
+    function: &'static str,
+    /// fentry on entry, fexit on return; both may be wanted.
+    entry: bool,
+    exit: bool,
+}
+
+const fn hook(function: &'static str, entry: bool, exit: bool) -> Hook {
     Hook {
-        name: "sock_send_length",
-        optional: Some(
-            "a socket shared by several processes is attributed to the last that configured, connected or accepted it, not the last that used it (6.3+)",
-        ),
+        function,
+        entry,
+        exit,
+    }
+}
+
+const PIECES: &[Piece] = &[
+    Piece {
+        what: "timer callbacks",
+        hooks: &[
+            hook("tcp_keepalive_timer", true, true),
+            hook("tcp_write_timer", true, true),
+        ],
+        fallback: 0,
     },
-    Hook {
-        name: "sock_recv_length",
-        optional: Some("as for sock_send_length (6.3+)"),
+    Piece {
+        what: "keepalive probes",
+        hooks: &[hook("tcp_write_wakeup", false, true)],
+        fallback: TIMER_START_KEEPALIVE_PROBES,
     },
-    required("timer_start"),
-    required("timer_expire_entry"),
+    Piece {
+        what: "zero-window probes",
+        hooks: &[hook("tcp_send_probe0", false, true)],
+        fallback: TIMER_START_ZERO_WINDOW_PROBES,
+    },
+    Piece {
+        what: "zero windows opening",
+        hooks: &[hook("tcp_rearm_rto", true, false)],
+        fallback: TIMER_START_ZERO_WINDOW_OPEN,
+    },
+];
+
+/// The owner of a socket shared by several processes is the last that sends
+/// or receives on it: these tracepoints (6.3+), else these functions.
+const USE_TRACEPOINTS: &[&str] = &["sock_send_length", "sock_recv_length"];
+const USE_FUNCTIONS: &[Hook] = &[
+    hook("tcp_sendmsg", true, false),
+    hook("tcp_recvmsg", true, false),
+];
+
+/// Tracepoints every backend uses, attached as `tp_btf` (program `name`) or
+/// else `raw_tp` (`name_raw`). In this order, so that what ends a piece of state
+/// is in place before what starts it: a callback that begins while kalive
+/// attaches must not leave its per-CPU note behind, and no socket may be
+/// destroyed unseen after its owner was noted.
+const COMMON_TRACEPOINTS: &[&str] = &[
+    "tcp_destroy_sock",
+    "sched_process_exit",
+    "inet_sock_set_state",
+    "tcp_probe",
 ];
 
 /// Classic tracepoints: (category, name); the program has the same name. Exit
@@ -62,22 +162,27 @@ const CLASSIC_TRACEPOINTS: &[(&str, &str)] = &[
     ("syscalls", "sys_exit_accept4"),
 ];
 
-/// How each kind of hook got attached, for the start-up line.
+/// What got attached, for the start-up lines.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Attached {
     pub tp_btf: usize,
     pub raw_tp: usize,
     pub tracepoint: usize,
-    /// Optional hooks this kernel lacks, and what that costs.
-    pub skipped: Vec<(&'static str, &'static str)>,
+    /// fentry/fexit or kprobe/kretprobe programs.
+    pub functions: usize,
+    /// Pieces a function backend watches with the timer tracepoints instead,
+    /// and why.
+    pub fallbacks: Vec<(&'static str, String)>,
+    /// What this kernel cannot provide, and what that costs.
+    pub missing: Vec<String>,
 }
 
 impl fmt::Display for Attached {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} tp_btf, {} raw_tp, {} tracepoint",
-            self.tp_btf, self.raw_tp, self.tracepoint
+            "{} function, {} tp_btf, {} raw_tp, {} tracepoint",
+            self.functions, self.tp_btf, self.raw_tp, self.tracepoint
         )
     }
 }
@@ -89,6 +194,19 @@ pub struct Filters {
     pub ports: Vec<u16>,
 }
 
+/// Everything a backend needs to start.
+pub struct Config<'a> {
+    pub layout: &'a Layout,
+    pub kernel_btf: &'a KernelBtf,
+    pub symbols: &'a Symbols,
+    pub filters: &'a Filters,
+    pub state_changes: bool,
+    pub ring_size: u32,
+    /// Skip `tp_btf` and use `raw_tp` for every tracepoint (to exercise the
+    /// fallback).
+    pub raw_only: bool,
+}
+
 /// Loaded and attached programs. Dropping it detaches everything: nothing is
 /// pinned, so nothing outlives the process.
 pub struct Tracer {
@@ -96,82 +214,56 @@ pub struct Tracer {
     lost: PerCpuArray<MapData, u64>,
     owners_full: PerCpuArray<MapData, u64>,
     owners: HashMap<MapData, u64, Owner>,
+    pub backend: Backend,
     pub attached: Attached,
+    /// Backends tried first that could not run here, and why.
+    pub passed_over: Vec<(Backend, String)>,
 }
 
 impl Tracer {
-    /// Returns the tracer and the ring buffer its programs write records to.
-    /// `ring_size` is the ring buffer's size in bytes. `raw_only` skips `tp_btf`
-    /// and uses `raw_tp` for every tracepoint (to exercise the fallback).
+    /// Starts the chosen backend, or for `auto` the first that loads and
+    /// attaches every hook it needs. Returns the tracer and the ring buffer its
+    /// programs write records to.
     ///
     /// # Errors
-    /// When the kernel refuses a map or program, or a tracepoint is missing.
-    pub fn start(
-        layout: &Layout,
-        filters: &Filters,
-        state_changes: bool,
-        ring_size: u32,
-        raw_only: bool,
-    ) -> Result<(Self, RingBuf<MapData>)> {
-        let settings = Settings {
-            state_changes: u8::from(state_changes),
-            filter_pids: u8::from(!filters.pids.is_empty()),
-            filter_ports: u8::from(!filters.ports.is_empty()),
-            pad: [0; 5],
-        };
+    /// When no backend of the choice can run; the error says why for each.
+    pub fn start(choice: Choice, config: &Config<'_>) -> Result<(Self, RingBuf<MapData>)> {
         let btf = Btf::from_sys_fs().context("parsing the kernel's BTF")?;
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
-            .override_global("LAYOUT", layout, true)
-            .override_global("SETTINGS", &settings, true)
-            .map_max_entries("EVENTS", ring_size)
-            .load(OBJECT)
-            .context("loading kalive's BPF object")?;
-
-        // Filters are in place before the first program runs.
-        let mut pids: HashMap<_, u32, u8> = HashMap::try_from(map(&mut ebpf, "PIDS")?)?;
-        for &pid in &filters.pids {
-            pids.insert(pid, 1, 0).context("filling the pid filter")?;
-        }
-        let mut ports: HashMap<_, u16, u8> = HashMap::try_from(map(&mut ebpf, "PORTS")?)?;
-        for &port in &filters.ports {
-            ports
-                .insert(port, 1, 0)
-                .context("filling the port filter")?;
-        }
-
-        let mut attached = Attached::default();
-        for hook in BTF_TRACEPOINTS {
-            match attach(&mut ebpf, hook.name, &btf, raw_only) {
-                Ok(true) => attached.tp_btf += 1,
-                Ok(false) => attached.raw_tp += 1,
-                Err(err) => match hook.optional {
-                    Some(why) => {
-                        log::info!("{}: {err:#}", hook.name);
-                        attached.skipped.push((hook.name, why));
-                    }
-                    None => return Err(err),
-                },
+        let mut passed_over = Vec::new();
+        for &backend in choice.backends() {
+            match start_backend(backend, config, &btf) {
+                Ok((ebpf, attached)) => {
+                    let (mut tracer, events) = Self::new(ebpf, backend, attached)?;
+                    tracer.passed_over = passed_over;
+                    return Ok((tracer, events));
+                }
+                Err(err) => passed_over.push((backend, explain(backend, &err))),
             }
         }
-        for &(category, name) in CLASSIC_TRACEPOINTS {
-            let program: &mut TracePoint = program(&mut ebpf, name)?.try_into()?;
-            program
-                .load()
-                .with_context(|| format!("loading tracepoint {category}:{name}"))?;
-            program
-                .attach(category, name)
-                .with_context(|| format!("attaching tracepoint {category}:{name}"))?;
-            attached.tracepoint += 1;
+        if let [(backend, why)] = passed_over.as_slice() {
+            bail!("the {backend} backend cannot run here: {why}");
         }
+        let reasons: Vec<String> = passed_over
+            .iter()
+            .map(|(b, why)| format!("{b}: {why}"))
+            .collect();
+        bail!("no backend can run here ({})", reasons.join("; "))
+    }
 
+    fn new(
+        mut ebpf: Ebpf,
+        backend: Backend,
+        attached: Attached,
+    ) -> Result<(Self, RingBuf<MapData>)> {
         let events = RingBuf::try_from(map(&mut ebpf, "EVENTS")?)?;
         let tracer = Self {
             lost: PerCpuArray::try_from(map(&mut ebpf, "LOST")?)?,
             owners_full: PerCpuArray::try_from(map(&mut ebpf, "OWNERS_FULL")?)?,
             owners: HashMap::try_from(map(&mut ebpf, "OWNERS")?)?,
             _ebpf: ebpf,
+            backend,
             attached,
+            passed_over: Vec::new(),
         };
         Ok((tracer, events))
     }
@@ -203,6 +295,176 @@ impl Tracer {
     }
 }
 
+/// The error, led by what it means for users, for the two ways backends are
+/// commonly refused.
+fn explain(backend: Backend, err: &anyhow::Error) -> String {
+    let detail = format!("{err:#}");
+    let meaning = match backend {
+        Backend::Fentry if detail.contains("Operation not permitted") => {
+            "the kernel refuses fentry/fexit programs (EPERM: lockdown or a security policy)"
+        }
+        Backend::Kprobe if detail.contains("devices/kprobe") => {
+            "this kernel has no kprobes (no kprobe PMU: CONFIG_KPROBES is off)"
+        }
+        _ => return detail,
+    };
+    format!("{meaning}; {detail}")
+}
+
+/// Why `function` cannot be hooked by `backend`, if it cannot.
+fn unhookable(backend: Backend, function: &str, config: &Config<'_>) -> Option<String> {
+    if !config.symbols.has(function) {
+        return Some(format!(
+            "{function} is inlined into its callers on this kernel"
+        ));
+    }
+    if backend == Backend::Fentry && !config.kernel_btf.has_func(function) {
+        return Some(format!("{function} is not in the kernel's BTF"));
+    }
+    None
+}
+
+/// Which of a backend's pieces use function hooks, and what the timer
+/// tracepoints do instead for the others.
+#[derive(Default)]
+struct Plan {
+    functions: Vec<Hook>,
+    timer_start_does: u8,
+    timer_brackets: bool,
+}
+
+fn plan(backend: Backend, config: &Config<'_>, attached: &mut Attached) -> Plan {
+    let mut plan = Plan::default();
+    for piece in PIECES {
+        let blocked = match backend {
+            Backend::Tracepoint => Some("the tracepoint backend hooks no function".to_owned()),
+            _ => piece
+                .hooks
+                .iter()
+                .find_map(|h| unhookable(backend, h.function, config)),
+        };
+        match blocked {
+            None => plan.functions.extend_from_slice(piece.hooks),
+            Some(why) => {
+                plan.timer_start_does |= piece.fallback;
+                plan.timer_brackets |= piece.fallback == 0;
+                if backend != Backend::Tracepoint {
+                    attached.fallbacks.push((piece.what, why));
+                }
+            }
+        }
+    }
+    plan
+}
+
+/// Loads the object and attaches `backend`'s hooks; any failure fails the
+/// backend as a whole (its programs are detached when `Ebpf` drops).
+fn start_backend(backend: Backend, config: &Config<'_>, btf: &Btf) -> Result<(Ebpf, Attached)> {
+    let mut attached = Attached::default();
+    // Decided before loading: the programs learn what the timer tracepoints
+    // must do from a read-only global.
+    let Plan {
+        functions: mut use_functions,
+        timer_start_does,
+        timer_brackets,
+    } = plan(backend, config, &mut attached);
+
+    let settings = Settings {
+        state_changes: u8::from(config.state_changes),
+        filter_pids: u8::from(!config.filters.pids.is_empty()),
+        filter_ports: u8::from(!config.filters.ports.is_empty()),
+        timer_start_does,
+        pad: [0; 4],
+    };
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(btf))
+        .override_global("LAYOUT", config.layout, true)
+        .override_global("SETTINGS", &settings, true)
+        .map_max_entries("EVENTS", config.ring_size)
+        .load(OBJECT)
+        .context("loading kalive's BPF object")?;
+
+    // Filters are in place before the first program runs.
+    let mut pids: HashMap<_, u32, u8> = HashMap::try_from(map(&mut ebpf, "PIDS")?)?;
+    for &pid in &config.filters.pids {
+        pids.insert(pid, 1, 0).context("filling the pid filter")?;
+    }
+    let mut ports: HashMap<_, u16, u8> = HashMap::try_from(map(&mut ebpf, "PORTS")?)?;
+    for &port in &config.filters.ports {
+        ports
+            .insert(port, 1, 0)
+            .context("filling the port filter")?;
+    }
+
+    // Ends of state first (see COMMON_TRACEPOINTS), then the timers.
+    let raw_only = config.raw_only;
+    if timer_brackets {
+        attach_tracepoint(&mut ebpf, "timer_expire_exit", btf, raw_only, &mut attached)?;
+    }
+    for &tracepoint in COMMON_TRACEPOINTS {
+        attach_tracepoint(&mut ebpf, tracepoint, btf, raw_only, &mut attached)?;
+    }
+    for &(category, name) in CLASSIC_TRACEPOINTS {
+        let program: &mut TracePoint = program(&mut ebpf, name)?.try_into()?;
+        program
+            .load()
+            .with_context(|| format!("loading tracepoint {category}:{name}"))?;
+        program
+            .attach(category, name)
+            .with_context(|| format!("attaching tracepoint {category}:{name}"))?;
+        attached.tracepoint += 1;
+    }
+
+    // Who used a socket last.
+    let mut use_tracepoints = true;
+    for &tracepoint in USE_TRACEPOINTS {
+        if let Err(err) = attach_tracepoint(&mut ebpf, tracepoint, btf, raw_only, &mut attached) {
+            log::info!("{tracepoint}: {err:#}");
+            use_tracepoints = false;
+        }
+    }
+    if !use_tracepoints {
+        let usable = backend != Backend::Tracepoint
+            && USE_FUNCTIONS
+                .iter()
+                .all(|h| unhookable(backend, h.function, config).is_none());
+        if usable {
+            use_functions.extend_from_slice(USE_FUNCTIONS);
+        } else {
+            attached.missing.push(
+                "no sock:sock_send_length tracepoint (6.3+): a socket shared by several \
+                 processes is attributed to the last that configured, connected or \
+                 accepted it, not the last that used it"
+                    .to_owned(),
+            );
+        }
+    }
+
+    // Returns before entries: a callback's end must be watched before its start.
+    for exits_first in [true, false] {
+        for h in &use_functions {
+            let wanted = if exits_first { h.exit } else { h.entry };
+            if wanted {
+                attach_function(&mut ebpf, backend, h.function, !exits_first, btf)?;
+                attached.functions += 1;
+            }
+        }
+    }
+    if timer_start_does != 0 {
+        attach_tracepoint(&mut ebpf, "timer_start", btf, raw_only, &mut attached)?;
+    }
+    if timer_brackets {
+        attach_tracepoint(
+            &mut ebpf,
+            "timer_expire_entry",
+            btf,
+            raw_only,
+            &mut attached,
+        )?;
+    }
+    Ok((ebpf, attached))
+}
+
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
     ebpf.program_mut(name)
         .ok_or_else(|| anyhow!("program {name} missing from the BPF object"))
@@ -213,14 +475,61 @@ fn map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
         .ok_or_else(|| anyhow!("map {name} missing from the BPF object"))
 }
 
-/// Attaches `tracepoint` as `tp_btf`, or else as `raw_tp`. Returns whether
-/// `tp_btf` was used.
-fn attach(ebpf: &mut Ebpf, tracepoint: &str, btf: &Btf, raw_only: bool) -> Result<bool> {
+/// Attaches a function hook: fentry/fexit, or kprobe/kretprobe.
+fn attach_function(
+    ebpf: &mut Ebpf,
+    backend: Backend,
+    function: &str,
+    entry: bool,
+    btf: &Btf,
+) -> Result<()> {
+    match (backend, entry) {
+        (Backend::Fentry, true) => {
+            let name = format!("fentry_{function}");
+            let p: &mut FEntry = program(ebpf, &name)?.try_into()?;
+            p.load(function, btf)
+                .with_context(|| format!("loading fentry/{function}"))?;
+            p.attach()
+                .with_context(|| format!("attaching fentry/{function}"))?;
+        }
+        (Backend::Fentry, false) => {
+            let name = format!("fexit_{function}");
+            let p: &mut FExit = program(ebpf, &name)?.try_into()?;
+            p.load(function, btf)
+                .with_context(|| format!("loading fexit/{function}"))?;
+            p.attach()
+                .with_context(|| format!("attaching fexit/{function}"))?;
+        }
+        (Backend::Kprobe, _) => {
+            let kind = if entry { "kprobe" } else { "kretprobe" };
+            let name = format!("{kind}_{function}");
+            let p: &mut KProbe = program(ebpf, &name)?.try_into()?;
+            p.load()
+                .with_context(|| format!("loading {kind}/{function}"))?;
+            p.attach(function, 0)
+                .with_context(|| format!("attaching {kind}/{function}"))?;
+        }
+        (Backend::Tracepoint, _) => bail!("the tracepoint backend hooks no function"),
+    }
+    Ok(())
+}
+
+/// Attaches `tracepoint` as `tp_btf`, or else as `raw_tp`.
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    tracepoint: &str,
+    btf: &Btf,
+    raw_only: bool,
+    attached: &mut Attached,
+) -> Result<()> {
     let btf_error = if raw_only {
         None
     } else {
         match attach_tp_btf(ebpf, tracepoint, btf) {
-            Ok(()) => return Ok(true),
+            Ok(()) => {
+                attached.tp_btf += 1;
+                return Ok(());
+            }
             Err(err) => Some(err),
         }
     };
@@ -231,7 +540,8 @@ fn attach(ebpf: &mut Ebpf, tracepoint: &str, btf: &Btf, raw_only: bool) -> Resul
     if let Some(err) = btf_error {
         log::warn!("tp_btf/{tracepoint}: {err:#}; using raw_tp/{tracepoint}");
     }
-    Ok(false)
+    attached.raw_tp += 1;
+    Ok(())
 }
 
 fn attach_tp_btf(ebpf: &mut Ebpf, tracepoint: &str, btf: &Btf) -> Result<()> {

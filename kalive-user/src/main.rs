@@ -28,7 +28,7 @@ use tokio::{
 
 use crate::{
     clock::WallClock,
-    loader::{Filters, Tracer},
+    loader::{Choice, Filters, Tracer},
     output::{Format, Writer},
 };
 
@@ -50,6 +50,10 @@ struct Cli {
     /// Output format [default: text on a terminal, json otherwise]
     #[arg(long, value_enum)]
     format: Option<Format>,
+
+    /// How to hook the kernel: auto tries fentry, then kprobe, then tracepoint
+    #[arg(long, value_enum, env = "KALIVE_BACKEND", default_value = "auto")]
+    backend: Choice,
 
     /// Only sockets owned by this process (repeatable: any of them)
     #[arg(short, long = "pid", value_name = "PID", value_parser = parse_pid)]
@@ -139,7 +143,8 @@ async fn run(cli: Cli) -> Result<()> {
     let kernel_btf = btf::KernelBtf::open(Path::new(btf::VMLINUX))?;
     let tracefs = kernel::tracefs()?;
     let hz = kernel::hz().context("finding the kernel's HZ")?;
-    let layout = layout::discover(&kernel_btf, &tracefs, hz)?;
+    let symbols = kernel::Symbols::read(loader::FUNCTIONS)?;
+    let layout = layout::discover(&kernel_btf, &symbols, &tracefs, hz)?;
     for &pid in &cli.pids {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             eprintln!("kalive: no process {pid} now; its sockets are reported if it appears");
@@ -149,23 +154,31 @@ async fn run(cli: Cli) -> Result<()> {
         pids: cli.pids,
         ports: cli.ports,
     };
-    // Undocumented: exercise the raw_tp fallback (tests).
-    let raw_only = std::env::var_os("KALIVE_RAW_TRACEPOINTS").is_some_and(|v| v == "1");
     // Sockets that exist already: their owners come from procfs.
     let sockets = procfs::Sockets::scan();
-    let (tracer, events) = Tracer::start(
-        &layout,
-        &filters,
-        cli.state_changes,
-        cli.ring_size,
-        raw_only,
-    )?;
-    for (hook, why) in &tracer.attached.skipped {
-        eprintln!("kalive: this kernel has no {hook} tracepoint: {why}");
+    let config = loader::Config {
+        layout: &layout,
+        kernel_btf: &kernel_btf,
+        symbols: &symbols,
+        filters: &filters,
+        state_changes: cli.state_changes,
+        ring_size: cli.ring_size,
+        // Undocumented: exercise the raw_tp fallback (tests).
+        raw_only: std::env::var_os("KALIVE_RAW_TRACEPOINTS").is_some_and(|v| v == "1"),
+    };
+    let (tracer, events) = Tracer::start(cli.backend, &config)?;
+    for (backend, why) in &tracer.passed_over {
+        eprintln!("kalive: not using the {backend} backend: {why}");
+    }
+    for (what, why) in &tracer.attached.fallbacks {
+        eprintln!("kalive: {what} seen through the timer tracepoints: {why}");
+    }
+    for what in &tracer.attached.missing {
+        eprintln!("kalive: {what}");
     }
     eprintln!(
-        "kalive: tracing TCP keepalive ({}; HZ={hz}). Ctrl-C to stop.",
-        tracer.attached
+        "kalive: tracing TCP keepalive with the {} backend ({}; HZ={hz}). Ctrl-C to stop.",
+        tracer.backend, tracer.attached
     );
 
     let mut stream = Stream {

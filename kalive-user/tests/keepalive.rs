@@ -378,7 +378,7 @@ fn raw_tracepoints_fallback() {
     let _kernel = shared();
     let mut kalive = Kalive::start_with_env(&[], &[("KALIVE_RAW_TRACEPOINTS", "1")]);
     assert!(
-        kalive.stderr().contains("(0 tp_btf, ") && !kalive.stderr().contains(" 0 raw_tp"),
+        kalive.stderr().contains(" 0 tp_btf, ") && !kalive.stderr().contains(" 0 raw_tp"),
         "{}",
         kalive.stderr()
     );

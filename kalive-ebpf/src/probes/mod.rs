@@ -2,11 +2,12 @@
 //! instantiated for tp_btf (BTF-typed arguments) and raw_tp (bare numbers); the
 //! loader uses tp_btf where it loads and falls back to raw_tp per hook.
 
+mod functions;
 mod owner;
 mod setsockopt;
 mod state;
 mod tcp;
-mod timer;
+pub(crate) mod timer;
 
 /// Arguments of a tp_btf or raw_tp program: an array of u64 in both cases.
 #[derive(Clone, Copy)]

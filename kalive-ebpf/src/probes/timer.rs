@@ -1,20 +1,29 @@
-//! TCP's timers, seen through `timer:timer_expire_entry`, `timer_start` and
-//! `timer_expire_exit`: the keepalive timer (`tcp_keepalive_timer`) and the write
-//! timer (`tcp_write_timer`) when it runs the persist timer, which probes a zero
-//! window.
+//! TCP's timers: the keepalive timer (`tcp_keepalive_timer`) and the write timer
+//! (`tcp_write_timer`) when it runs the persist timer, which probes a zero window.
 //!
-//! A callback that sends a probe increments `icsk_probes_out` and re-arms its own
-//! timer, which fires `timer_start` while the callback is still running.
-//! Comparing `icsk_probes_out` at callback entry and at that re-arm tells whether
-//! a probe left. These tracepoints fire for every timer in the system, so the
-//! first thing each does is the cheap filter on the timer's function.
+//! The records are made the same way whatever the backend; only how the kernel's
+//! steps are seen differs:
+//! - a timer callback begins and ends: `timer:timer_expire_entry`/`exit` (all
+//!   timers, filtered on the function), or a hook on the callback function;
+//! - a probe leaves: the callback re-arms its own timer with a higher
+//!   `icsk_probes_out` (`timer:timer_start` while the callback runs), or
+//!   `tcp_write_wakeup()` returns inside a keepalive callback, or
+//!   `tcp_send_probe0()` returns;
+//! - a zero window opens: the write timer is armed for anything but the persist
+//!   timer (`timer_start`, or `tcp_rearm_rto()`).
+//!
+//! The timer tracepoints fire for every timer in the system, so the first thing
+//! each does is the cheap filter on the timer's function.
 
-use kalive_common::Kind;
+use kalive_common::{
+    Kind, TIMER_START_KEEPALIVE_PROBES, TIMER_START_ZERO_WINDOW_OPEN,
+    TIMER_START_ZERO_WINDOW_PROBES,
+};
 
 use super::{Args, hook};
 use crate::{
     emit::{emit, jiffies32, zero_window_probed},
-    kernel::{ICSK_TIME_PROBE0, Sock, layout, timer_expires, timer_function},
+    kernel::{ICSK_TIME_PROBE0, Sock, layout, setting, timer_expires, timer_function},
     maps::{CALLBACK, KEEPALIVE, WRITE},
 };
 
@@ -33,19 +42,8 @@ fn tcp_timer(timer: u64) -> Option<(u8, Sock)> {
     }
 }
 
-// TP_PROTO(struct timer_list *timer, unsigned long baseclk)
-hook!(
-    "timer_expire_entry",
-    timer_expire_entry,
-    timer_expire_entry_raw,
-    expire_entry
-);
-
-fn expire_entry<const BTF: bool>(args: Args) {
-    let timer = args.get(0);
-    let Some((kind, sk)) = tcp_timer(timer) else {
-        return;
-    };
+/// A keepalive or write timer callback begins on this CPU.
+pub(crate) fn callback_begin(kind: u8, timer: u64, sk: Sock) {
     let Some(cb) = CALLBACK.get_ptr_mut(0) else {
         return;
     };
@@ -59,8 +57,79 @@ fn expire_entry<const BTF: bool>(args: Args) {
     }
 }
 
-// TP_PROTO(struct timer_list *timer). The callback may have freed the socket:
-// nothing here reads it.
+/// The callback of `timer` (or, when the hook cannot tell, whichever ran) ends.
+/// The callback may have freed the socket: nothing here reads it.
+pub(crate) fn callback_end(timer: Option<u64>) {
+    let Some(cb) = CALLBACK.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot.
+    unsafe {
+        if timer.is_none_or(|t| t == (*cb).timer) {
+            (*cb).timer = 0;
+            (*cb).sk = 0;
+        }
+    }
+}
+
+/// `tcp_write_wakeup(sk, ...)` returned `ret`. Inside a keepalive callback, that
+/// is the keepalive probe; `ret <= 0` means the kernel counts it and re-arms one
+/// interval later (`tcp_keepalive_timer()`).
+pub(crate) fn write_wakeup_returned(sk: Sock, ret: i64, cookie: u64) {
+    let Some(cb) = CALLBACK.get(0) else {
+        return;
+    };
+    if cb.kind != KEEPALIVE || cb.sk != sk.0 || ret > 0 {
+        return;
+    }
+    let probes = sk.probes_out().wrapping_add(1);
+    emit(Kind::ProbeSent, sk, cookie, None, |r| {
+        r.probes = probes;
+        r.next = r.keepintvl;
+    });
+}
+
+/// `tcp_send_probe0(sk)` returned: a zero-window probe left, unless probing
+/// turned out not to be needed (then `icsk_probes_out` is 0).
+pub(crate) fn send_probe0_returned(sk: Sock, cookie: u64) {
+    if sk.probes_out() == 0 || sk.pending() != ICSK_TIME_PROBE0 {
+        return;
+    }
+    zero_window_probe(sk, cookie);
+}
+
+/// `tcp_rearm_rto(sk)`: the write timer is armed for retransmission.
+pub(crate) fn rto_rearmed(sk: Sock) {
+    if sk.pending() != ICSK_TIME_PROBE0 {
+        zero_window_probed(sk, false);
+    }
+}
+
+fn zero_window_probe(sk: Sock, cookie: u64) {
+    let timer = sk.0 + u64::from(layout!(write_timer));
+    let next = (timer_expires(timer) as u32).wrapping_sub(jiffies32());
+    zero_window_probed(sk, true);
+    emit(Kind::ZeroWindowProbeSent, sk, cookie, None, |r| {
+        r.next = next
+    });
+}
+
+// TP_PROTO(struct timer_list *timer, unsigned long baseclk)
+hook!(
+    "timer_expire_entry",
+    timer_expire_entry,
+    timer_expire_entry_raw,
+    expire_entry
+);
+
+fn expire_entry<const BTF: bool>(args: Args) {
+    let timer = args.get(0);
+    if let Some((kind, sk)) = tcp_timer(timer) {
+        callback_begin(kind, timer, sk);
+    }
+}
+
+// TP_PROTO(struct timer_list *timer)
 hook!(
     "timer_expire_exit",
     timer_expire_exit,
@@ -69,21 +138,12 @@ hook!(
 );
 
 fn expire_exit<const BTF: bool>(args: Args) {
-    let timer = args.get(0);
-    let Some(cb) = CALLBACK.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's slot.
-    unsafe {
-        if (*cb).timer == timer {
-            (*cb).timer = 0;
-            (*cb).sk = 0;
-        }
-    }
+    callback_end(Some(args.get(0)));
 }
 
 // 6.x: TP_PROTO(struct timer_list *timer, unsigned long bucket_expiry); older
-// kernels add arguments after `timer`. Only `timer` is used.
+// kernels add arguments after `timer`. Only `timer` is used. Attached only when
+// a backend lacks a function hook for something it detects.
 hook!("timer_start", timer_start, timer_start_raw, start);
 
 fn start<const BTF: bool>(args: Args) {
@@ -91,11 +151,22 @@ fn start<const BTF: bool>(args: Args) {
     let Some((kind, sk)) = tcp_timer(timer) else {
         return;
     };
+    let does = setting!(timer_start_does);
     let pending = if kind == WRITE { sk.pending() } else { 0 };
     // The write timer armed for something else than the persist timer: if the
     // socket was probing a zero window, the window opened (tcp_ack_probe()).
     if kind == WRITE && pending != ICSK_TIME_PROBE0 {
-        zero_window_probed(sk, false);
+        if does & TIMER_START_ZERO_WINDOW_OPEN != 0 {
+            zero_window_probed(sk, false);
+        }
+        return;
+    }
+    let wanted = if kind == KEEPALIVE {
+        TIMER_START_KEEPALIVE_PROBES
+    } else {
+        TIMER_START_ZERO_WINDOW_PROBES
+    };
+    if does & wanted == 0 {
         return;
     }
     let Some(cb) = CALLBACK.get(0) else {
@@ -105,18 +176,16 @@ fn start<const BTF: bool>(args: Args) {
     if cb.timer != timer {
         return;
     }
-    let probes = sk.probes_out();
-    if probes <= cb.probes_before {
+    if sk.probes_out() <= cb.probes_before {
         // Not idle long enough yet, busy, the socket was locked, or the
         // probe could not be sent: no probe.
         return;
     }
-    let next = (timer_expires(timer) as u32).wrapping_sub(jiffies32());
     if kind == KEEPALIVE {
+        let next = (timer_expires(timer) as u32).wrapping_sub(jiffies32());
         emit(Kind::ProbeSent, sk, 0, None, |r| r.next = next);
     } else {
         // tcp_probe_timer() -> tcp_send_probe0()
-        zero_window_probed(sk, true);
-        emit(Kind::ZeroWindowProbeSent, sk, 0, None, |r| r.next = next);
+        zero_window_probe(sk, 0);
     }
 }
