@@ -4,7 +4,7 @@
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_boot_ns};
 use kalive_common::{
     FLAG_KEEPALIVE, FLAG_SHARED, FLAG_UNFILTERED, FLAG_USER_TIMEOUT, IDLE_NONE, Kind, OWNER_KERNEL,
-    Owner, Record,
+    Owner, RECORD_VERSION, Record,
 };
 
 use crate::{
@@ -31,9 +31,9 @@ fn now_ns() -> u64 {
 
 /// The owner of `sk` (whose inode is `ino`), unless the entry is stale: the
 /// socket memory was reused, or the owner exited after it was learned.
-pub(crate) fn owner_of(sk: Sock, ino: u64) -> Option<Owner> {
-    // SAFETY: the value is copied out at once.
-    let owner = *unsafe { OWNERS.get(&sk.0) }?;
+pub(crate) fn owner_of(sk: Sock, ino: u64) -> Option<&'static Owner> {
+    // SAFETY: map values stay valid while the program runs.
+    let owner = unsafe { OWNERS.get(&sk.0) }?;
     if owner.ino != ino {
         return None;
     }
@@ -50,7 +50,7 @@ pub(crate) fn owner_of(sk: Sock, ino: u64) -> Option<Owner> {
 pub(crate) fn learn_owner(sk: Sock) -> Owner {
     let ino = sk.ino();
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let previous = owner_of(sk, ino);
+    let previous = owner_of(sk, ino).copied();
     if let Some(previous) = previous
         && previous.pid == pid
         && previous.source == OWNER_KERNEL
@@ -83,22 +83,25 @@ pub(crate) fn process_exited() {
     let _ = EXITED.insert(&pid, &now_ns(), 0);
 }
 
-/// Notes that `sk` probes a zero window (`probing`), or sees it is not probing
-/// one: if it was, the peer opened its window, which is reported.
-pub(crate) fn zero_window_probed(sk: Sock, probing: bool) {
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_jiffies64() };
-    if probing {
-        let _ = ZERO_WINDOW.insert(&sk.0, &1, 0);
-        if let Some(last) = ZERO_WINDOW_LAST.get_ptr_mut(0) {
-            // SAFETY: a valid slot; a racing writer stores a time as recent.
-            unsafe { *last = now };
-        }
-        return;
+/// Notes that `sk` probes a zero window.
+pub(crate) fn zero_window_probing(sk: Sock) {
+    let state = u16::from(sk.probes_out()) | u16::from(sk.backoff()) << 8;
+    let _ = ZERO_WINDOW.insert(&sk.0, &state, 0);
+    if let Some(last) = ZERO_WINDOW_LAST.get_ptr_mut(0) {
+        // SAFETY: a valid slot; a racing writer stores a time as recent. No
+        // preconditions for the helper.
+        unsafe { *last = bpf_jiffies64() };
     }
+}
+
+/// `sk` is seen not probing a zero window: if it was, the peer opened its
+/// window, which is reported.
+pub(crate) fn zero_window_not_probing(sk: Sock) {
     // Probes are at most TCP_RTO_MAX (120 s) apart: without one for twice that,
     // no socket on this host is probing, and the map need not be searched.
     let last = ZERO_WINDOW_LAST.get(0).copied().unwrap_or(0);
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_jiffies64() };
     if last == 0 || now.wrapping_sub(last) > 240 * u64::from(layout!(hz)) {
         return;
     }
@@ -107,6 +110,18 @@ pub(crate) fn zero_window_probed(sk: Sock, probing: bool) {
         let _ = ZERO_WINDOW.remove(&sk.0);
         emit(Kind::ZeroWindowOpen, sk, 0, None, |_| {});
     }
+}
+
+/// Whether the persist timer of `sk`, already probing, probed again since the
+/// last probe kalive saw: a probe counts or backs off; an ACK of a still-shut
+/// window resets `icsk_probes_out` but not `icsk_backoff`.
+pub(crate) fn zero_window_probed_again(sk: Sock) -> bool {
+    // SAFETY: the value is copied out at once.
+    let Some(&state) = (unsafe { ZERO_WINDOW.get(&sk.0) }) else {
+        return false;
+    };
+    let (probes, backoff) = (state as u8, (state >> 8) as u8);
+    sk.backoff() > backoff || sk.probes_out() > probes
 }
 
 /// Forgets a socket that closes or is destroyed.
@@ -135,7 +150,7 @@ pub(crate) fn emit(
     kind: Kind,
     sk: Sock,
     cookie: u64,
-    owner: Option<Owner>,
+    owner: Option<&Owner>,
     extra: impl FnOnce(&mut Record),
 ) {
     let (sport, dport) = (sk.sport(), sk.dport());
@@ -159,7 +174,18 @@ pub(crate) fn emit(
         count(&LOST);
         return;
     };
-    let r = entry.write(Record::zeroed(kind));
+    // Filled in place: a record built on the stack and copied would cost a
+    // stack frame as large as the record, and BPF stacks are small.
+    let p = entry.as_mut_ptr();
+    // SAFETY: `p` is the reserved, writable, properly sized entry; all-zero is
+    // a valid `Record`.
+    let r = unsafe {
+        core::ptr::write_bytes(p, 0, 1);
+        &mut *p
+    };
+    r.version = RECORD_VERSION;
+    r.kind = kind as u8;
+    r.fd = -1;
     r.ts_ns = now_ns();
     r.cookie = if cookie != 0 { cookie } else { sk.cookie() };
     r.family = sk.family();

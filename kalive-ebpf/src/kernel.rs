@@ -4,7 +4,7 @@
 //! `bpf_probe_read_kernel`: the same code then works whether a hook hands over a
 //! BTF-typed pointer (tp_btf, fentry) or a bare number (raw_tp, kprobe).
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
 use kalive_common::{Layout, Settings};
 
 /// Filled in by the loader from the running kernel; see [`Layout`].
@@ -95,16 +95,20 @@ impl Sock {
         read(self.0, layout!(skc_dport))
     }
 
-    /// Fills `saddr`/`daddr` for the socket's family.
+    /// Fills `saddr`/`daddr` for the socket's family, reading straight into
+    /// them (no copy through the stack).
     pub(crate) fn addrs(self, family: u16, saddr: &mut [u8; 16], daddr: &mut [u8; 16]) {
-        if family == kalive_common::AF_INET6 {
-            *saddr = read(self.0, layout!(skc_v6_rcv_saddr));
-            *daddr = read(self.0, layout!(skc_v6_daddr));
+        let (s, d, len) = if family == kalive_common::AF_INET6 {
+            (layout!(skc_v6_rcv_saddr), layout!(skc_v6_daddr), 16)
         } else {
-            let s: [u8; 4] = read(self.0, layout!(skc_rcv_saddr));
-            let d: [u8; 4] = read(self.0, layout!(skc_daddr));
-            saddr[..4].copy_from_slice(&s);
-            daddr[..4].copy_from_slice(&d);
+            (layout!(skc_rcv_saddr), layout!(skc_daddr), 4)
+        };
+        // SAFETY: the helper checks the kernel addresses; a fault leaves zeros.
+        unsafe {
+            let _ =
+                bpf_probe_read_kernel_buf((self.0 + u64::from(s)) as *const u8, &mut saddr[..len]);
+            let _ =
+                bpf_probe_read_kernel_buf((self.0 + u64::from(d)) as *const u8, &mut daddr[..len]);
         }
     }
 

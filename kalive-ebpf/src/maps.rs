@@ -65,7 +65,8 @@ pub(crate) static CALLBACK: PerCpuArray<Callback> = PerCpuArray::with_max_entrie
 
 /// Sockets probing a zero window (`struct sock *`), to report when it opens.
 #[map]
-pub(crate) static ZERO_WINDOW: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
+/// The value is `icsk_probes_out | icsk_backoff << 8` at its last probe.
+pub(crate) static ZERO_WINDOW: LruHashMap<u64, u16> = LruHashMap::with_max_entries(16384, 0);
 
 /// `[0]`: jiffies of the last zero-window probe on this host. When there was
 /// none for longer than probes can be apart, no socket is probing and the

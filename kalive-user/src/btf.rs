@@ -36,7 +36,9 @@ impl KernelBtf {
                 path.display()
             );
         }
+        // Mapping the file is cheapest; kernels before 6.14 cannot map it.
         let btf = Btf::from_file_with_backend(path, Backend::Mmap)
+            .or_else(|_| Btf::from_bytes(&std::fs::read(path)?))
             .with_context(|| format!("reading BTF from {}", path.display()))?;
         Ok(Self { btf })
     }

@@ -443,7 +443,10 @@ fn start_backend(backend: Backend, config: &Config<'_>, btf: &Btf) -> Result<(Eb
     // Returns before entries: a callback's end must be watched before its start.
     for exits_first in [true, false] {
         for h in &use_functions {
-            let wanted = if exits_first { h.exit } else { h.entry };
+            // A kretprobe sees only the return value: its kprobe keeps the
+            // arguments for it.
+            let entry = h.entry || (backend == Backend::Kprobe && h.exit);
+            let wanted = if exits_first { h.exit } else { entry };
             if wanted {
                 attach_function(&mut ebpf, backend, h.function, !exits_first, btf)?;
                 attached.functions += 1;

@@ -156,7 +156,9 @@ fn child_keeps_socket_after_parent_exits() {
     for r in probes(&kalive.records, cookie) {
         assert_eq!(r["pid"], child.0, "{r}");
         assert_eq!(r["comm"], "tcp_child", "{r}");
-        assert_eq!(r["owner"], "procfs", "{r}");
+        // Found in /proc; or, where the child's waiting recv() is seen
+        // (tcp_recvmsg hooked on kernels before 6.3), learned from that.
+        assert!(r["owner"] == "procfs" || r["owner"] == "kernel", "{r}");
         assert_eq!(r["shared"], false, "{r}");
     }
     c.server.close_stdin();
@@ -178,6 +180,17 @@ fn shared_socket_is_the_last_users() {
 
     c.client.send("child send");
     c.client.expect("child sent true");
+    if kalive.stderr().contains("no sock:sock_send_length") {
+        // This kernel (before 6.3) with this backend cannot see sends: kalive
+        // said so, and keeps naming the process that configured the socket.
+        let seen = kalive.records.len();
+        kalive.wait_until(DEADLINE, |rs| probes(&rs[seen..], cookie).count() >= 2);
+        for r in probes(&kalive.records[seen..], cookie) {
+            assert_eq!(r["pid"], parent, "{r}");
+        }
+        c.server.close_stdin();
+        return;
+    }
     let seen = kalive.records.len();
     kalive.wait_until(DEADLINE, |rs| probes(&rs[seen..], cookie).count() >= 2);
     let last = probes(&kalive.records[seen..], cookie)

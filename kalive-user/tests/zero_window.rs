@@ -134,10 +134,12 @@ fn answered_then_open(tag: &str, family: Family) {
         assert_eq!(num(p, "backoff"), i as u64 + 1, "{p}");
     }
     for pair in probes.windows(2) {
-        assert_eq!(
-            num(pair[1], "next_ms"),
-            2 * num(pair[0], "next_ms"),
-            "backoff doubles"
+        // The interval doubles; seen a moment after the timer was armed (the
+        // function backends), it may read one jiffy short.
+        let (before, after) = (num(pair[0], "next_ms"), num(pair[1], "next_ms"));
+        assert!(
+            (2 * before).abs_diff(after) <= 10,
+            "backoff doubles: {before} -> {after}"
         );
     }
     // Probing is over: the kernel's count stops where kalive's does.

@@ -9,6 +9,7 @@
 
 mod setup;
 mod toolchain;
+mod vm;
 
 use std::{
     env,
@@ -40,6 +41,19 @@ enum Cmd {
         /// Arguments for kalive, after `--`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
+    },
+    /// Run the end-to-end suite on a second kernel (Debian's 6.1) in QEMU, once per
+    /// backend (fentry, kprobe, tracepoint).
+    VmTest {
+        /// Only these backends (default: fentry, kprobe and tracepoint).
+        #[arg(long = "backend")]
+        backends: Vec<String>,
+        /// Only these test targets (default: all but cli).
+        #[arg(long = "test")]
+        tests: Vec<String>,
+        /// Debugging: boot the same VM and run this shell script instead.
+        #[arg(long)]
+        script: Option<PathBuf>,
     },
     /// Run the whole test suite: formatting, clippy, unit and end-to-end tests (as root).
     Test {
@@ -90,6 +104,21 @@ fn run(cmd: Cmd) -> Result<()> {
                 Some(0) | None => Ok(()),
                 Some(code) => std::process::exit(code),
             }
+        }
+        Cmd::VmTest {
+            backends,
+            tests,
+            script,
+        } => {
+            build_ebpf(&root, Purpose::Vm)?;
+            vm::run(
+                &root,
+                &vm::Options {
+                    backends,
+                    tests,
+                    script,
+                },
+            )
         }
         Cmd::Test { args } => test(&root, &args),
     }

@@ -14,6 +14,8 @@ use crate::toolchain::{self, BPF_LINKER_VERSION, Route};
 pub enum Purpose {
     Build,
     Test,
+    /// `vm-test`: the tests' tools, and QEMU.
+    Vm,
 }
 
 /// Debian packages the end-to-end tests use, and why.
@@ -26,6 +28,17 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
         "nftables",
         "dropping a peer's packets in the end-to-end tests",
     ),
+    ("procps", "sysctl in the end-to-end tests"),
+];
+
+/// And what `vm-test` needs on top.
+const VM_PACKAGES: &[(&str, &str)] = &[
+    (
+        "qemu-system-x86",
+        "booting a second kernel for the end-to-end tests",
+    ),
+    ("busybox-static", "the init of the test VM"),
+    ("kmod", "depmod for the test VM's kernel modules"),
 ];
 
 /// Makes sure a BPF compiler route, a matching bpf-linker and (for tests) the test
@@ -43,20 +56,23 @@ pub fn ensure(purpose: Purpose) -> Result<Route> {
             ));
         }
     }
-    if purpose == Purpose::Test {
-        for (pkg, why) in TEST_PACKAGES {
-            if !dpkg_installed(pkg) {
-                apt.push(((*pkg).to_owned(), (*why).to_owned()));
-            }
+    let packages: &[&[(&str, &str)]] = match purpose {
+        Purpose::Build => &[],
+        Purpose::Test => &[TEST_PACKAGES],
+        Purpose::Vm => &[TEST_PACKAGES, VM_PACKAGES],
+    };
+    for &(pkg, why) in packages.iter().copied().flatten() {
+        if !dpkg_installed(pkg) {
+            apt.push((pkg.to_owned(), why.to_owned()));
         }
     }
     if !debian {
-        if route.is_none()
-            || purpose == Purpose::Test
-                && TEST_PACKAGES
-                    .iter()
-                    .any(|(p, _)| toolchain::which(tool_of(p)).is_none())
-        {
+        let missing_tool = packages
+            .iter()
+            .copied()
+            .flatten()
+            .any(|(p, _)| toolchain::which(tool_of(p)).is_none());
+        if route.is_none() || missing_tool {
             print_manual_steps();
             bail!("this is not a Debian machine: install the above by hand, then run this again");
         }
@@ -107,6 +123,10 @@ fn tool_of(package: &str) -> &str {
     match package {
         "iproute2" => "ip",
         "nftables" => "nft",
+        "procps" => "sysctl",
+        "qemu-system-x86" => "qemu-system-x86_64",
+        "busybox-static" => "busybox",
+        "kmod" => "depmod",
         other => other,
     }
 }
@@ -172,6 +192,7 @@ and bpf-linker {BPF_LINKER_VERSION} built against the same LLVM major version as
        LLVM_PREFIX=/usr/lib/llvm-<N> cargo install bpf-linker --version '~{BPF_LINKER_VERSION}' \\
            --no-default-features --features llvm-<N>
      (needs the LLVM <N> development files, polly, zstd and zlib headers)
-The end-to-end tests also need: ip (iproute2), nstat (iproute2) and nft (nftables)."
+The end-to-end tests also need: ip (iproute2), nstat (iproute2), nft (nftables) and
+sysctl (procps); `vm-test` also needs qemu-system-x86_64, a static busybox and depmod."
     );
 }

@@ -65,6 +65,8 @@ pub fn sys_exit_setsockopt(ctx: TracePointContext) -> u32 {
     // The caller owns the socket; the record names the caller even if the map
     // of owners is full.
     let owner = learn_owner(sk);
-    emit(Kind::KeepaliveSet, sk, 0, Some(owner), |r| r.fd = fd as i32);
+    emit(Kind::KeepaliveSet, sk, 0, Some(&owner), |r| {
+        r.fd = fd as i32
+    });
     0
 }

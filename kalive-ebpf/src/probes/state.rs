@@ -19,6 +19,7 @@ use crate::{
 const TCP_SYN_SENT: u64 = 2;
 const TCP_FIN_WAIT2: u64 = 5;
 const TCP_CLOSE: u64 = 7;
+const TCP_LISTEN: u64 = 10;
 const ECONNRESET: u32 = 104;
 
 hook!(
@@ -35,7 +36,9 @@ fn set_state<const BTF: bool>(args: Args) {
     }
     let old = args.get(1) & 0xff;
     let new = args.get(2) & 0xff;
-    let cookie = if BTF {
+    // Not for a connection being cloned from its listener: the kernel sets its
+    // cookie itself (on some kernels after this tracepoint).
+    let cookie = if BTF && old != TCP_LISTEN {
         // SAFETY: with tp_btf the argument is the tracepoint's own trusted
         // `struct sock *`, as the helper requires. It assigns a cookie if the
         // socket has none yet, so every later record can carry it.
@@ -65,6 +68,12 @@ fn set_state<const BTF: bool>(args: Args) {
         emit(Kind::StateChange, sk, cookie, None, |r| {
             r.old_state = old as u8;
             r.state = new as u8;
+            // A connection being cloned from its listener: some kernels (6.1)
+            // give it its own cookie only after this, so what it carries now
+            // may be the listener's.
+            if old == TCP_LISTEN {
+                r.cookie = 0;
+            }
         });
     }
 }

@@ -5,7 +5,7 @@ use kalive_common::Kind;
 
 use super::{Args, hook};
 use crate::{
-    emit::{emit, forget_owner, forget_zero_window, zero_window_probed},
+    emit::{emit, forget_owner, forget_zero_window, zero_window_not_probing},
     kernel::{ICSK_TIME_PROBE0, Segment, Sock},
 };
 
@@ -18,7 +18,7 @@ fn segment<const BTF: bool>(args: Args) {
     let probing_zero_window = sk.pending() == ICSK_TIME_PROBE0;
     if !probing_zero_window {
         // If it was probing before, the previous ACK opened the window.
-        zero_window_probed(sk, false);
+        zero_window_not_probing(sk);
     }
     if sk.probes_out() == 0 {
         return;

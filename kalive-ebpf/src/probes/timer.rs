@@ -22,7 +22,9 @@ use kalive_common::{
 
 use super::{Args, hook};
 use crate::{
-    emit::{emit, jiffies32, zero_window_probed},
+    emit::{
+        emit, jiffies32, zero_window_not_probing, zero_window_probed_again, zero_window_probing,
+    },
     kernel::{ICSK_TIME_PROBE0, Sock, layout, setting, timer_expires, timer_function},
     maps::{CALLBACK, KEEPALIVE, WRITE},
 };
@@ -101,14 +103,14 @@ pub(crate) fn send_probe0_returned(sk: Sock, cookie: u64) {
 /// `tcp_rearm_rto(sk)`: the write timer is armed for retransmission.
 pub(crate) fn rto_rearmed(sk: Sock) {
     if sk.pending() != ICSK_TIME_PROBE0 {
-        zero_window_probed(sk, false);
+        zero_window_not_probing(sk);
     }
 }
 
 fn zero_window_probe(sk: Sock, cookie: u64) {
     let timer = sk.0 + u64::from(layout!(write_timer));
     let next = (timer_expires(timer) as u32).wrapping_sub(jiffies32());
-    zero_window_probed(sk, true);
+    zero_window_probing(sk);
     emit(Kind::ZeroWindowProbeSent, sk, cookie, None, |r| {
         r.next = next
     });
@@ -157,7 +159,7 @@ fn start<const BTF: bool>(args: Args) {
     // socket was probing a zero window, the window opened (tcp_ack_probe()).
     if kind == WRITE && pending != ICSK_TIME_PROBE0 {
         if does & TIMER_START_ZERO_WINDOW_OPEN != 0 {
-            zero_window_probed(sk, false);
+            zero_window_not_probing(sk);
         }
         return;
     }
@@ -172,8 +174,13 @@ fn start<const BTF: bool>(args: Args) {
     let Some(cb) = CALLBACK.get(0) else {
         return;
     };
-    // Only a re-arm from inside the timer's own callback is its verdict.
+    // Only a re-arm from inside the timer's own callback is its verdict; but a
+    // write timer that found its socket locked runs later in process context
+    // (tcp_release_cb()), and a socket already probing shows whether it did.
     if cb.timer != timer {
+        if kind == WRITE && zero_window_probed_again(sk) {
+            zero_window_probe(sk, 0);
+        }
         return;
     }
     if sk.probes_out() <= cb.probes_before {

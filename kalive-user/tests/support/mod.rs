@@ -516,7 +516,7 @@ impl Peer {
     /// Waits for a line starting with `prefix`.
     pub fn expect(&mut self, prefix: &str) -> String {
         loop {
-            match self.lines.recv_timeout(Duration::from_secs(20)) {
+            match self.lines.recv_timeout(Duration::from_secs(30)) {
                 Ok(line) if line.starts_with(prefix) => return line,
                 Ok(_) => {}
                 Err(err) => panic!(

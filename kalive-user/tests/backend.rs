@@ -1,0 +1,105 @@
+//! End to end: choosing how to hook the kernel. Which backends run depends on
+//! the kernel, so each test checks what kalive says against what it does: a
+//! backend either runs or is refused with a reason, and `auto` keeps the first
+//! that runs. `KALIVE_EXPECT_BACKENDS` (set by `cargo xtask vm-test`, whose
+//! kernel allows all three) lists backends that must run.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+const BACKENDS: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
+
+/// Runs kalive until it says it is tracing (then stops it) or exits. Returns
+/// its stderr and whether it ran.
+fn try_backend(backend: &str) -> (String, bool) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kalive"))
+        .args(["--format", "json", "--backend", backend])
+        .env_remove("KALIVE_BACKEND")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning kalive");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut text = String::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(90)) {
+        text.push_str(&line);
+        text.push('\n');
+        if line.starts_with("kalive: tracing") {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(i32::try_from(child.id()).expect("pid"), libc::SIGINT) };
+            let status = child.wait().expect("wait");
+            assert!(status.success(), "a clean stop: {status:?}\n{text}");
+            return (text, true);
+        }
+    }
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(1), "a runtime failure: {text}");
+    (text, false)
+}
+
+fn expected() -> Vec<String> {
+    std::env::var("KALIVE_EXPECT_BACKENDS")
+        .map(|v| v.split(',').map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn each_backend_runs_or_says_why_not() {
+    for backend in BACKENDS {
+        let (stderr, ran) = try_backend(backend);
+        if ran {
+            assert!(
+                stderr.contains(&format!("with the {backend} backend")),
+                "{stderr}"
+            );
+        } else {
+            let prefix = format!("kalive: the {backend} backend cannot run here: ");
+            let reason = stderr
+                .lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .unwrap_or_else(|| panic!("no reason given:\n{stderr}"));
+            assert!(reason.len() > 10, "{stderr}");
+            assert!(
+                !expected().iter().any(|e| e == backend),
+                "{backend} must run on this kernel:\n{stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn auto_keeps_the_first_backend_that_runs() {
+    let runs: Vec<bool> = BACKENDS.iter().map(|b| try_backend(b).1).collect();
+    let first = BACKENDS[runs
+        .iter()
+        .position(|&r| r)
+        .expect("tracepoint runs anywhere")];
+    let (stderr, ran) = try_backend("auto");
+    assert!(ran, "{stderr}");
+    assert!(
+        stderr.contains(&format!("with the {first} backend")),
+        "{stderr}"
+    );
+    for (backend, &runs) in BACKENDS.iter().zip(&runs) {
+        let passed_over = stderr.contains(&format!("not using the {backend} backend: "));
+        let before =
+            BACKENDS.iter().position(|b| b == backend) < BACKENDS.iter().position(|b| *b == first);
+        assert_eq!(passed_over, before && !runs, "{backend}:\n{stderr}");
+    }
+}

@@ -1,0 +1,705 @@
+//! `cargo xtask vm-test`: the end-to-end suite on a second kernel, in QEMU.
+//!
+//! Boots Debian's `linux-image-6.1.0-*-cloud-amd64-unsigned` kernel under TCG
+//! (`-accel tcg -cpu max`; no KVM needed) with an initramfs that carries
+//! everything the tests run: busybox for the init script, the test binaries and
+//! `kalive`, `ip`/`nstat`/`nft`/`sysctl` with their libraries, and the kernel's
+//! network modules (veth, `nf_tables`). The init script runs the suite once per
+//! backend and reports each result on the serial console, which this reads.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    fs,
+    io::{self, BufRead as _, BufReader, Write as _},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+/// The kernel the suite runs on, as Debian packages it.
+const PACKAGE_PATTERN: &str = r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$";
+
+/// Backends the suite runs against; all must work on this kernel.
+const BACKENDS: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
+
+/// Test targets the VM runs (the command-line tests need no kernel).
+const SKIP_TESTS: &[&str] = &["cli"];
+
+/// The whole run, boot to power-off.
+const DEADLINE: Duration = Duration::from_mins(40);
+
+/// A test binary: its target name and path.
+struct TestBinary {
+    name: String,
+    path: PathBuf,
+}
+
+/// What to run in the VM.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// Backends; empty: all.
+    pub backends: Vec<String>,
+    /// Test targets; empty: all.
+    pub tests: Vec<String>,
+    /// A script to run instead of the suite (debugging).
+    pub script: Option<PathBuf>,
+}
+
+/// Runs the suite in the VM; fails if any test fails on any backend.
+pub fn run(root: &Path, options: &Options) -> Result<()> {
+    let dir = root.join("target/vm");
+    fs::create_dir_all(&dir)?;
+    let kernel = fetch_kernel(&dir)?;
+    eprintln!("vm-test: kernel {}", kernel.version);
+    let mut tests = build_tests(root)?;
+    if !options.tests.is_empty() {
+        tests.retain(|t| options.tests.contains(&t.name));
+    }
+    let backends: Vec<&str> = if options.backends.is_empty() {
+        BACKENDS.to_vec()
+    } else {
+        options.backends.iter().map(String::as_str).collect()
+    };
+    let initrd = dir.join("initrd.cpio");
+    build_initramfs(
+        &initrd,
+        &kernel,
+        &tests,
+        &backends,
+        options.script.as_deref(),
+    )?;
+    let log = dir.join("serial.log");
+    let results = boot(&kernel, &initrd, &log, options.script.is_some())?;
+    if options.script.is_some() {
+        return Ok(());
+    }
+
+    let mut failed = Vec::new();
+    eprintln!(
+        "vm-test: results on Linux {} (full log: {})",
+        kernel.version,
+        log.display()
+    );
+    for ((backend, test), passed) in &results {
+        eprintln!(
+            "  {:<11} {:<14} {}",
+            backend,
+            test,
+            if *passed { "pass" } else { "FAIL" }
+        );
+        if !passed {
+            failed.push(format!("{test} ({backend})"));
+        }
+    }
+    let expected = tests.len() * backends.len();
+    if results.len() != expected {
+        bail!(
+            "the VM reported {} of {expected} results; see {}",
+            results.len(),
+            log.display()
+        );
+    }
+    if !failed.is_empty() {
+        bail!(
+            "failed in the VM: {}; see {}",
+            failed.join(", "),
+            log.display()
+        );
+    }
+    Ok(())
+}
+
+struct Kernel {
+    version: String,
+    /// The extracted package.
+    root: PathBuf,
+}
+
+impl Kernel {
+    fn vmlinuz(&self) -> PathBuf {
+        self.root.join(format!("boot/vmlinuz-{}", self.version))
+    }
+
+    fn modules(&self) -> PathBuf {
+        self.root.join("lib/modules").join(&self.version)
+    }
+}
+
+/// The newest 6.1 cloud kernel package, downloaded and unpacked once.
+fn fetch_kernel(dir: &Path) -> Result<Kernel> {
+    let search =
+        output(Command::new("apt-cache").args(["search", "--names-only", PACKAGE_PATTERN]))?;
+    let package = search
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .max_by_key(|name| abi(name))
+        .ok_or_else(|| anyhow!("no package matches {PACKAGE_PATTERN} (apt-get update?)"))?
+        .to_owned();
+    let version = package
+        .strip_prefix("linux-image-")
+        .and_then(|v| v.strip_suffix("-unsigned"))
+        .ok_or_else(|| anyhow!("unexpected package name {package}"))?
+        .to_owned();
+    let root = dir.join(format!("kernel-{version}"));
+    let kernel = Kernel { version, root };
+    if kernel.vmlinuz().is_file() && kernel.modules().join("modules.dep").is_file() {
+        return Ok(kernel);
+    }
+    let deb = find_deb(dir, &package);
+    let deb = if let Some(deb) = deb {
+        deb
+    } else {
+        eprintln!("vm-test: downloading {package}");
+        status(Command::new("apt-get").current_dir(dir).args([
+            "-q",
+            "-o",
+            "APT::Sandbox::User=root",
+            "download",
+            &package,
+        ]))?;
+        find_deb(dir, &package).ok_or_else(|| anyhow!("apt-get download left no {package} .deb"))?
+    };
+    status(
+        Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&deb)
+            .arg(&kernel.root),
+    )?;
+    // The package leaves modules.dep to its postinst.
+    status(
+        Command::new("depmod")
+            .arg("-b")
+            .arg(&kernel.root)
+            .arg(&kernel.version),
+    )?;
+    Ok(kernel)
+}
+
+/// `linux-image-6.1.0-56-cloud-amd64-unsigned` -> 56
+fn abi(package: &str) -> u32 {
+    package
+        .strip_prefix("linux-image-6.1.0-")
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn find_deb(dir: &Path, package: &str) -> Option<PathBuf> {
+    fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{package}_")))
+                && p.extension().is_some_and(|e| e == "deb")
+        })
+}
+
+/// Builds the end-to-end test binaries (release: TCG is slow enough) and
+/// returns those the VM runs.
+fn build_tests(root: &Path) -> Result<Vec<TestBinary>> {
+    let out = Command::new("cargo")
+        .current_dir(root)
+        .args([
+            "test",
+            "--release",
+            "--no-run",
+            "--package",
+            "kalive-user",
+            "--tests",
+            "--message-format=json-render-diagnostics",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("building the test binaries")?;
+    if !out.status.success() {
+        bail!("building the test binaries failed ({})", out.status);
+    }
+    let mut tests = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let is_test = message["reason"] == "compiler-artifact"
+            && message["profile"]["test"] == true
+            && message["target"]["kind"][0] == "test";
+        if let (true, Some(name), Some(path)) = (
+            is_test,
+            message["target"]["name"].as_str(),
+            message["executable"].as_str(),
+        ) && !SKIP_TESTS.contains(&name)
+        {
+            tests.push(TestBinary {
+                name: name.to_owned(),
+                path: PathBuf::from(path),
+            });
+        }
+    }
+    tests.sort_by(|a, b| a.name.cmp(&b.name));
+    if tests.is_empty() {
+        bail!("cargo built no test binaries");
+    }
+    Ok(tests)
+}
+
+/// The init script: mounts, modules, then every test binary per backend, each
+/// result on one `KALIVE-VM result` line.
+fn init_script(tests: &[TestBinary], backends: &[&str], script: bool) -> String {
+    let mut s = String::from(
+        "#!/bin/busybox sh\n\
+         /bin/busybox mkdir -p /busybox\n\
+         /bin/busybox --install -s /busybox\n\
+         export PATH=/usr/sbin:/usr/bin:/sbin:/bin:/busybox\n\
+         mount -t proc proc /proc\n\
+         mount -t sysfs sysfs /sys\n\
+         mount -t devtmpfs dev /dev\n\
+         mount -t tmpfs tmp /tmp\n\
+         mount -t tmpfs run /run\n\
+         ip link set lo up\n\
+         modprobe veth\n\
+         modprobe nf_tables\n\
+         echo \"KALIVE-VM kernel $(uname -r)\"\n\
+         export RUST_BACKTRACE=1 KALIVE_EXPECT_BACKENDS=fentry,kprobe,tracepoint\n",
+    );
+    if script {
+        s.push_str("sh /debug.sh\necho KALIVE-VM done\npoweroff -f\n");
+        return s;
+    }
+    for backend in backends {
+        for test in tests {
+            let _ = write!(
+                s,
+                "start=$(date +%s)\n\
+                 KALIVE_BACKEND={backend} {path} --include-ignored --test-threads 2 > /tmp/out 2>&1\n\
+                 rc=$?\n\
+                 took=$(( $(date +%s) - start ))\n\
+                 if [ $rc = 0 ]; then r=pass; else r=fail; cat /tmp/out; fi\n\
+                 echo \"KALIVE-VM result backend={backend} test={name} $r ${{took}}s\"\n",
+                path = test.path.display(),
+                name = test.name,
+            );
+        }
+    }
+    s.push_str("echo KALIVE-VM done\npoweroff -f\n");
+    s
+}
+
+/// Files of the initramfs: archive path -> what goes there.
+#[derive(Default)]
+struct Archive {
+    entries: BTreeMap<PathBuf, Entry>,
+}
+
+enum Entry {
+    Dir,
+    File { source: PathBuf, mode: u32 },
+    Inline { data: Vec<u8>, mode: u32 },
+    Symlink(PathBuf),
+}
+
+impl Archive {
+    /// A host file at the same path (its real one: /bin is a link to usr/bin
+    /// on merged-/usr systems, and the archive has the same links).
+    fn host_file(&mut self, path: &Path) -> Result<()> {
+        let real =
+            fs::canonicalize(path).with_context(|| format!("resolving {}", path.display()))?;
+        let mode = fs::metadata(&real)?.permissions().mode();
+        self.add(
+            &real,
+            Entry::File {
+                source: real.clone(),
+                mode,
+            },
+        );
+        Ok(())
+    }
+
+    /// A host executable and the shared libraries it loads.
+    fn host_program(&mut self, path: &Path) -> Result<()> {
+        self.host_file(path)?;
+        let ldd = output(Command::new("ldd").arg(path)).unwrap_or_default();
+        for line in ldd.lines() {
+            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
+            // "/lib64/ld-linux-x86-64.so.2 (0x...)"
+            let lib = line
+                .split("=>")
+                .last()
+                .and_then(|rest| rest.split_whitespace().next());
+            if let Some(lib) = lib.filter(|l| l.starts_with('/')) {
+                let lib = Path::new(lib);
+                self.host_file(lib)?;
+                // Libraries are looked up by the name they were linked with,
+                // which may be a link to the file: keep the link too, in its
+                // directory's real place.
+                if let (Ok(target), Some(dir), Some(name)) =
+                    (fs::read_link(lib), lib.parent(), lib.file_name())
+                {
+                    self.add(&fs::canonicalize(dir)?.join(name), Entry::Symlink(target));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, path: &Path, entry: Entry) {
+        let path = &real_dir(path);
+        let mut parent = path.parent();
+        while let Some(dir) = parent.filter(|d| *d != Path::new("/")) {
+            self.entries.entry(dir.to_path_buf()).or_insert(Entry::Dir);
+            parent = dir.parent();
+        }
+        self.entries.insert(path.clone(), entry);
+    }
+
+    /// Writes the archive in the `newc` cpio format the kernel unpacks.
+    fn write(&self, out: &Path) -> Result<()> {
+        let mut w = io::BufWriter::new(fs::File::create(out)?);
+        let mut ino = 1u32;
+        let mut entry = |w: &mut io::BufWriter<fs::File>,
+                         name: &str,
+                         mode: u32,
+                         data: &[u8]|
+         -> io::Result<()> {
+            let header = format!(
+                "070701{ino:08X}{mode:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}",
+                0,
+                0,
+                1,
+                0,
+                data.len(),
+                0,
+                0,
+                0,
+                0,
+                name.len() + 1,
+                0
+            );
+            ino += 1;
+            w.write_all(header.as_bytes())?;
+            w.write_all(name.as_bytes())?;
+            w.write_all(&[0])?;
+            w.write_all(&vec![0; pad4(header.len() + name.len() + 1)])?;
+            w.write_all(data)?;
+            w.write_all(&vec![0; pad4(data.len())])
+        };
+        // Links last: the kernel unpacks in order, and a link may only be
+        // followed once what it points to exists.
+        let (links, rest): (Vec<_>, Vec<_>) = self
+            .entries
+            .iter()
+            .partition(|(_, e)| matches!(e, Entry::Symlink(_)));
+        for (path, e) in rest.into_iter().chain(links) {
+            let name = path
+                .strip_prefix("/")
+                .unwrap_or(path)
+                .to_string_lossy()
+                .into_owned();
+            match e {
+                Entry::Dir => entry(&mut w, &name, 0o040_755, &[])?,
+                Entry::File { source, mode } => {
+                    let data = fs::read(source)
+                        .with_context(|| format!("reading {}", source.display()))?;
+                    entry(&mut w, &name, 0o100_000 | (mode & 0o7777), &data)?;
+                }
+                Entry::Inline { data, mode } => entry(&mut w, &name, 0o100_000 | mode, data)?,
+                Entry::Symlink(target) => {
+                    entry(
+                        &mut w,
+                        &name,
+                        0o120_777,
+                        target.as_os_str().as_encoded_bytes(),
+                    )?;
+                }
+            }
+        }
+        entry(&mut w, "TRAILER!!!", 0, &[])?;
+        w.flush()?;
+        Ok(())
+    }
+}
+
+/// `path` with a leading `/bin`, `/sbin`, `/lib` or `/lib64` replaced by what
+/// it links to on the host (merged /usr): the archive makes the same links,
+/// and nothing may be unpacked through one.
+fn real_dir(path: &Path) -> PathBuf {
+    let mut parts = path.components();
+    let (Some(root), Some(top)) = (parts.next(), parts.next()) else {
+        return path.to_path_buf();
+    };
+    let top_path = Path::new(root.as_os_str()).join(top);
+    if ["/bin", "/sbin", "/lib", "/lib64"]
+        .iter()
+        .any(|t| Path::new(t) == top_path)
+        && parts.clone().next().is_some()
+        && let Ok(target) = fs::read_link(&top_path)
+    {
+        return Path::new("/").join(target).join(parts.as_path());
+    }
+    path.to_path_buf()
+}
+
+const fn pad4(len: usize) -> usize {
+    (4 - len % 4) % 4
+}
+
+fn build_initramfs(
+    out: &Path,
+    kernel: &Kernel,
+    tests: &[TestBinary],
+    backends: &[&str],
+    script: Option<&Path>,
+) -> Result<()> {
+    let mut a = Archive::default();
+    // Merged /usr: the same top-level links as the host.
+    for top in ["/bin", "/sbin", "/lib", "/lib64"] {
+        if let Ok(target) = fs::read_link(top) {
+            a.add(Path::new(top), Entry::Symlink(target));
+        }
+    }
+    for dir in ["/proc", "/sys", "/dev", "/tmp", "/run", "/etc"] {
+        a.add(Path::new(dir), Entry::Dir);
+    }
+    a.add(Path::new("/var/run"), Entry::Symlink(PathBuf::from("/run")));
+    // The kernel loads modules for nft through /sbin/modprobe.
+    a.add(
+        Path::new("/sbin/modprobe"),
+        Entry::Symlink(PathBuf::from("/bin/busybox")),
+    );
+    a.host_file(Path::new("/bin/busybox"))
+        .context("busybox (apt-get install busybox-static)")?;
+    for tool in ["ip", "nstat", "nft", "sysctl"] {
+        let path =
+            crate::toolchain::which(tool).ok_or_else(|| anyhow!("{tool} is not installed"))?;
+        a.host_program(&path)?;
+    }
+    for etc in ["/etc/protocols", "/etc/services"] {
+        if Path::new(etc).exists() {
+            a.host_file(Path::new(etc))?;
+        }
+    }
+    let kalive = tests[0]
+        .path
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|release| release.join("kalive"))
+        .ok_or_else(|| anyhow!("no release directory"))?;
+    a.host_program(&kalive)?;
+    for test in tests {
+        a.host_program(&test.path)?;
+    }
+
+    // The kernel's config (kalive reads HZ from it) and network modules.
+    let modules = Path::new("/lib/modules").join(&kernel.version);
+    a.add(
+        &Path::new("/boot").join(format!("config-{}", kernel.version)),
+        Entry::File {
+            source: kernel.root.join(format!("boot/config-{}", kernel.version)),
+            mode: 0o644,
+        },
+    );
+    // The network modules (veth, nf_tables, ...) and what they depend on.
+    let mut module_files = BTreeSet::new();
+    let deps = fs::read_to_string(kernel.modules().join("modules.dep"))?;
+    for line in deps.lines() {
+        let Some((module, needs)) = line.split_once(':') else {
+            continue;
+        };
+        if module.starts_with("kernel/net/") || module.ends_with("/veth.ko") {
+            for rel in std::iter::once(module).chain(needs.split_whitespace()) {
+                module_files.insert(kernel.modules().join(rel));
+            }
+        }
+    }
+    for entry in fs::read_dir(kernel.modules())? {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("modules."))
+        {
+            module_files.insert(path);
+        }
+    }
+    for source in module_files {
+        let rel = source.strip_prefix(kernel.modules())?;
+        a.add(
+            &modules.join(rel),
+            Entry::File {
+                source,
+                mode: 0o644,
+            },
+        );
+    }
+    a.add(
+        Path::new("/init"),
+        Entry::Inline {
+            data: init_script(tests, backends, script.is_some()).into_bytes(),
+            mode: 0o755,
+        },
+    );
+    if let Some(script) = script {
+        a.add(
+            Path::new("/debug.sh"),
+            Entry::File {
+                source: script.to_path_buf(),
+                mode: 0o755,
+            },
+        );
+    }
+    for tool in ["bpftool"] {
+        if let Some(path) = crate::toolchain::which(tool) {
+            a.host_program(&path)?;
+        }
+    }
+    a.write(out)
+}
+
+/// Boots the VM, copies the serial console to `log` and returns each
+/// `(backend, test) -> passed`.
+fn boot(
+    kernel: &Kernel,
+    initrd: &Path,
+    log: &Path,
+    echo: bool,
+) -> Result<BTreeMap<(String, String), bool>> {
+    eprintln!("vm-test: booting (qemu TCG; the suite runs once per backend)");
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "max",
+            "-smp",
+            "2",
+            "-m",
+            "4096",
+        ])
+        .arg("-kernel")
+        .arg(kernel.vmlinuz())
+        .arg("-initrd")
+        .arg(initrd)
+        .args([
+            "-append",
+            "console=ttyS0 panic=-1 quiet mitigations=off softlockup_panic=1",
+        ])
+        .args([
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
+    let stdout = child.stdout.take().expect("piped");
+    let start = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log_file = io::BufWriter::new(fs::File::create(log)?);
+    let mut results = BTreeMap::new();
+    let mut done = false;
+    loop {
+        let left = DEADLINE.saturating_sub(start.elapsed());
+        let Ok(line) = rx.recv_timeout(left) else {
+            break;
+        };
+        writeln!(log_file, "{line}")?;
+        if echo {
+            eprintln!("vm: {line}");
+        }
+        if let Some(rest) = line.split("KALIVE-VM result ").nth(1) {
+            let field = |key: &str| {
+                rest.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(key))
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let passed = rest.split_whitespace().any(|w| w == "pass");
+            eprintln!("vm-test: {rest}");
+            results.insert((field("backend="), field("test=")), passed);
+        } else if line.contains("KALIVE-VM kernel") {
+            eprintln!("vm-test: booted in {:.1}s", start.elapsed().as_secs_f64());
+        } else if line.contains("KALIVE-VM done") {
+            done = true;
+        }
+    }
+    log_file.flush()?;
+    let _ = child.kill();
+    let _ = child.wait();
+    if !done {
+        eprintln!("vm-test: the VM did not finish within {DEADLINE:?}");
+    }
+    Ok(results)
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({})", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_the_newest_abi() {
+        assert_eq!(abi("linux-image-6.1.0-56-cloud-amd64-unsigned"), 56);
+        assert_eq!(abi("linux-image-6.1.0-9-cloud-amd64-unsigned"), 9);
+        assert_eq!(abi("linux-image-foo"), 0);
+    }
+
+    #[test]
+    fn writes_newc_archives() {
+        let dir = std::env::temp_dir().join(format!("kalive-cpio-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("dir");
+        let mut a = Archive::default();
+        a.add(
+            Path::new("/a/b"),
+            Entry::Inline {
+                data: b"hi".to_vec(),
+                mode: 0o644,
+            },
+        );
+        a.add(Path::new("/l"), Entry::Symlink(PathBuf::from("a")));
+        let out = dir.join("x.cpio");
+        a.write(&out).expect("write");
+        let bytes = fs::read(&out).expect("read");
+        let _ = fs::remove_dir_all(&dir);
+        // Every header is 110 bytes of "070701" and hex; names NUL-terminated;
+        // everything 4-byte aligned; ends with TRAILER!!!.
+        assert!(bytes.starts_with(b"070701"));
+        assert_eq!(bytes.len() % 4, 0);
+        let text = String::from_utf8_lossy(&bytes);
+        for name in ["a\0", "a/b\0", "l\0", "TRAILER!!!\0"] {
+            assert!(text.contains(name), "{name:?} in {text:?}");
+        }
+        let data_at = text.find("a/b\0").expect("entry") + 4;
+        assert_eq!(&bytes[data_at + pad4(110 + 4)..][..2], b"hi");
+    }
+}
