@@ -205,6 +205,8 @@ pub struct Config<'a> {
     /// Skip `tp_btf` and use `raw_tp` for every tracepoint (to exercise the
     /// fallback).
     pub raw_only: bool,
+    /// Treat these functions as inlined (to exercise the per-hook fallback).
+    pub pretend_inlined: Vec<String>,
 }
 
 /// Loaded and attached programs. Dropping it detaches everything: nothing is
@@ -313,7 +315,7 @@ fn explain(backend: Backend, err: &anyhow::Error) -> String {
 
 /// Why `function` cannot be hooked by `backend`, if it cannot.
 fn unhookable(backend: Backend, function: &str, config: &Config<'_>) -> Option<String> {
-    if !config.symbols.has(function) {
+    if !config.symbols.has(function) || config.pretend_inlined.iter().any(|f| f == function) {
         return Some(format!(
             "{function} is inlined into its callers on this kernel"
         ));

@@ -165,6 +165,10 @@ async fn run(cli: Cli) -> Result<()> {
         ring_size: cli.ring_size,
         // Undocumented: exercise the raw_tp fallback (tests).
         raw_only: std::env::var_os("KALIVE_RAW_TRACEPOINTS").is_some_and(|v| v == "1"),
+        // Undocumented: exercise the per-hook fallback of the function backends.
+        pretend_inlined: std::env::var("KALIVE_PRETEND_INLINED")
+            .map(|v| v.split(',').map(str::to_owned).collect())
+            .unwrap_or_default(),
     };
     let (tracer, events) = Tracer::start(cli.backend, &config)?;
     for (backend, why) in &tracer.passed_over {

@@ -12,6 +12,8 @@ use std::{
     time::Duration,
 };
 
+mod support;
+
 const BACKENDS: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
 
 /// Runs kalive until it says it is tracing (then stops it) or exits. Returns
@@ -101,5 +103,71 @@ fn auto_keeps_the_first_backend_that_runs() {
         let before =
             BACKENDS.iter().position(|b| b == backend) < BACKENDS.iter().position(|b| *b == first);
         assert_eq!(passed_over, before && !runs, "{backend}:\n{stderr}");
+    }
+}
+
+/// A function backend on a kernel where a hooked function was inlined: that
+/// part falls back to the timer tracepoints, says so, and the records stay the
+/// same. (Where no function backend runs, there is nothing to fall back from.)
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn an_inlined_function_falls_back_per_hook() {
+    for backend in ["fentry", "kprobe"] {
+        if !try_backend(backend).1 {
+            eprintln!("the {backend} backend does not run here: nothing to fall back from");
+            continue;
+        }
+        let _kernel = support::shared();
+        let mut kalive = support::Kalive::start_with_env(
+            &["--backend", backend],
+            &[("KALIVE_PRETEND_INLINED", "tcp_write_wakeup")],
+        );
+        let stderr = kalive.stderr();
+        assert!(
+            stderr.contains(
+                "keepalive probes seen through the timer tracepoints: tcp_write_wakeup is inlined"
+            ),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("with the {backend} backend")),
+            "{stderr}"
+        );
+        let mut c = support::connect(
+            &format!("inl{}", &backend[..1]),
+            support::Family::V4,
+            &["--idle", "1", "--intvl", "1", "--cnt", "2"],
+        );
+        c.net.kill_server();
+        c.client.send("go");
+        assert_eq!(c.client.expect("recv_error"), "recv_error errno=110");
+        let cookie = c.info.cookie;
+        kalive.wait_until(Duration::from_secs(30), |rs| {
+            rs.iter()
+                .any(|r| r["cookie"] == cookie && r["event"] == "keepalive_timeout")
+        });
+        let events: Vec<(String, u64)> = kalive
+            .socket(cookie)
+            .iter()
+            .filter(|r| r["event"] != "keepalive_set")
+            .map(|r| {
+                (
+                    r["event"].as_str().expect("event").to_owned(),
+                    r["probes"].as_u64().expect("probes"),
+                )
+            })
+            .collect();
+        let want = [
+            ("probe_sent", 1),
+            ("probe_sent", 2),
+            ("keepalive_timeout", 2),
+        ];
+        assert_eq!(
+            events,
+            want.map(|(e, p)| (e.to_owned(), p)),
+            "{}",
+            kalive.dump()
+        );
+        c.server.close_stdin();
     }
 }

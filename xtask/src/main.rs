@@ -77,7 +77,7 @@ fn run(cmd: Cmd) -> Result<()> {
     let root = workspace_root();
     match cmd {
         Cmd::Setup => {
-            let route = setup::ensure(Purpose::Vm)?;
+            let route = setup::ensure(Purpose::Test)?;
             eprintln!(
                 "setup: everything is installed; BPF compiler: {}",
                 route.describe()
@@ -110,7 +110,7 @@ fn run(cmd: Cmd) -> Result<()> {
             tests,
             script,
         } => {
-            build_ebpf(&root, Purpose::Vm)?;
+            build_ebpf(&root, Purpose::Test)?;
             vm::run(
                 &root,
                 &vm::Options {
@@ -127,7 +127,7 @@ fn run(cmd: Cmd) -> Result<()> {
 /// Tests: everything CI checks, in the order that fails fastest.
 fn test(root: &Path, args: &[OsString]) -> Result<()> {
     // Everything the VM suite needs too: it runs last.
-    build_ebpf(root, Purpose::Vm)?;
+    build_ebpf(root, Purpose::Test)?;
     cargo(root, &["fmt", "--all", "--", "--check"])?;
     let userspace = [
         "--package",

@@ -13,9 +13,8 @@ use crate::toolchain::{self, BPF_LINKER_VERSION, Route};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
     Build,
+    /// The end-to-end tests, on this kernel and in the VM.
     Test,
-    /// `vm-test`: the tests' tools, and QEMU.
-    Vm,
 }
 
 /// Debian packages the end-to-end tests use, and why.
@@ -29,6 +28,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
         "dropping a peer's packets in the end-to-end tests",
     ),
     ("procps", "sysctl in the end-to-end tests"),
+    (
+        "bpftool",
+        "checking that no kalive program is left in the kernel",
+    ),
 ];
 
 /// And what `vm-test` needs on top.
@@ -58,8 +61,7 @@ pub fn ensure(purpose: Purpose) -> Result<Route> {
     }
     let packages: &[&[(&str, &str)]] = match purpose {
         Purpose::Build => &[],
-        Purpose::Test => &[TEST_PACKAGES],
-        Purpose::Vm => &[TEST_PACKAGES, VM_PACKAGES],
+        Purpose::Test => &[TEST_PACKAGES, VM_PACKAGES],
     };
     for &(pkg, why) in packages.iter().copied().flatten() {
         if !dpkg_installed(pkg) {
@@ -127,6 +129,7 @@ fn tool_of(package: &str) -> &str {
         "qemu-system-x86" => "qemu-system-x86_64",
         "busybox-static" => "busybox",
         "kmod" => "depmod",
+        "bpftool" => "bpftool",
         other => other,
     }
 }
