@@ -249,7 +249,8 @@ fn build_tests(root: &Path) -> Result<Vec<TestBinary>> {
 }
 
 /// The init script: mounts, modules, then every test binary per backend, each
-/// result on one `KALIVE-VM result` line.
+/// result on one `KALIVE-VM result` line. /tmp stays on the initramfs: the
+/// checkout, and so the test binaries, may live under it.
 fn init_script(tests: &[TestBinary], backends: &[&str], script: bool) -> String {
     let mut s = String::from(
         "#!/bin/busybox sh\n\
@@ -259,7 +260,6 @@ fn init_script(tests: &[TestBinary], backends: &[&str], script: bool) -> String 
          mount -t proc proc /proc\n\
          mount -t sysfs sysfs /sys\n\
          mount -t devtmpfs dev /dev\n\
-         mount -t tmpfs tmp /tmp\n\
          mount -t tmpfs run /run\n\
          ip link set lo up\n\
          modprobe veth\n\
