@@ -38,6 +38,10 @@ impl Symbols {
                 && let Ok(addr) = u64::from_str_radix(addr, 16)
             {
                 found.insert(sym.to_owned(), addr);
+                // The kernel renders this file slowly: stop once all are found.
+                if found.len() == names.len() {
+                    break;
+                }
             }
             line.clear();
         }

@@ -12,7 +12,7 @@
 //! compiler inlined cannot be hooked: that part falls back to the timer
 //! tracepoints, per hook, not all or nothing.
 
-use std::fmt;
+use std::{fmt, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
@@ -25,7 +25,7 @@ use kalive_common::{
     TIMER_START_ZERO_WINDOW_PROBES,
 };
 
-use crate::{btf::KernelBtf, kernel::Symbols};
+use crate::{btf::KernelBtf, kernel::Symbols, timings::timed};
 
 /// The object `cargo xtask build-ebpf` built, embedded at compile time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("KALIVE_BPF_OBJECT"));
@@ -67,6 +67,9 @@ impl Choice {
         }
     }
 }
+
+/// Where the kprobe PMU says its perf event type; aya's attach reads it.
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
 
 /// Kernel functions the `fentry` and `kprobe` backends hook.
 pub const FUNCTIONS: &[&str] = &[
@@ -209,6 +212,34 @@ pub struct Config<'a> {
     pub pretend_inlined: Vec<String>,
 }
 
+/// Where `Tracer::start` spends its time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Times {
+    /// aya's parse of the kernel's BTF.
+    pub btf: Duration,
+    /// The object: ELF, relocations, maps.
+    pub object: Duration,
+    /// Program loads: mostly the verifier.
+    pub verifier: Duration,
+    pub attach: Duration,
+    /// Backends tried first that could not run.
+    pub passed_over: Duration,
+}
+
+impl Times {
+    /// As `Timings` parts.
+    #[must_use]
+    pub fn parts(&self) -> [(&'static str, Duration); 5] {
+        [
+            ("aya BTF", self.btf),
+            ("backends passed over", self.passed_over),
+            ("object", self.object),
+            ("verifier", self.verifier),
+            ("attach", self.attach),
+        ]
+    }
+}
+
 /// Loaded and attached programs. Dropping it detaches everything: nothing is
 /// pinned, so nothing outlives the process.
 pub struct Tracer {
@@ -220,6 +251,7 @@ pub struct Tracer {
     pub attached: Attached,
     /// Backends tried first that could not run here, and why.
     pub passed_over: Vec<(Backend, String)>,
+    pub times: Times,
 }
 
 impl Tracer {
@@ -230,16 +262,26 @@ impl Tracer {
     /// # Errors
     /// When no backend of the choice can run; the error says why for each.
     pub fn start(choice: Choice, config: &Config<'_>) -> Result<(Self, RingBuf<MapData>)> {
-        let btf = Btf::from_sys_fs().context("parsing the kernel's BTF")?;
+        let mut times = Times::default();
+        let btf = timed(&mut times.btf, Btf::from_sys_fs).context("parsing the kernel's BTF")?;
         let mut passed_over = Vec::new();
         for &backend in choice.backends() {
-            match start_backend(backend, config, &btf) {
+            let mut tried = Times::default();
+            match start_backend(backend, config, &btf, &mut tried) {
                 Ok((ebpf, attached)) => {
                     let (mut tracer, events) = Self::new(ebpf, backend, attached)?;
                     tracer.passed_over = passed_over;
+                    tracer.times = Times {
+                        btf: times.btf,
+                        passed_over: times.passed_over,
+                        ..tried
+                    };
                     return Ok((tracer, events));
                 }
-                Err(err) => passed_over.push((backend, explain(backend, &err))),
+                Err(err) => {
+                    times.passed_over += tried.object + tried.verifier + tried.attach;
+                    passed_over.push((backend, explain(backend, &err)));
+                }
             }
         }
         if let [(backend, why)] = passed_over.as_slice() {
@@ -266,6 +308,7 @@ impl Tracer {
             backend,
             attached,
             passed_over: Vec::new(),
+            times: Times::default(),
         };
         Ok((tracer, events))
     }
@@ -361,7 +404,12 @@ fn plan(backend: Backend, config: &Config<'_>, attached: &mut Attached) -> Plan 
 
 /// Loads the object and attaches `backend`'s hooks; any failure fails the
 /// backend as a whole (its programs are detached when `Ebpf` drops).
-fn start_backend(backend: Backend, config: &Config<'_>, btf: &Btf) -> Result<(Ebpf, Attached)> {
+fn start_backend(
+    backend: Backend,
+    config: &Config<'_>,
+    btf: &Btf,
+    times: &mut Times,
+) -> Result<(Ebpf, Attached)> {
     let mut attached = Attached::default();
     // Decided before loading: the programs learn what the timer tracepoints
     // must do from a read-only global.
@@ -371,56 +419,40 @@ fn start_backend(backend: Backend, config: &Config<'_>, btf: &Btf) -> Result<(Eb
         timer_brackets,
     } = plan(backend, config, &mut attached);
 
-    let settings = Settings {
-        state_changes: u8::from(config.state_changes),
-        filter_pids: u8::from(!config.filters.pids.is_empty()),
-        filter_ports: u8::from(!config.filters.ports.is_empty()),
-        timer_start_does,
-        pad: [0; 4],
-    };
-    let mut ebpf = EbpfLoader::new()
-        .btf(Some(btf))
-        .override_global("LAYOUT", config.layout, true)
-        .override_global("SETTINGS", &settings, true)
-        .map_max_entries("EVENTS", config.ring_size)
-        .load(OBJECT)
-        .context("loading kalive's BPF object")?;
+    let mut ebpf = timed(&mut times.object, || {
+        load_object(config, timer_start_does, btf)
+    })?;
 
     // Filters are in place before the first program runs.
-    let mut pids: HashMap<_, u32, u8> = HashMap::try_from(map(&mut ebpf, "PIDS")?)?;
-    for &pid in &config.filters.pids {
-        pids.insert(pid, 1, 0).context("filling the pid filter")?;
-    }
-    let mut ports: HashMap<_, u16, u8> = HashMap::try_from(map(&mut ebpf, "PORTS")?)?;
-    for &port in &config.filters.ports {
-        ports
-            .insert(port, 1, 0)
-            .context("filling the port filter")?;
-    }
+    fill_filters(&mut ebpf, config.filters)?;
+    preflight(&mut ebpf, backend, &use_functions, btf, times)?;
 
     // Ends of state first (see COMMON_TRACEPOINTS), then the timers.
     let raw_only = config.raw_only;
     if timer_brackets {
-        attach_tracepoint(&mut ebpf, "timer_expire_exit", btf, raw_only, &mut attached)?;
+        attach_tracepoint(
+            &mut ebpf,
+            "timer_expire_exit",
+            btf,
+            raw_only,
+            &mut attached,
+            times,
+        )?;
     }
     for &tracepoint in COMMON_TRACEPOINTS {
-        attach_tracepoint(&mut ebpf, tracepoint, btf, raw_only, &mut attached)?;
+        attach_tracepoint(&mut ebpf, tracepoint, btf, raw_only, &mut attached, times)?;
     }
     for &(category, name) in CLASSIC_TRACEPOINTS {
-        let program: &mut TracePoint = program(&mut ebpf, name)?.try_into()?;
-        program
-            .load()
-            .with_context(|| format!("loading tracepoint {category}:{name}"))?;
-        program
-            .attach(category, name)
-            .with_context(|| format!("attaching tracepoint {category}:{name}"))?;
+        attach_classic(&mut ebpf, category, name, times)?;
         attached.tracepoint += 1;
     }
 
     // Who used a socket last.
     let mut use_tracepoints = true;
     for &tracepoint in USE_TRACEPOINTS {
-        if let Err(err) = attach_tracepoint(&mut ebpf, tracepoint, btf, raw_only, &mut attached) {
+        if let Err(err) =
+            attach_tracepoint(&mut ebpf, tracepoint, btf, raw_only, &mut attached, times)
+        {
             log::info!("{tracepoint}: {err:#}");
             use_tracepoints = false;
         }
@@ -445,18 +477,27 @@ fn start_backend(backend: Backend, config: &Config<'_>, btf: &Btf) -> Result<(Eb
     // Returns before entries: a callback's end must be watched before its start.
     for exits_first in [true, false] {
         for h in &use_functions {
-            // A kretprobe sees only the return value: its kprobe keeps the
-            // arguments for it.
-            let entry = h.entry || (backend == Backend::Kprobe && h.exit);
-            let wanted = if exits_first { h.exit } else { entry };
+            let wanted = if exits_first {
+                h.exit
+            } else {
+                function_entry(backend, h)
+            };
             if wanted {
-                attach_function(&mut ebpf, backend, h.function, !exits_first, btf)?;
+                load_function(&mut ebpf, backend, h.function, !exits_first, btf, times)?;
+                attach_function(&mut ebpf, backend, h.function, !exits_first, times)?;
                 attached.functions += 1;
             }
         }
     }
     if timer_start_does != 0 {
-        attach_tracepoint(&mut ebpf, "timer_start", btf, raw_only, &mut attached)?;
+        attach_tracepoint(
+            &mut ebpf,
+            "timer_start",
+            btf,
+            raw_only,
+            &mut attached,
+            times,
+        )?;
     }
     if timer_brackets {
         attach_tracepoint(
@@ -465,6 +506,7 @@ fn start_backend(backend: Backend, config: &Config<'_>, btf: &Btf) -> Result<(Eb
             btf,
             raw_only,
             &mut attached,
+            times,
         )?;
     }
     Ok((ebpf, attached))
@@ -480,42 +522,160 @@ fn map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
         .ok_or_else(|| anyhow!("map {name} missing from the BPF object"))
 }
 
-/// Attaches a function hook: fentry/fexit, or kprobe/kretprobe.
-fn attach_function(
+/// The object, with the layout and settings in its read-only globals.
+fn load_object(config: &Config<'_>, timer_start_does: u8, btf: &Btf) -> Result<Ebpf> {
+    let settings = Settings {
+        state_changes: u8::from(config.state_changes),
+        filter_pids: u8::from(!config.filters.pids.is_empty()),
+        filter_ports: u8::from(!config.filters.ports.is_empty()),
+        timer_start_does,
+        pad: [0; 4],
+    };
+    EbpfLoader::new()
+        .btf(Some(btf))
+        .override_global("LAYOUT", config.layout, true)
+        .override_global("SETTINGS", &settings, true)
+        .map_max_entries("EVENTS", config.ring_size)
+        .load(OBJECT)
+        .context("loading kalive's BPF object")
+}
+
+/// Fills the pid and port filter maps.
+fn fill_filters(ebpf: &mut Ebpf, filters: &Filters) -> Result<()> {
+    let pids = ebpf
+        .map_mut("PIDS")
+        .ok_or_else(|| anyhow!("map PIDS missing from the BPF object"))?;
+    let mut pids: HashMap<_, u32, u8> = HashMap::try_from(pids)?;
+    for &pid in &filters.pids {
+        pids.insert(pid, 1, 0).context("filling the pid filter")?;
+    }
+    let ports = ebpf
+        .map_mut("PORTS")
+        .ok_or_else(|| anyhow!("map PORTS missing from the BPF object"))?;
+    let mut ports: HashMap<_, u16, u8> = HashMap::try_from(ports)?;
+    for &port in &filters.ports {
+        ports
+            .insert(port, 1, 0)
+            .context("filling the port filter")?;
+    }
+    Ok(())
+}
+
+/// Tries what a kernel may refuse before anything is attached: a backend
+/// passed over then costs no detaching (RCU grace periods, tens of ms each).
+fn preflight(
+    ebpf: &mut Ebpf,
+    backend: Backend,
+    functions: &[Hook],
+    btf: &Btf,
+    times: &mut Times,
+) -> Result<()> {
+    if backend == Backend::Kprobe && !Path::new(KPROBE_PMU).exists() {
+        bail!("`{KPROBE_PMU}`: no such file");
+    }
+    for h in functions {
+        for (entry, wanted) in [(false, h.exit), (true, function_entry(backend, h))] {
+            if wanted {
+                load_function(ebpf, backend, h.function, entry, btf, times)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `backend` hooks the entry of `h`: a kretprobe sees only the
+/// return value, so its kprobe keeps the arguments for it.
+fn function_entry(backend: Backend, h: &Hook) -> bool {
+    h.entry || (backend == Backend::Kprobe && h.exit)
+}
+
+/// The program for a function hook: fentry/fexit, or kprobe/kretprobe.
+fn function_program(backend: Backend, function: &str, entry: bool) -> String {
+    let kind = match (backend, entry) {
+        (Backend::Fentry, true) => "fentry",
+        (Backend::Fentry, false) => "fexit",
+        (_, true) => "kprobe",
+        (_, false) => "kretprobe",
+    };
+    format!("{kind}_{function}")
+}
+
+/// Loads a function hook's program (the verifier runs), unless it is loaded.
+fn load_function(
     ebpf: &mut Ebpf,
     backend: Backend,
     function: &str,
     entry: bool,
     btf: &Btf,
+    times: &mut Times,
 ) -> Result<()> {
+    let name = function_program(backend, function, entry);
+    let p = program(ebpf, &name)?;
+    let loaded = match (backend, &mut *p) {
+        (Backend::Fentry, aya::programs::Program::FEntry(p)) => p.fd().is_ok(),
+        (Backend::Fentry, aya::programs::Program::FExit(p)) => p.fd().is_ok(),
+        (Backend::Kprobe, aya::programs::Program::KProbe(p)) => p.fd().is_ok(),
+        _ => false,
+    };
+    if loaded {
+        return Ok(());
+    }
+    let (kind, _) = name.split_once('_').unwrap_or((&name, ""));
     match (backend, entry) {
         (Backend::Fentry, true) => {
-            let name = format!("fentry_{function}");
-            let p: &mut FEntry = program(ebpf, &name)?.try_into()?;
-            p.load(function, btf)
-                .with_context(|| format!("loading fentry/{function}"))?;
-            p.attach()
-                .with_context(|| format!("attaching fentry/{function}"))?;
+            let p: &mut FEntry = p.try_into()?;
+            timed(&mut times.verifier, || p.load(function, btf))
         }
         (Backend::Fentry, false) => {
-            let name = format!("fexit_{function}");
-            let p: &mut FExit = program(ebpf, &name)?.try_into()?;
-            p.load(function, btf)
-                .with_context(|| format!("loading fexit/{function}"))?;
-            p.attach()
-                .with_context(|| format!("attaching fexit/{function}"))?;
+            let p: &mut FExit = p.try_into()?;
+            timed(&mut times.verifier, || p.load(function, btf))
         }
         (Backend::Kprobe, _) => {
-            let kind = if entry { "kprobe" } else { "kretprobe" };
-            let name = format!("{kind}_{function}");
-            let p: &mut KProbe = program(ebpf, &name)?.try_into()?;
-            p.load()
-                .with_context(|| format!("loading {kind}/{function}"))?;
-            p.attach(function, 0)
-                .with_context(|| format!("attaching {kind}/{function}"))?;
+            let p: &mut KProbe = p.try_into()?;
+            timed(&mut times.verifier, || p.load())
         }
         (Backend::Tracepoint, _) => bail!("the tracepoint backend hooks no function"),
     }
+    .with_context(|| format!("loading {kind}/{function}"))
+}
+
+/// Attaches a loaded function hook.
+fn attach_function(
+    ebpf: &mut Ebpf,
+    backend: Backend,
+    function: &str,
+    entry: bool,
+    times: &mut Times,
+) -> Result<()> {
+    let name = function_program(backend, function, entry);
+    let (kind, _) = name.split_once('_').unwrap_or((&name, ""));
+    let kind = kind.to_owned();
+    let p = program(ebpf, &name)?;
+    match backend {
+        Backend::Fentry if entry => {
+            let p: &mut FEntry = p.try_into()?;
+            timed(&mut times.attach, || p.attach()).map(drop)
+        }
+        Backend::Fentry => {
+            let p: &mut FExit = p.try_into()?;
+            timed(&mut times.attach, || p.attach()).map(drop)
+        }
+        Backend::Kprobe => {
+            let p: &mut KProbe = p.try_into()?;
+            timed(&mut times.attach, || p.attach(function, 0)).map(drop)
+        }
+        Backend::Tracepoint => bail!("the tracepoint backend hooks no function"),
+    }
+    .with_context(|| format!("attaching {kind}/{function}"))
+}
+
+/// Attaches a classic tracepoint; the program has its name.
+fn attach_classic(ebpf: &mut Ebpf, category: &str, name: &str, times: &mut Times) -> Result<()> {
+    let program: &mut TracePoint = program(ebpf, name)?.try_into()?;
+    timed(&mut times.verifier, || program.load())
+        .with_context(|| format!("loading tracepoint {category}:{name}"))?;
+    timed(&mut times.attach, || program.attach(category, name))
+        .with_context(|| format!("attaching tracepoint {category}:{name}"))?;
     Ok(())
 }
 
@@ -526,11 +686,12 @@ fn attach_tracepoint(
     btf: &Btf,
     raw_only: bool,
     attached: &mut Attached,
+    times: &mut Times,
 ) -> Result<()> {
     let btf_error = if raw_only {
         None
     } else {
-        match attach_tp_btf(ebpf, tracepoint, btf) {
+        match attach_tp_btf(ebpf, tracepoint, btf, times) {
             Ok(()) => {
                 attached.tp_btf += 1;
                 return Ok(());
@@ -538,7 +699,7 @@ fn attach_tracepoint(
             Err(err) => Some(err),
         }
     };
-    attach_raw_tp(ebpf, tracepoint).with_context(|| match &btf_error {
+    attach_raw_tp(ebpf, tracepoint, times).with_context(|| match &btf_error {
         Some(err) => format!("tp_btf failed too: {err:#}"),
         None => "tp_btf skipped".to_owned(),
     })?;
@@ -549,25 +710,21 @@ fn attach_tracepoint(
     Ok(())
 }
 
-fn attach_tp_btf(ebpf: &mut Ebpf, tracepoint: &str, btf: &Btf) -> Result<()> {
+fn attach_tp_btf(ebpf: &mut Ebpf, tracepoint: &str, btf: &Btf, times: &mut Times) -> Result<()> {
     let program: &mut BtfTracePoint = program(ebpf, tracepoint)?.try_into()?;
-    program
-        .load(tracepoint, btf)
+    timed(&mut times.verifier, || program.load(tracepoint, btf))
         .with_context(|| format!("loading tp_btf/{tracepoint}"))?;
-    program
-        .attach()
+    timed(&mut times.attach, || program.attach())
         .with_context(|| format!("attaching tp_btf/{tracepoint}"))?;
     Ok(())
 }
 
-fn attach_raw_tp(ebpf: &mut Ebpf, tracepoint: &str) -> Result<()> {
+fn attach_raw_tp(ebpf: &mut Ebpf, tracepoint: &str, times: &mut Times) -> Result<()> {
     let name = format!("{tracepoint}_raw");
     let program: &mut RawTracePoint = program(ebpf, &name)?.try_into()?;
-    program
-        .load()
+    timed(&mut times.verifier, || program.load())
         .with_context(|| format!("loading raw_tp/{tracepoint}"))?;
-    program
-        .attach(tracepoint)
+    timed(&mut times.attach, || program.attach(tracepoint))
         .with_context(|| format!("attaching raw_tp/{tracepoint}"))?;
     Ok(())
 }

@@ -8,6 +8,7 @@ mod loader;
 mod output;
 mod procfs;
 mod sockets;
+mod timings;
 
 use std::{
     collections::HashSet,
@@ -30,6 +31,7 @@ use crate::{
     clock::WallClock,
     loader::{Choice, Filters, Tracer},
     output::{Format, Writer},
+    timings::Timings,
 };
 
 const EXAMPLES: &str = "\
@@ -106,6 +108,7 @@ fn parse_ring_size(value: &str) -> Result<u32, String> {
 }
 
 fn main() -> ExitCode {
+    let timings = Timings::start();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .target(env_logger::Target::Stderr)
         .init();
@@ -120,7 +123,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, timings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("kalive: {err:#}");
@@ -129,7 +132,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<()> {
+async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
     // Before anything else: a signal during start-up is a clean stop too.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -140,11 +143,16 @@ async fn run(cli: Cli) -> Result<()> {
         Format::Json
     });
 
+    timings.step("arguments");
     let kernel_btf = btf::KernelBtf::open(Path::new(btf::VMLINUX))?;
+    timings.step("BTF");
     let tracefs = kernel::tracefs()?;
     let hz = kernel::hz().context("finding the kernel's HZ")?;
+    timings.step("tracefs and HZ");
     let symbols = kernel::Symbols::read(loader::FUNCTIONS)?;
+    timings.step("kallsyms");
     let layout = layout::discover(&kernel_btf, &symbols, &tracefs, hz)?;
+    timings.step("layout");
     for &pid in &cli.pids {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             eprintln!("kalive: no process {pid} now; its sockets are reported if it appears");
@@ -156,6 +164,7 @@ async fn run(cli: Cli) -> Result<()> {
     };
     // Sockets that exist already: their owners come from procfs.
     let sockets = procfs::Sockets::scan();
+    timings.step("/proc scan");
     let config = loader::Config {
         layout: &layout,
         kernel_btf: &kernel_btf,
@@ -171,6 +180,8 @@ async fn run(cli: Cli) -> Result<()> {
             .unwrap_or_default(),
     };
     let (tracer, events) = Tracer::start(cli.backend, &config)?;
+    timings.step("load");
+    timings.split_last(&tracer.times.parts());
     for (backend, why) in &tracer.passed_over {
         eprintln!("kalive: not using the {backend} backend: {why}");
     }
@@ -180,6 +191,7 @@ async fn run(cli: Cli) -> Result<()> {
     for what in &tracer.attached.missing {
         eprintln!("kalive: {what}");
     }
+    log::info!("start-up took {timings}");
     eprintln!(
         "kalive: tracing TCP keepalive with the {} backend ({}; HZ={hz}). Ctrl-C to stop.",
         tracer.backend, tracer.attached

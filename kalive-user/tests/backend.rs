@@ -19,9 +19,15 @@ const BACKENDS: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
 /// Runs kalive until it says it is tracing (then stops it) or exits. Returns
 /// its stderr and whether it ran.
 fn try_backend(backend: &str) -> (String, bool) {
+    try_backend_with(backend, "warn")
+}
+
+/// `try_backend` with this `RUST_LOG`.
+fn try_backend_with(backend: &str, log: &str) -> (String, bool) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kalive"))
         .args(["--format", "json", "--backend", backend])
         .env_remove("KALIVE_BACKEND")
+        .env("RUST_LOG", log)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -170,4 +176,34 @@ fn an_inlined_function_falls_back_per_hook() {
         );
         c.server.close_stdin();
     }
+}
+
+/// `RUST_LOG=info` says where start-up time went, step by step, and the steps
+/// add up to the total (`cargo xtask bench` reads this line).
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn start_up_says_where_the_time_goes() {
+    let (stderr, ran) = try_backend_with("auto", "info");
+    assert!(ran, "{stderr}");
+    let line = stderr
+        .lines()
+        .find_map(|l| l.split_once("start-up took ").map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("no start-up line:\n{stderr}"));
+    let (total, steps) = line.split_once(" ms: ").expect("total, then steps");
+    let total: f64 = total.parse().expect("total ms");
+    let steps: Vec<(&str, f64)> = steps
+        .split(", ")
+        .map(|step| {
+            let (name, ms) = step.rsplit_once(' ').expect("name ms");
+            (name, ms.parse().expect("ms"))
+        })
+        .collect();
+    for want in ["BTF", "kallsyms", "layout", "object", "verifier", "attach"] {
+        assert!(steps.iter().any(|&(n, _)| n == want), "{want}: {line}");
+    }
+    let sum: f64 = steps.iter().map(|&(_, ms)| ms).sum();
+    // Each step is rounded to 0.1 ms.
+    let rounding = 0.05 * f64::from(u32::try_from(steps.len()).expect("few steps"));
+    assert!((sum - total).abs() <= rounding + 0.1, "{line}");
+    assert!(total > 0.0, "{line}");
 }
