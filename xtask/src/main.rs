@@ -5,8 +5,10 @@
 //! cargo xtask build-ebpf   compile the BPF object
 //! cargo xtask run -- ARGS  build everything and run kalive as root
 //! cargo xtask test         the whole test suite, as CI runs it
+//! cargo xtask bench        measure kalive's cost and capacity (BENCHMARKS.md)
 //! ```
 
+mod bench;
 mod setup;
 mod toolchain;
 mod vm;
@@ -55,6 +57,17 @@ enum Cmd {
         #[arg(long)]
         script: Option<PathBuf>,
     },
+    /// Measure what kalive costs the host, how much it carries, how fast it
+    /// reports and starts; write the results to BENCHMARKS.md (as root).
+    Bench {
+        /// A short smoke run that also checks nothing was lost.
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the results [default: BENCHMARKS.md; with --quick,
+        /// target/bench-quick.md].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Run the whole test suite: formatting, clippy, unit and end-to-end tests (as root).
     Test {
         /// Extra arguments for the test binaries (a name filter, ...).
@@ -86,9 +99,7 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::BuildEbpf => build_ebpf(&root, Purpose::Build).map(drop),
         Cmd::Run { args } => {
-            build_ebpf(&root, Purpose::Build)?;
-            cargo(&root, &["build", "--release", "--package", "kalive-user"])?;
-            let kalive = target_dir(&root).join("release/kalive");
+            let kalive = build_release(&root, Purpose::Build)?;
             let mut cmd = if is_root() {
                 Command::new(&kalive)
             } else {
@@ -121,6 +132,29 @@ fn run(cmd: Cmd) -> Result<()> {
             )
         }
         Cmd::Test { args } => test(&root, &args),
+        Cmd::Bench { quick, out } => {
+            let out = out.unwrap_or_else(|| {
+                if quick {
+                    target_dir(&root).join("bench-quick.md")
+                } else {
+                    root.join("BENCHMARKS.md")
+                }
+            });
+            let kalive = build_release(&root, Purpose::Test)?;
+            let command = if quick {
+                "cargo xtask bench --quick"
+            } else {
+                "cargo xtask bench"
+            };
+            bench::run(
+                &kalive,
+                &bench::Options {
+                    quick,
+                    out,
+                    command: command.to_owned(),
+                },
+            )
+        }
     }
 }
 
@@ -163,6 +197,16 @@ fn test(root: &Path, args: &[OsString]) -> Result<()> {
     if !status.success() {
         bail!("tests failed ({status})");
     }
+    // The benchmarks, small: they keep working, and nothing is lost under load.
+    let kalive = build_release(root, Purpose::Test)?;
+    bench::run(
+        &kalive,
+        &bench::Options {
+            quick: true,
+            out: target_dir(root).join("bench-quick.md"),
+            command: "cargo xtask bench --quick".to_owned(),
+        },
+    )?;
     // The same end-to-end suite on a second kernel, per backend. Skipped only
     // when asked, and then said.
     if env::var_os("KALIVE_SKIP_VM").is_some_and(|v| v == "1") {
@@ -170,6 +214,13 @@ fn test(root: &Path, args: &[OsString]) -> Result<()> {
         return Ok(());
     }
     vm::run(root, &vm::Options::default())
+}
+
+/// Builds the BPF object and the release `kalive`; returns its path.
+fn build_release(root: &Path, purpose: Purpose) -> Result<PathBuf> {
+    build_ebpf(root, purpose)?;
+    cargo(root, &["build", "--release", "--package", "kalive-user"])?;
+    Ok(target_dir(root).join("release/kalive"))
 }
 
 fn build_ebpf(root: &Path, purpose: Purpose) -> Result<PathBuf> {

@@ -30,7 +30,11 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("procps", "sysctl in the end-to-end tests"),
     (
         "bpftool",
-        "checking that no kalive program is left in the kernel",
+        "checking that no kalive program is left in the kernel; per-program costs",
+    ),
+    (
+        "bpftrace",
+        "the peer `cargo xtask bench` compares kalive with (and its smoke run in the tests)",
     ),
 ];
 

@@ -1,0 +1,368 @@
+//! Load for the benchmarks, in network namespaces of their own: a loopback
+//! request/response loop (many timer arms per second), and many idle
+//! keepalive connections to a peer that stops answering.
+
+use std::{
+    fs::File,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::{AsRawFd as _, RawFd},
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+/// A network namespace, deleted on drop (with every socket still in it).
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Result<Self> {
+        let name = format!("kbench-{tag}-{}", std::process::id());
+        // Left over from a run that was killed.
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        run("ip", &["netns", "add", &name])?;
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn ip(&self, args: &[&str]) -> Result<()> {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
+        let mut all = vec!["netns", "exec", &self.name, program];
+        all.extend_from_slice(args);
+        output("ip", &all)
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.exec("sysctl", &["-q", "-w", &format!("{key}={value}")])
+            .map(drop)
+    }
+
+    /// A `TcpExt` counter of this namespace (`/proc/net/netstat`), as nstat
+    /// names it without the prefix.
+    pub fn tcp_ext(&self, name: &str) -> Result<u64> {
+        let text = self.exec("cat", &["/proc/net/netstat"])?;
+        let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+        let (Some(keys), Some(values)) = (lines.next(), lines.next()) else {
+            bail!("no TcpExt lines in /proc/net/netstat");
+        };
+        keys.split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|&(k, _)| k == name)
+            .ok_or_else(|| anyhow!("no TcpExt counter {name}"))?
+            .1
+            .parse()
+            .with_context(|| format!("TcpExt {name}"))
+    }
+
+    /// Runs `f` on a thread inside this namespace; threads it spawns are inside
+    /// too, and so are the sockets they create.
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> thread::JoinHandle<Result<T>> {
+        let path = format!("/var/run/netns/{}", self.name);
+        thread::spawn(move || {
+            let ns = File::open(&path).with_context(|| format!("opening {path}"))?;
+            // SAFETY: a plain syscall on a descriptor we own; it changes only
+            // this thread's network namespace.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error()).context("setns");
+            }
+            f()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> Result<()> {
+    output(program, args).map(drop)
+}
+
+fn output(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Size of each request and each response.
+const MESSAGE: usize = 64;
+
+/// `conns` loopback connections in `ns`, each a client thread sending a small
+/// request and waiting for the echo, for `secs`. Returns transactions per second.
+pub fn request_response(ns: &Netns, conns: usize, secs: Duration) -> Result<f64> {
+    ns.run(move || {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let go_rx = Arc::new(std::sync::Mutex::new(go_rx));
+        let mut threads = Vec::new();
+        for _ in 0..conns {
+            let client = TcpStream::connect(addr)?;
+            let (server, _) = listener.accept()?;
+            client.set_nodelay(true)?;
+            server.set_nodelay(true)?;
+            threads.push(thread::spawn(move || echo(server)));
+            let (stop, done, go) = (Arc::clone(&stop), Arc::clone(&done), Arc::clone(&go_rx));
+            threads.push(thread::spawn(move || {
+                // Wait for the start, then ping-pong until told to stop.
+                drop(go.lock().map(|rx| rx.recv()));
+                let n = ping(client, &stop);
+                done.fetch_add(n, Ordering::Relaxed);
+            }));
+        }
+        let start = Instant::now();
+        for _ in 0..conns {
+            go_tx.send(())?;
+        }
+        thread::sleep(secs);
+        stop.store(true, Ordering::Relaxed);
+        let elapsed = start.elapsed();
+        for t in threads {
+            t.join().map_err(|_| anyhow!("a load thread panicked"))?;
+        }
+        #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+        Ok(done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64())
+    })
+    .join()
+    .map_err(|_| anyhow!("the load thread panicked"))?
+}
+
+fn ping(mut s: TcpStream, stop: &AtomicBool) -> u64 {
+    let mut buf = [7u8; MESSAGE];
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        if s.write_all(&buf).is_err() || s.read_exact(&mut buf).is_err() {
+            break;
+        }
+        n += 1;
+    }
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    n
+}
+
+fn echo(mut s: TcpStream) {
+    let mut buf = [0u8; MESSAGE];
+    while s.read_exact(&mut buf).is_ok() {
+        if s.write_all(&buf).is_err() {
+            break;
+        }
+    }
+}
+
+/// Two namespaces joined by a veth pair: idle keepalive connections from the
+/// client to a server that can be made to stop answering.
+pub struct Pair {
+    pub client: Netns,
+    pub server: Netns,
+    pub addr: SocketAddr,
+}
+
+pub const SERVER_PORT: u16 = 7000;
+
+impl Pair {
+    pub fn new() -> Result<Self> {
+        let client = Netns::new("c")?;
+        let server = Netns::new("s")?;
+        let peer = format!("kbs{}", std::process::id());
+        client.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", &peer])?;
+        run(
+            "ip",
+            &[
+                "-n",
+                client.name(),
+                "link",
+                "set",
+                &peer,
+                "netns",
+                server.name(),
+            ],
+        )?;
+        server.ip(&["link", "set", &peer, "name", "eth0"])?;
+        client.ip(&["addr", "add", "10.78.0.1/24", "dev", "eth0"])?;
+        server.ip(&["addr", "add", "10.78.0.2/24", "dev", "eth0"])?;
+        client.ip(&["link", "set", "eth0", "up"])?;
+        server.ip(&["link", "set", "eth0", "up"])?;
+        // Room for 50k connections from one address, and for their handshakes.
+        client.sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
+        server.sysctl("net.core.somaxconn", "65535")?;
+        server.sysctl("net.ipv4.tcp_max_syn_backlog", "65535")?;
+        Ok(Self {
+            client,
+            server,
+            addr: SocketAddr::from(([10, 78, 0, 2], SERVER_PORT)),
+        })
+    }
+
+    /// The server stops answering: everything to its port is dropped.
+    pub fn mute_server(&self) -> Result<()> {
+        self.server.exec("nft", &["add table inet kbench"])?;
+        self.server.exec(
+            "nft",
+            &["add chain inet kbench input { type filter hook input priority 0; }"],
+        )?;
+        let rule = format!("add rule inet kbench input tcp dport {SERVER_PORT} drop");
+        self.server.exec("nft", &[&rule]).map(drop)
+    }
+}
+
+/// Open connections; closing resets them (no lingering FIN retransmits).
+pub struct Connections {
+    clients: Vec<TcpStream>,
+    server: thread::JoinHandle<Result<Vec<TcpStream>>>,
+}
+
+impl Connections {
+    /// `n` connections from the client side of `pair`, each with keepalive
+    /// after `idle` s, probing every `intvl` s, `cnt` probes before giving up.
+    pub fn open(pair: &Pair, n: usize, idle: i32, intvl: i32, cnt: i32) -> Result<Self> {
+        raise_fd_limit(2 * n + 1024)?;
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let server = pair.server.run(move || {
+            let listener = listen(SERVER_PORT)?;
+            ready_tx.send(())?;
+            let mut accepted = Vec::with_capacity(n);
+            while accepted.len() < n {
+                accepted.push(listener.accept()?.0);
+            }
+            Ok(accepted)
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .context("the server did not start listening")?;
+        let addr = pair.addr;
+        let clients = pair
+            .client
+            .run(move || {
+                let mut clients = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let s = TcpStream::connect(addr).context("connecting")?;
+                    let fd = s.as_raw_fd();
+                    setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+                    setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle)?;
+                    setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, intvl)?;
+                    setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, cnt)?;
+                    clients.push(s);
+                }
+                Ok(clients)
+            })
+            .join()
+            .map_err(|_| anyhow!("the connecting thread panicked"))??;
+        Ok(Self { clients, server })
+    }
+
+    /// Resets every client connection; returns once the server side is closed too.
+    pub fn close(self) -> Result<()> {
+        for s in &self.clients {
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: a valid descriptor and a correctly sized option value.
+            let rc = unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&raw const linger).cast(),
+                    socklen::<libc::linger>(),
+                )
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error()).context("SO_LINGER");
+            }
+        }
+        drop(self.clients);
+        let accepted = self
+            .server
+            .join()
+            .map_err(|_| anyhow!("the server thread panicked"))??;
+        drop(accepted);
+        Ok(())
+    }
+}
+
+/// A listener with a backlog for tens of thousands of handshakes.
+fn listen(port: u16) -> Result<TcpListener> {
+    let listener = TcpListener::bind(("0.0.0.0", port)).context("binding the server")?;
+    // SAFETY: listen(2) on a bound socket we own.
+    if unsafe { libc::listen(listener.as_raw_fd(), 65535) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("listen");
+    }
+    Ok(listener)
+}
+
+fn setsockopt(fd: RawFd, level: i32, name: i32, value: i32) -> Result<()> {
+    // SAFETY: a valid descriptor and a correctly sized option value.
+    let rc =
+        unsafe { libc::setsockopt(fd, level, name, (&raw const value).cast(), socklen::<i32>()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("setsockopt({level}, {name})"));
+    }
+    Ok(())
+}
+
+fn socklen<T>() -> libc::socklen_t {
+    libc::socklen_t::try_from(size_of::<T>()).expect("small option")
+}
+
+fn raise_fd_limit(want: usize) -> Result<()> {
+    let want = libc::rlim_t::try_from(want).unwrap_or(libc::rlim_t::MAX);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) != 0 {
+            return Err(std::io::Error::last_os_error()).context("getrlimit");
+        }
+        if limit.rlim_cur >= want {
+            return Ok(());
+        }
+        limit.rlim_cur = want;
+        limit.rlim_max = limit.rlim_max.max(want);
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("raising the open file limit to {want}"));
+        }
+    }
+    Ok(())
+}

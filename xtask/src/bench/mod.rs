@@ -1,0 +1,564 @@
+//! `cargo xtask bench`: what kalive costs the host, how much it carries, how
+//! fast it reports, how fast it starts. Results go to `BENCHMARKS.md`.
+//!
+//! The machine is noisy, so every comparison is a ratio between runs
+//! interleaved in the same invocation, repeated, given as min/median/max.
+
+mod load;
+mod procs;
+mod report;
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+use self::{
+    load::{Connections, Netns, Pair},
+    procs::{BpfStats, Prog, Running, Tracer},
+};
+
+pub struct Options {
+    /// A smoke run: small and short, and its invariants are checked.
+    pub quick: bool,
+    pub out: PathBuf,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+/// How much of everything.
+#[derive(Debug, Clone)]
+struct Plan {
+    rounds: usize,
+    load_secs: Duration,
+    conns: usize,
+    sizes: Vec<usize>,
+    capacity_secs: Duration,
+    startups: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                rounds: 2,
+                load_secs: Duration::from_secs(1),
+                conns: 8,
+                sizes: vec![500],
+                capacity_secs: Duration::from_secs(3),
+                startups: 3,
+            }
+        } else {
+            Self {
+                rounds: 7,
+                load_secs: Duration::from_secs(3),
+                conns: 32,
+                sizes: vec![1_000, 10_000, 50_000],
+                capacity_secs: Duration::from_secs(10),
+                startups: 11,
+            }
+        }
+    }
+}
+
+/// min, median, max.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    /// # Panics
+    /// On no values.
+    #[must_use]
+    pub fn of(values: &[f64]) -> Self {
+        assert!(!values.is_empty(), "a spread of nothing");
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let mid = v.len() / 2;
+        let median = if v.len() % 2 == 1 {
+            v[mid]
+        } else {
+            f64::midpoint(v[mid - 1], v[mid])
+        };
+        Self {
+            min: v[0],
+            median,
+            max: v[v.len() - 1],
+        }
+    }
+}
+
+/// The `q` quantile (0..=1) of sorted `values`, nearest rank.
+#[must_use]
+pub fn quantile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+pub struct HotPath {
+    pub tracers: Vec<Tracer>,
+    /// Transactions/s per tracer, per round.
+    pub tps: Vec<Vec<f64>>,
+    pub conns: usize,
+    pub secs: Duration,
+}
+
+pub struct Costs {
+    pub tracer: Tracer,
+    pub programs: Vec<Prog>,
+    pub transactions: f64,
+}
+
+pub struct Capacity {
+    pub sockets: usize,
+    pub secs: Duration,
+    pub kernel_probes: u64,
+    pub delivered_probes: u64,
+    pub records: u64,
+    pub lost: u64,
+    pub cpu: Duration,
+    pub peak_rss: u64,
+    /// Microseconds from `ts` to the line being read, probes only, sorted.
+    pub latency_us: Vec<u64>,
+}
+
+pub struct Startup {
+    /// From exec to "tracing" on stderr.
+    pub total: Vec<Duration>,
+    /// kalive's own breakdown, per run: (step, ms).
+    pub steps: Vec<Vec<(String, f64)>>,
+}
+
+pub struct Results {
+    pub backends: Vec<(String, Result<(), String>)>,
+    pub hot: HotPath,
+    pub costs: Vec<Costs>,
+    pub capacity: Vec<Capacity>,
+    pub startup: Startup,
+    pub backend: String,
+}
+
+/// Runs everything in `plan` and writes the report.
+pub fn run(kalive: &Path, opts: &Options) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmarks load BPF programs and make network namespaces: run as root");
+    }
+    let plan = Plan::new(opts.quick);
+    eprintln!("bench: {plan:?}");
+
+    let backends = runnable_backends(kalive);
+    let runnable: Vec<String> = backends
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(b, _)| b.clone())
+        .collect();
+    let Some(backend) = runnable.first().cloned() else {
+        bail!("no kalive backend runs here: {backends:?}");
+    };
+    let bpftrace = which("bpftrace");
+    if !bpftrace {
+        eprintln!("bench: bpftrace is not installed; `cargo xtask setup` installs it");
+    }
+
+    let mut tracers = vec![Tracer::None];
+    tracers.extend(runnable.iter().cloned().map(Tracer::Kalive));
+    if bpftrace {
+        tracers.push(Tracer::Bpftrace);
+    }
+    let hot = hot_path(kalive, &tracers, &plan)?;
+    let mut costs = Vec::new();
+    for tracer in tracers.iter().filter(|t| **t != Tracer::None) {
+        costs.push(program_costs(kalive, tracer, &plan)?);
+    }
+    let mut capacity = Vec::new();
+    for &n in &plan.sizes {
+        capacity.push(capacity_run(kalive, &backend, n, plan.capacity_secs)?);
+    }
+    let startup = startup(kalive, plan.startups)?;
+    let results = Results {
+        backends,
+        hot,
+        costs,
+        capacity,
+        startup,
+        backend,
+    };
+    report::write(&opts.out, &opts.command, &results)?;
+    eprintln!("bench: wrote {}", opts.out.display());
+    if opts.quick {
+        check(&results)?;
+    }
+    Ok(())
+}
+
+/// What a smoke run must show whatever the machine: every measurement made,
+/// and no record missing.
+fn check(r: &Results) -> Result<()> {
+    for (tracer, tps) in r.hot.tracers.iter().zip(&r.hot.tps) {
+        if tps.iter().any(|&t| t <= 0.0) {
+            bail!("no transactions with {tracer}");
+        }
+    }
+    for c in &r.costs {
+        if c.programs.iter().all(|p| p.run_cnt == 0) {
+            bail!("{}: no program ran (bpf_stats)", c.tracer);
+        }
+    }
+    for c in &r.capacity {
+        if c.kernel_probes == 0 {
+            bail!("{} sockets: the kernel sent no keepalive probes", c.sockets);
+        }
+        if c.delivered_probes != c.kernel_probes || c.lost != 0 {
+            bail!(
+                "{} sockets: {} probe_sent records for {} probes the kernel counted ({} lost)",
+                c.sockets,
+                c.delivered_probes,
+                c.kernel_probes,
+                c.lost
+            );
+        }
+    }
+    if r.startup.steps.iter().any(Vec::is_empty) {
+        bail!("kalive gave no start-up breakdown");
+    }
+    Ok(())
+}
+
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
+}
+
+/// Which backends start here, and why the others do not.
+fn runnable_backends(kalive: &Path) -> Vec<(String, Result<(), String>)> {
+    ["fentry", "kprobe", "tracepoint"]
+        .into_iter()
+        .map(|b| {
+            let result = Running::start(&Tracer::Kalive(b.to_owned()), kalive, &[], &[], false)
+                .map(drop)
+                .map_err(|err| {
+                    let text = format!("{err:#}");
+                    text.lines()
+                        .find_map(|l| l.strip_prefix("kalive: "))
+                        .unwrap_or(&text)
+                        .to_owned()
+                });
+            eprintln!("bench: backend {b}: {result:?}");
+            (b.to_owned(), result)
+        })
+        .collect()
+}
+
+/// Interleaved rounds of the request/response loop beside each tracer.
+fn hot_path(kalive: &Path, tracers: &[Tracer], plan: &Plan) -> Result<HotPath> {
+    let ns = Netns::new("rr")?;
+    let mut tps = vec![Vec::new(); tracers.len()];
+    // Warm up: the first run of anything is slower.
+    load::request_response(&ns, plan.conns, plan.load_secs)?;
+    for round in 0..plan.rounds {
+        for k in 0..tracers.len() {
+            let i = (k + round) % tracers.len();
+            let running = Running::start(&tracers[i], kalive, &[], &[], false)?;
+            let t = load::request_response(&ns, plan.conns, plan.load_secs)?;
+            if let Some(r) = running {
+                r.stop()?;
+            }
+            eprintln!("bench: hot path round {round}: {}: {t:.0} tps", tracers[i]);
+            tps[i].push(t);
+        }
+    }
+    Ok(HotPath {
+        tracers: tracers.to_vec(),
+        tps,
+        conns: plan.conns,
+        secs: plan.load_secs,
+    })
+}
+
+/// Each program's run time and count under the request/response loop.
+fn program_costs(kalive: &Path, tracer: &Tracer, plan: &Plan) -> Result<Costs> {
+    let ns = Netns::new("cost")?;
+    let before = procs::programs()?;
+    let running = Running::start(tracer, kalive, &[], &[], false)?;
+    let ids: Vec<u64> = procs::programs()?
+        .into_keys()
+        .filter(|id| !before.contains_key(id))
+        .collect();
+    let stats = BpfStats::enable()?;
+    let start = procs::programs()?;
+    let tps = load::request_response(&ns, plan.conns, plan.load_secs)?;
+    let end = procs::programs()?;
+    drop(stats);
+    if let Some(r) = running {
+        r.stop()?;
+    }
+    let programs = ids
+        .iter()
+        .filter_map(|id| {
+            let (a, b) = (start.get(id)?, end.get(id)?);
+            Some(Prog {
+                name: b.name.clone(),
+                run_time_ns: b.run_time_ns - a.run_time_ns,
+                run_cnt: b.run_cnt - a.run_cnt,
+            })
+        })
+        .collect();
+    Ok(Costs {
+        tracer: tracer.clone(),
+        programs,
+        transactions: tps * plan.load_secs.as_secs_f64(),
+    })
+}
+
+/// `n` idle connections with keepalive 1 s/1 s to a peer that stops
+/// answering: every socket probes every second.
+fn capacity_run(kalive: &Path, backend: &str, n: usize, secs: Duration) -> Result<Capacity> {
+    eprintln!("bench: capacity: {n} sockets");
+    let pair = Pair::new()?;
+    let port = load::SERVER_PORT.to_string();
+    let mut running = Running::start(
+        &Tracer::Kalive(backend.to_owned()),
+        kalive,
+        &["--port", &port],
+        &[],
+        true,
+    )?
+    .expect("kalive");
+    let stdout = running.stdout.take().expect("piped");
+    let probes = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let probes = Arc::clone(&probes);
+        thread::spawn(move || tally(BufReader::new(stdout), &probes))
+    };
+    let kernel_before = pair.client.tcp_ext("TCPKeepAlive")?;
+    let cpu_before = running.cpu()?;
+    // Probes far longer than the run: no connection times out.
+    let conns = Connections::open(&pair, n, 1, 1, 120)?;
+    pair.mute_server()?;
+    thread::sleep(secs);
+    conns.close()?;
+    let kernel_probes = pair.client.tcp_ext("TCPKeepAlive")? - kernel_before;
+    // Until kalive has written every probe (or stops making progress).
+    let mut last = (probes.load(Ordering::Relaxed), Instant::now());
+    while probes.load(Ordering::Relaxed) < kernel_probes
+        && last.1.elapsed() < Duration::from_secs(3)
+    {
+        thread::sleep(Duration::from_millis(50));
+        let now = probes.load(Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+    }
+    let cpu = running.cpu()?.saturating_sub(cpu_before);
+    let peak_rss = running.peak_rss()?;
+    running.stop()?;
+    let tally = reader
+        .join()
+        .map_err(|_| anyhow!("the reader panicked"))??;
+    let mut latency_us = tally.latency_us;
+    latency_us.sort_unstable();
+    Ok(Capacity {
+        sockets: n,
+        secs,
+        kernel_probes,
+        delivered_probes: tally.events.get("probe_sent").copied().unwrap_or(0),
+        records: tally.events.values().sum(),
+        lost: tally.lost,
+        cpu,
+        peak_rss,
+        latency_us,
+    })
+}
+
+#[derive(Default)]
+struct Tally {
+    events: BTreeMap<String, u64>,
+    lost: u64,
+    latency_us: Vec<u64>,
+}
+
+/// Counts kalive's JSON lines by event, and how late each probe arrives.
+fn tally(input: impl BufRead, probes: &AtomicU64) -> Result<Tally> {
+    let mut t = Tally::default();
+    for line in input.lines() {
+        let line = line.context("reading kalive's output")?;
+        let read_us = unix_micros_now();
+        let event = field(&line, "event").ok_or_else(|| anyhow!("no event in {line}"))?;
+        if event == "probe_sent" {
+            probes.fetch_add(1, Ordering::Relaxed);
+            let ts = field(&line, "ts").and_then(parse_rfc3339_micros);
+            let ts = ts.ok_or_else(|| anyhow!("no ts in {line}"))?;
+            t.latency_us.push(read_us.saturating_sub(ts));
+        }
+        if event == "events_lost" {
+            t.lost += number(&line, "count").unwrap_or(0);
+        }
+        *t.events.entry(event.to_owned()).or_default() += 1;
+    }
+    Ok(t)
+}
+
+fn unix_micros_now() -> u64 {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The string value of `"key":"..."` in a line of kalive's JSON.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(&format!("\"{key}\":\""))? + key.len() + 4;
+    let len = line[start..].find('"')?;
+    Some(&line[start..start + len])
+}
+
+/// The number value of `"key":N`.
+fn number(line: &str, key: &str) -> Option<u64> {
+    let start = line.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let digits: String = line[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// "2026-11-22T03:50:14.364912Z" as microseconds since the epoch.
+fn parse_rfc3339_micros(ts: &str) -> Option<u64> {
+    let b = ts.as_bytes();
+    if b.len() != 27 || b[10] != b'T' || b[26] != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| ts.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss, us) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..26)?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    u64::try_from(secs * 1_000_000 + us).ok()
+}
+
+/// Exec to attached, `runs` times, with kalive's own breakdown.
+fn startup(kalive: &Path, runs: usize) -> Result<Startup> {
+    let mut s = Startup {
+        total: Vec::new(),
+        steps: Vec::new(),
+    };
+    for _ in 0..runs {
+        let running = Running::start(
+            &Tracer::Kalive("auto".to_owned()),
+            kalive,
+            &[],
+            &[("RUST_LOG", "info")],
+            false,
+        )?
+        .expect("kalive");
+        s.total.push(running.started);
+        s.steps.push(parse_steps(&running.said).unwrap_or_default());
+        running.stop()?;
+    }
+    Ok(s)
+}
+
+/// "start-up took 182.2 ms: BTF 1.5, kallsyms 28.5, ..." as (step, ms).
+fn parse_steps(stderr: &str) -> Option<Vec<(String, f64)>> {
+    let line = stderr
+        .lines()
+        .find_map(|l| l.split_once("start-up took ").map(|(_, r)| r))?;
+    let (_, steps) = line.split_once(" ms: ")?;
+    steps
+        .split(", ")
+        .map(|step| {
+            let (name, ms) = step.rsplit_once(' ')?;
+            Some((name.to_owned(), ms.parse().ok()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_and_quantiles() {
+        assert_eq!(
+            Spread::of(&[3.0, 1.0, 2.0]),
+            Spread {
+                min: 1.0,
+                median: 2.0,
+                max: 3.0
+            }
+        );
+        assert!((Spread::of(&[4.0, 1.0, 2.0, 3.0]).median - 2.5).abs() < 1e-9);
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(quantile(&v, 0.5), 50);
+        assert_eq!(quantile(&v, 0.99), 99);
+        assert_eq!(quantile(&v, 1.0), 100);
+        assert_eq!(quantile(&[], 0.5), 0);
+    }
+
+    #[test]
+    fn reads_kalive_lines() {
+        let line =
+            "{\"ts\":\"2026-11-22T03:50:14.364912Z\",\"event\":\"events_lost\",\"count\":12}";
+        assert_eq!(field(line, "event"), Some("events_lost"));
+        assert_eq!(number(line, "count"), Some(12));
+        assert_eq!(
+            parse_rfc3339_micros("1970-01-01T00:00:01.001500Z"),
+            Some(1_001_500)
+        );
+        // date -d 2026-11-22T03:50:14Z +%s
+        assert_eq!(
+            parse_rfc3339_micros("2026-11-22T03:50:14.364912Z"),
+            Some(1_795_319_414_364_912)
+        );
+        assert_eq!(parse_rfc3339_micros("2026-11-22 03:50:14"), None);
+        let tally = tally(
+            format!("{line}\n{}\n", line.replace("events_lost", "probe_sent")).as_bytes(),
+            &AtomicU64::new(0),
+        )
+        .expect("tally");
+        assert_eq!(tally.lost, 12);
+        assert_eq!(tally.events["probe_sent"], 1);
+        assert_eq!(tally.latency_us.len(), 1);
+    }
+
+    #[test]
+    fn reads_start_up_steps() {
+        let stderr = "[x INFO kalive] start-up took 182.2 ms: BTF 1.5, aya BTF 15.3, load 7.3\n";
+        assert_eq!(
+            parse_steps(stderr),
+            Some(vec![
+                ("BTF".to_owned(), 1.5),
+                ("aya BTF".to_owned(), 15.3),
+                ("load".to_owned(), 7.3)
+            ])
+        );
+        assert_eq!(parse_steps("nothing"), None);
+    }
+}

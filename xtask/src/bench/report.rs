@@ -1,0 +1,292 @@
+//! `BENCHMARKS.md`: the measurements, against the targets. Notes written by
+//! hand below the marker line are kept from one run to the next.
+
+use std::{fmt::Write as _, fs, path::Path, process::Command};
+
+use anyhow::{Context as _, Result};
+
+use super::{Results, Spread, procs::Tracer, quantile};
+
+const NOTES_MARKER: &str = "<!-- Notes below this line are kept by `cargo xtask bench`. -->";
+
+pub fn write(path: &Path, command: &str, r: &Results) -> Result<()> {
+    let notes = fs::read_to_string(path)
+        .ok()
+        .and_then(|old| old.split_once(NOTES_MARKER).map(|(_, n)| n.to_owned()))
+        .unwrap_or_else(|| "\n\n## Notes\n\n(none yet)\n".to_owned());
+    let mut md = String::new();
+    header(&mut md, command, r);
+    hot_path(&mut md, r);
+    capacity(&mut md, r);
+    latency(&mut md, r);
+    startup(&mut md, r);
+    md.push_str(NOTES_MARKER);
+    md.push_str(&notes);
+    fs::write(path, md).with_context(|| format!("writing {}", path.display()))
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "**missed**" }
+}
+
+fn header(md: &mut String, command: &str, r: &Results) {
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map_or("?", |l| l.trim_start_matches([' ', '\t', ':']));
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib / (1024 * 1024));
+    let _ = writeln!(
+        md,
+        "# Benchmarks\n\n\
+         Written by `{command}` on {date}.\n\n\
+         Machine: Linux {}, {cpu}, {cores} cores, {mem_gib} GiB. The machine is shared \
+         and noisy: comparisons are ratios between runs interleaved in one invocation, \
+         repeated, as min / median / max.\n",
+        kernel.trim()
+    );
+    md.push_str("| backend | runs here |\n|---|---|\n");
+    for (b, result) in &r.backends {
+        let runs = match result {
+            Ok(()) => "yes".to_owned(),
+            Err(why) => format!("no: {}", why.replace('|', "\\|")),
+        };
+        let _ = writeln!(md, "| {b} | {runs} |");
+    }
+    let _ = writeln!(
+        md,
+        "\nBackends that do not run here are not measured here. Capacity, latency and \
+         start-up use the `{}` backend.\n",
+        r.backend
+    );
+}
+
+fn ratio(s: Spread) -> String {
+    format!("{:.3} / {:.3} / {:.3}", s.min, s.median, s.max)
+}
+
+fn hot_path(md: &mut String, r: &Results) {
+    let h = &r.hot;
+    let _ = writeln!(
+        md,
+        "## 1. Cost on the hot path\n\n\
+         A loopback request/response loop in a network namespace of its own: {} \
+         connections, each a client thread sending 64 bytes and waiting for the echo \
+         (TCP_NODELAY), for {} s per run; every send arms the retransmit timer and \
+         every segment passes `tcp_probe`. {} rounds, each running every \
+         configuration once in a rotated order; each ratio is to the baseline of \
+         its round. The bpftrace script (`xtask/src/bench/peer.bt`) does kalive's \
+         job on the same tracepoints.\n",
+        h.conns,
+        h.secs.as_secs_f64(),
+        h.tps.first().map_or(0, Vec::len)
+    );
+    md.push_str(
+        "| configuration | transactions/s (median) | ratio to baseline (min / median / max) |\n\
+         |---|---|---|\n",
+    );
+    let ratios: Vec<Vec<f64>> = h
+        .tps
+        .iter()
+        .map(|tps| {
+            tps.iter()
+                .zip(&h.tps[0])
+                .map(|(t, base)| t / base)
+                .collect()
+        })
+        .collect();
+    for ((tracer, tps), ratios) in h.tracers.iter().zip(&h.tps).zip(&ratios) {
+        let _ = writeln!(
+            md,
+            "| {tracer} | {:.0} | {} |",
+            Spread::of(tps).median,
+            ratio(Spread::of(ratios))
+        );
+    }
+    let median = |t: &Tracer| {
+        h.tracers
+            .iter()
+            .position(|x| x == t)
+            .map(|i| Spread::of(&ratios[i]).median)
+    };
+    let bpftrace = median(&Tracer::Bpftrace);
+    md.push('\n');
+    for tracer in h.tracers.iter().filter(|t| matches!(t, Tracer::Kalive(_))) {
+        let k = median(tracer).unwrap_or(0.0);
+        let _ = writeln!(
+            md,
+            "- Target: {tracer} keeps >= 99% of the baseline: median {:.1}%, {}.",
+            k * 100.0,
+            verdict(k >= 0.99)
+        );
+        if let Some(b) = bpftrace {
+            let _ = writeln!(
+                md,
+                "- Target: {tracer} costs less than the bpftrace script: {:.1}% vs {:.1}% \
+                 of the baseline, {}.",
+                k * 100.0,
+                b * 100.0,
+                verdict(k > b)
+            );
+        }
+    }
+    md.push_str(
+        "\n### Per-program cost\n\n\
+         `BPF_ENABLE_STATS` (what `kernel.bpf_stats_enabled` and bpftop use) during one \
+         more run of the same loop: run count and run time of each program, as the \
+         kernel counts them.\n",
+    );
+    for c in &r.costs {
+        let total_ns: u64 = c.programs.iter().map(|p| p.run_time_ns).sum();
+        let _ = writeln!(
+            md,
+            "\n{}: {:.0} transactions; BPF time per transaction **{:.0} ns**.\n\n\
+             | program | runs | ns/run | runs/transaction | ns/transaction |\n|---|---|---|---|---|",
+            c.tracer,
+            c.transactions,
+            per(total_ns, c.transactions)
+        );
+        let mut programs = c.programs.clone();
+        programs.sort_by_key(|p| std::cmp::Reverse(p.run_time_ns));
+        for p in &programs {
+            #[allow(clippy::cast_precision_loss)]
+            let runs = p.run_cnt as f64;
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0} | {:.2} | {:.0} |",
+                p.name,
+                p.run_cnt,
+                per(p.run_time_ns, runs),
+                runs / c.transactions.max(1.0),
+                per(p.run_time_ns, c.transactions)
+            );
+        }
+    }
+    md.push('\n');
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn per(total: u64, n: f64) -> f64 {
+    if n > 0.0 { total as f64 / n } else { 0.0 }
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+fn capacity(md: &mut String, r: &Results) {
+    md.push_str(
+        "## 2. Capacity\n\n\
+         N idle connections between two network namespaces, keepalive after 1 s, \
+         every 1 s, 120 probes; once all are open the server's namespace drops \
+         everything to its port, so every socket probes every second. kalive runs \
+         with `--port` on the server's port and JSON output into a pipe the \
+         benchmark reads. Probes are the client namespace's `TcpExtTCPKeepAlive` \
+         delta over the run (opening, probing, reset); delivered are the \
+         `probe_sent` records for them. CPU and peak RSS (VmHWM) are kalive's.\n\n\
+         | sockets | probing for | probes (kernel) | `probe_sent` delivered | all records | `events_lost` | CPU ms per 1k records | peak RSS MiB | targets |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    for c in &r.capacity {
+        let complete = c.delivered_probes == c.kernel_probes && c.lost == 0;
+        #[allow(clippy::cast_precision_loss)]
+        let rss = c.peak_rss as f64 / f64::from(1 << 20);
+        let cpu_us = u64::try_from(c.cpu.as_micros()).unwrap_or(u64::MAX);
+        #[allow(clippy::cast_precision_loss)]
+        let per_k = per(cpu_us, c.records as f64 / 1000.0) / 1000.0;
+        let _ = writeln!(
+            md,
+            "| {} | {} s | {} | {} | {} | {} | {:.2} | {:.1} | all delivered: {}; RSS < 64 MiB: {} |",
+            c.sockets,
+            c.secs.as_secs(),
+            c.kernel_probes,
+            c.delivered_probes,
+            c.records,
+            c.lost,
+            per_k,
+            rss,
+            verdict(complete),
+            verdict(rss < 64.0)
+        );
+    }
+    md.push('\n');
+}
+
+fn latency(md: &mut String, r: &Results) {
+    md.push_str(
+        "## 3. Latency\n\n\
+         From a probe's kernel timestamp (`ts`) to the benchmark reading its line \
+         from kalive's stdout, for every `probe_sent` of the capacity runs. Target: \
+         p99 < 10 ms under the 10k-socket load.\n\n\
+         | sockets | records | p50 ms | p99 ms | max ms | target |\n|---|---|---|---|---|---|\n",
+    );
+    for c in &r.capacity {
+        let p99 = quantile(&c.latency_us, 0.99);
+        let target = if c.sockets == 10_000 {
+            verdict(p99 < 10_000)
+        } else {
+            "-"
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {target} |",
+            c.sockets,
+            c.latency_us.len(),
+            ms(quantile(&c.latency_us, 0.5)),
+            ms(p99),
+            ms(c.latency_us.last().copied().unwrap_or(0))
+        );
+    }
+    md.push('\n');
+}
+
+fn startup(md: &mut String, r: &Results) {
+    let s = &r.startup;
+    let totals: Vec<f64> = s.total.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    let total = Spread::of(&totals);
+    let _ = writeln!(
+        md,
+        "## 4. Start-up\n\n\
+         From exec to kalive saying it is tracing (every program attached), `--backend \
+         auto`, {} runs: min / median / max **{:.0} / {:.0} / {:.0} ms**. Target \
+         < 300 ms: {}.\n\n\
+         Where the time goes, per kalive's `RUST_LOG=info` line (medians, ms); \
+         \"backends passed over\" is the time spent finding that fentry and kprobe \
+         cannot run, \"load\" the rest of starting the backend:\n\n\
+         | step | ms |\n|---|---|",
+        s.total.len(),
+        total.min,
+        total.median,
+        total.max,
+        verdict(total.median < 300.0)
+    );
+    let names: Vec<&str> = s
+        .steps
+        .first()
+        .map(|steps| steps.iter().map(|(n, _)| n.as_str()).collect())
+        .unwrap_or_default();
+    for name in names {
+        let values: Vec<f64> = s
+            .steps
+            .iter()
+            .filter_map(|steps| steps.iter().find(|(n, _)| n == name).map(|&(_, v)| v))
+            .collect();
+        if !values.is_empty() {
+            let _ = writeln!(md, "| {name} | {:.1} |", Spread::of(&values).median);
+        }
+    }
+    md.push('\n');
+}
