@@ -68,6 +68,15 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// (The benchmark's connection holder; see `bench::load::hold`.)
+    #[command(hide = true)]
+    BenchHold {
+        addr: std::net::SocketAddr,
+        n: usize,
+        idle: i32,
+        intvl: i32,
+        cnt: i32,
+    },
     /// Run the whole test suite: formatting, clippy, unit and end-to-end tests (as root).
     Test {
         /// Extra arguments for the test binaries (a name filter, ...).
@@ -132,6 +141,13 @@ fn run(cmd: Cmd) -> Result<()> {
             )
         }
         Cmd::Test { args } => test(&root, &args),
+        Cmd::BenchHold {
+            addr,
+            n,
+            idle,
+            intvl,
+            cnt,
+        } => bench::hold(addr, n, idle, intvl, cnt),
         Cmd::Bench { quick, out } => {
             let out = out.unwrap_or_else(|| {
                 if quick {

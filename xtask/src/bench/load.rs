@@ -4,10 +4,10 @@
 
 use std::{
     fs::File,
-    io::{Read as _, Write as _},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::{AsRawFd as _, RawFd},
-    process::Command,
+    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -242,80 +242,156 @@ impl Pair {
     }
 }
 
-/// Open connections; closing resets them (no lingering FIN retransmits).
+/// Connections per holder process: what its hard descriptor limit allows
+/// (20000 here, which only `CAP_SYS_RESOURCE` could raise).
+fn per_holder() -> usize {
+    let hard = fd_limit().map_or(1024, |l| l.rlim_max);
+    usize::try_from(hard.saturating_sub(256))
+        .unwrap_or(usize::MAX)
+        .clamp(256, 50_000)
+}
+
+fn fd_limit() -> Result<libc::rlimit> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrlimit");
+    }
+    Ok(limit)
+}
+
+/// The soft descriptor limit up to the hard one (no privilege needed).
+fn raise_fd_limit() -> Result<()> {
+    let mut limit = fd_limit()?;
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: setrlimit with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("setrlimit");
+    }
+    Ok(())
+}
+
+/// Open keepalive connections, held by child processes in the client
+/// namespace. The server never accepts them: handshakes complete into its
+/// accept queue, which answers probes until the server is muted, and needs no
+/// descriptors. Closing resets them.
 pub struct Connections {
-    clients: Vec<TcpStream>,
-    server: thread::JoinHandle<Result<Vec<TcpStream>>>,
+    holders: Vec<Child>,
+    _listener: thread::JoinHandle<Result<()>>,
+    stop_listener: mpsc::Sender<()>,
 }
 
 impl Connections {
     /// `n` connections from the client side of `pair`, each with keepalive
     /// after `idle` s, probing every `intvl` s, `cnt` probes before giving up.
-    pub fn open(pair: &Pair, n: usize, idle: i32, intvl: i32, cnt: i32) -> Result<Self> {
-        raise_fd_limit(2 * n + 1024)?;
+    pub fn open(pair: &Pair, n: usize, idle: u32, intvl: u32, cnt: u32) -> Result<Self> {
         let (ready_tx, ready_rx) = mpsc::channel();
-        let server = pair.server.run(move || {
+        let (stop_listener, stop_rx) = mpsc::channel::<()>();
+        let listener = pair.server.run(move || {
             let listener = listen(SERVER_PORT)?;
             ready_tx.send(())?;
-            let mut accepted = Vec::with_capacity(n);
-            while accepted.len() < n {
-                accepted.push(listener.accept()?.0);
-            }
-            Ok(accepted)
+            // Listening until told: the connections live in its queue.
+            let _ = stop_rx.recv();
+            drop(listener);
+            Ok(())
         });
         ready_rx
             .recv_timeout(Duration::from_secs(10))
             .context("the server did not start listening")?;
-        let addr = pair.addr;
-        let clients = pair
-            .client
-            .run(move || {
-                let mut clients = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let s = TcpStream::connect(addr).context("connecting")?;
-                    let fd = s.as_raw_fd();
-                    setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
-                    setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle)?;
-                    setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, intvl)?;
-                    setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, cnt)?;
-                    clients.push(s);
-                }
-                Ok(clients)
-            })
-            .join()
-            .map_err(|_| anyhow!("the connecting thread panicked"))??;
-        Ok(Self { clients, server })
-    }
-
-    /// Resets every client connection; returns once the server side is closed too.
-    pub fn close(self) -> Result<()> {
-        for s in &self.clients {
-            let linger = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
-            // SAFETY: a valid descriptor and a correctly sized option value.
-            let rc = unsafe {
-                libc::setsockopt(
-                    s.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    (&raw const linger).cast(),
-                    socklen::<libc::linger>(),
-                )
-            };
-            if rc != 0 {
-                return Err(std::io::Error::last_os_error()).context("SO_LINGER");
+        let exe = std::env::current_exe().context("finding xtask")?;
+        let mut conns = Self {
+            holders: Vec::new(),
+            _listener: listener,
+            stop_listener,
+        };
+        let mut left = n;
+        while left > 0 {
+            let share = left.min(per_holder());
+            left -= share;
+            let mut child = Command::new("ip")
+                .args(["netns", "exec", pair.client.name()])
+                .arg(&exe)
+                .args(["bench-hold", &pair.addr.to_string()])
+                .args([share, idle as usize, intvl as usize, cnt as usize].map(|v| v.to_string()))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .context("starting a connection holder")?;
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+            conns.holders.push(child);
+            if line.trim() != "ready" {
+                bail!("a connection holder failed: {line:?}");
             }
         }
-        drop(self.clients);
-        let accepted = self
-            .server
-            .join()
-            .map_err(|_| anyhow!("the server thread panicked"))??;
-        drop(accepted);
+        Ok(conns)
+    }
+
+    /// Resets every connection; returns once the holders have exited.
+    pub fn close(mut self) -> Result<()> {
+        for mut child in self.holders.drain(..) {
+            drop(child.stdin.take());
+            let status = child.wait()?;
+            if !status.success() {
+                bail!("a connection holder failed ({status})");
+            }
+        }
         Ok(())
     }
+}
+
+impl Drop for Connections {
+    fn drop(&mut self) {
+        for child in &mut self.holders {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = self.stop_listener.send(());
+    }
+}
+
+/// `cargo xtask bench-hold ADDR N IDLE INTVL CNT` (run by the benchmark in the
+/// client namespace): opens N keepalive connections to ADDR, says "ready",
+/// holds them until stdin closes, then resets them.
+pub fn hold(addr: SocketAddr, n: usize, idle: i32, intvl: i32, cnt: i32) -> Result<()> {
+    raise_fd_limit()?;
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = TcpStream::connect(addr).context("connecting")?;
+        let fd = s.as_raw_fd();
+        setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+        setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle)?;
+        setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, intvl)?;
+        setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, cnt)?;
+        clients.push(s);
+    }
+    println!("ready");
+    std::io::stdout().flush()?;
+    let mut rest = Vec::new();
+    std::io::stdin().read_to_end(&mut rest)?;
+    for s in &clients {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a valid descriptor and a correctly sized option value.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                socklen::<libc::linger>(),
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).context("SO_LINGER");
+        }
+    }
+    Ok(())
 }
 
 /// A listener with a backlog for tens of thousands of handshakes.
@@ -341,28 +417,4 @@ fn setsockopt(fd: RawFd, level: i32, name: i32, value: i32) -> Result<()> {
 
 fn socklen<T>() -> libc::socklen_t {
     libc::socklen_t::try_from(size_of::<T>()).expect("small option")
-}
-
-fn raise_fd_limit(want: usize) -> Result<()> {
-    let want = libc::rlim_t::try_from(want).unwrap_or(libc::rlim_t::MAX);
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls with a valid struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) != 0 {
-            return Err(std::io::Error::last_os_error()).context("getrlimit");
-        }
-        if limit.rlim_cur >= want {
-            return Ok(());
-        }
-        limit.rlim_cur = want;
-        limit.rlim_max = limit.rlim_max.max(want);
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("raising the open file limit to {want}"));
-        }
-    }
-    Ok(())
 }

@@ -5,6 +5,8 @@
 //! interleaved in the same invocation, repeated, given as min/median/max.
 
 mod load;
+
+pub use load::hold;
 mod procs;
 mod report;
 
