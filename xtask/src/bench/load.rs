@@ -119,6 +119,31 @@ fn output(program: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// A global sysctl raised for a while, restored on drop.
+pub struct Sysctl {
+    path: String,
+    old: String,
+}
+
+impl Sysctl {
+    /// Raises `/proc/sys/KEY` to at least `value`.
+    pub fn raise(key: &str, value: usize) -> Result<Self> {
+        let path = format!("/proc/sys/{key}");
+        let old = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let current: usize = old.trim().parse().with_context(|| format!("{path}: {old}"))?;
+        if value > current {
+            std::fs::write(&path, value.to_string()).with_context(|| format!("writing {path}"))?;
+        }
+        Ok(Self { path, old })
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.path, self.old.trim());
+    }
+}
+
 /// Size of each request and each response.
 const MESSAGE: usize = 64;
 
@@ -228,6 +253,15 @@ impl Pair {
             server,
             addr: SocketAddr::from(([10, 78, 0, 2], SERVER_PORT)),
         })
+    }
+
+    /// Packets the client's end of the veth dropped on the way out.
+    pub fn client_tx_dropped(&self) -> Result<u64> {
+        let out = self.client.exec("ip", &["-s", "-j", "link", "show", "eth0"])?;
+        let links: serde_json::Value = serde_json::from_str(&out).context("ip -j")?;
+        links[0]["stats64"]["tx"]["dropped"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("no tx drop count in {out}"))
     }
 
     /// The server stops answering: everything to its port is dropped.

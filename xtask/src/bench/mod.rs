@@ -135,6 +135,10 @@ pub struct Capacity {
     pub sockets: usize,
     pub secs: Duration,
     pub kernel_probes: u64,
+    /// Packets the client's veth dropped (local congestion).
+    pub veth_drops: u64,
+    /// kalive's programs the kernel skipped, and how often.
+    pub recursion_misses: Vec<(String, u64)>,
     pub delivered_probes: u64,
     pub records: u64,
     pub lost: u64,
@@ -323,6 +327,7 @@ fn program_costs(kalive: &Path, tracer: &Tracer, plan: &Plan) -> Result<Costs> {
                 name: b.name.clone(),
                 run_time_ns: b.run_time_ns - a.run_time_ns,
                 run_cnt: b.run_cnt - a.run_cnt,
+                recursion_misses: b.recursion_misses - a.recursion_misses,
             })
         })
         .collect();
@@ -337,8 +342,14 @@ fn program_costs(kalive: &Path, tracer: &Tracer, plan: &Plan) -> Result<Costs> {
 /// answering: every socket probes every second.
 fn capacity_run(kalive: &Path, backend: &str, n: usize, secs: Duration) -> Result<Capacity> {
     eprintln!("bench: capacity: {n} sockets");
+    // Room in the receive backlog for a second's probes: else the veth drops
+    // bursts, TCP retries those probes in 500 ms without counting them, and the
+    // kernel's TCPKeepAlive (which counts attempts) runs ahead of the probes
+    // that left. What is still dropped is reported.
+    let _backlog = load::Sysctl::raise("net/core/netdev_max_backlog", 2 * n)?;
     let pair = Pair::new()?;
     let port = load::SERVER_PORT.to_string();
+    let before = procs::programs()?;
     let mut running = Running::start(
         &Tracer::Kalive(backend.to_owned()),
         kalive,
@@ -361,6 +372,7 @@ fn capacity_run(kalive: &Path, backend: &str, n: usize, secs: Duration) -> Resul
     thread::sleep(secs);
     conns.close()?;
     let kernel_probes = pair.client.tcp_ext("TCPKeepAlive")? - kernel_before;
+    let veth_drops = pair.client_tx_dropped()?;
     // Until kalive has written every probe (or stops making progress).
     let mut last = (probes.load(Ordering::Relaxed), Instant::now());
     while probes.load(Ordering::Relaxed) < kernel_probes
@@ -373,8 +385,18 @@ fn capacity_run(kalive: &Path, backend: &str, n: usize, secs: Duration) -> Resul
         }
     }
     let cpu = running.cpu()?.saturating_sub(cpu_before);
+    let recursion_misses = procs::programs()?
+        .into_iter()
+        .filter(|(id, _)| !before.contains_key(id))
+        .map(|(_, p)| (p.name, p.recursion_misses))
+        .filter(|&(_, n)| n > 0)
+        .collect();
     let peak_rss = running.peak_rss()?;
+    let stderr = std::mem::replace(&mut running.stderr, std::sync::mpsc::channel().1);
     running.stop()?;
+    for line in stderr.try_iter() {
+        eprintln!("bench: {line}");
+    }
     let tally = reader
         .join()
         .map_err(|_| anyhow!("the reader panicked"))??;
@@ -384,6 +406,8 @@ fn capacity_run(kalive: &Path, backend: &str, n: usize, secs: Duration) -> Resul
         sockets: n,
         secs,
         kernel_probes,
+        veth_drops,
+        recursion_misses,
         delivered_probes: tally.events.get("probe_sent").copied().unwrap_or(0),
         records: tally.events.values().sum(),
         lost: tally.lost,

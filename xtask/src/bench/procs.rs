@@ -210,6 +210,9 @@ pub struct Prog {
     pub name: String,
     pub run_time_ns: u64,
     pub run_cnt: u64,
+    /// Runs the kernel skipped because the program was already running on
+    /// that CPU (a timer interrupting it in process context).
+    pub recursion_misses: u64,
 }
 
 /// Every loaded BPF program, by id (bpftool).
@@ -237,6 +240,7 @@ pub fn programs() -> Result<BTreeMap<u64, Prog>> {
                 name: p["name"].as_str().unwrap_or("?").to_owned(),
                 run_time_ns: p["run_time_ns"].as_u64().unwrap_or(0),
                 run_cnt: p["run_cnt"].as_u64().unwrap_or(0),
+                recursion_misses: p["recursion_misses"].as_u64().unwrap_or(0),
             },
         );
     }

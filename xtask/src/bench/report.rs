@@ -196,9 +196,13 @@ fn capacity(md: &mut String, r: &Results) {
          with `--port` on the server's port and JSON output into a pipe the \
          benchmark reads. Probes are the client namespace's `TcpExtTCPKeepAlive` \
          delta over the run (opening, probing, reset); delivered are the \
-         `probe_sent` records for them. CPU and peak RSS (VmHWM) are kalive's.\n\n\
-         | sockets | probing for | probes (kernel) | `probe_sent` delivered | all records | `events_lost` | CPU ms per 1k records | peak RSS MiB | targets |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+         `probe_sent` records for them. The kernel counts attempts: a probe the \
+         client's veth drops (its backlog full) is counted, not sent, and TCP \
+         retries it in 500 ms without counting it as a probe, so neither does \
+         kalive; the benchmark raises `net.core.netdev_max_backlog` for the run \
+         and reports the veth's drops. CPU and peak RSS (VmHWM) are kalive's.\n\n\
+         | sockets | probing for | probes (kernel) | veth drops | `probe_sent` delivered | all records | `events_lost` | CPU ms per 1k records | peak RSS MiB | targets |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for c in &r.capacity {
         let complete = c.delivered_probes == c.kernel_probes && c.lost == 0;
@@ -209,10 +213,11 @@ fn capacity(md: &mut String, r: &Results) {
         let per_k = per(cpu_us, c.records as f64 / 1000.0) / 1000.0;
         let _ = writeln!(
             md,
-            "| {} | {} s | {} | {} | {} | {} | {:.2} | {:.1} | all delivered: {}; RSS < 64 MiB: {} |",
+            "| {} | {} s | {} | {} | {} | {} | {} | {:.2} | {:.1} | all delivered: {}; RSS < 64 MiB: {} |",
             c.sockets,
             c.secs.as_secs(),
             c.kernel_probes,
+            c.veth_drops,
             c.delivered_probes,
             c.records,
             c.lost,
@@ -221,6 +226,29 @@ fn capacity(md: &mut String, r: &Results) {
             verdict(complete),
             verdict(rss < 64.0)
         );
+    }
+    md.push('\n');
+    for c in &r.capacity {
+        if c.recursion_misses.is_empty() {
+            let _ = writeln!(
+                md,
+                "- {} sockets: no run of kalive's programs was skipped by the kernel's \
+                 recursion protection (bpftool `recursion_misses`).",
+                c.sockets
+            );
+        } else {
+            let misses: Vec<String> = c
+                .recursion_misses
+                .iter()
+                .map(|(name, n)| format!("{name} {n}"))
+                .collect();
+            let _ = writeln!(
+                md,
+                "- {} sockets: runs the kernel skipped (recursion): {}.",
+                c.sockets,
+                misses.join(", ")
+            );
+        }
     }
     md.push('\n');
 }
