@@ -235,3 +235,67 @@ mod tests {
         assert_eq!(hz().expect("hz"), measure_hz().expect("measured hz"));
     }
 }
+
+/// The oldest kernel kalive runs on: BPF ring buffers arrived in 5.8 (fentry,
+/// `tp_btf` and BTF in `/sys` before that).
+pub const OLDEST: (u32, u32) = (5, 8);
+
+/// Refuses a kernel older than [`OLDEST`] before anything is loaded.
+///
+/// # Errors
+/// When the kernel is too old, or its release cannot be read.
+pub fn check_release(choice: crate::loader::Choice) -> Result<()> {
+    // SAFETY: uname fills the struct it is given.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid struct to fill.
+    if unsafe { libc::uname(&raw mut uts) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("uname");
+    }
+    // SAFETY: uname NUL-terminates the release.
+    let release = unsafe { std::ffi::CStr::from_ptr(uts.release.as_ptr()) }.to_string_lossy();
+    let version = parse_release(&release)
+        .with_context(|| format!("cannot tell the kernel version from {release:?}"))?;
+    if version < OLDEST {
+        let who = match choice {
+            crate::loader::Choice::Auto => "kalive needs".to_owned(),
+            backend => format!(
+                "the {} backend needs",
+                format!("{backend:?}").to_lowercase()
+            ),
+        };
+        bail!(
+            "Linux {release} is too old: {who} {}.{} or newer (BPF ring buffer)",
+            OLDEST.0,
+            OLDEST.1
+        );
+    }
+    Ok(())
+}
+
+/// "6.18.44-fc" -> (6, 18).
+fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts
+        .next()?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()?;
+    Some((major, minor))
+}
+
+#[cfg(test)]
+mod release_tests {
+    use super::parse_release;
+
+    #[test]
+    fn reads_major_and_minor() {
+        assert_eq!(parse_release("6.18.44-fc-v769"), Some((6, 18)));
+        assert_eq!(parse_release("2.6.78-fc-v769"), Some((2, 6)));
+        assert_eq!(parse_release("5.8.0"), Some((5, 8)));
+        assert_eq!(parse_release("6.1"), Some((6, 1)));
+        assert_eq!(parse_release("junk"), None);
+    }
+}

@@ -6,19 +6,21 @@ mod kernel;
 mod layout;
 mod loader;
 mod output;
+mod privs;
 mod procfs;
 mod sockets;
 mod timings;
 
 use std::{
     collections::HashSet,
+    fmt::Write as _,
     io::{self, IsTerminal as _, Write},
     path::Path,
     process::ExitCode,
     time::Duration,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
 use clap::Parser;
 use kalive_common::{FLAG_SHARED, Kind, OWNER_PROCFS, Owner, Record};
@@ -31,6 +33,7 @@ use crate::{
     clock::WallClock,
     loader::{Choice, Filters, Tracer},
     output::{Format, Writer},
+    privs::User,
     timings::Timings,
 };
 
@@ -42,7 +45,8 @@ EXAMPLES:
     sudo kalive -p 1234 -p 5678      # sockets of these processes only
     sudo kalive --port 5432          # sockets with local or remote port 5432
     sudo kalive --state-changes      # also every TCP state change
-    sudo kalive --ring-size 8388608  # more room for bursts of records";
+    sudo kalive --ring-size 8388608  # more room for bursts of records
+    sudo kalive --user kalive        # run as this user once attached (default: nobody)";
 
 /// Streams what the kernel does with TCP keepalive, socket by socket: keepalive
 /// configured, probes sent and answered, connections killed by keepalive.
@@ -74,6 +78,11 @@ struct Cli {
     /// least the page size. Larger rides out bigger bursts.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = parse_ring_size)]
     ring_size: u32,
+
+    /// Once its programs are attached, kalive runs as this user, keeping only
+    /// the capabilities it still needs [default: nobody when started as root]
+    #[arg(long, value_name = "NAME", value_parser = User::lookup)]
+    user: Option<User>,
 }
 
 fn parse_pid(value: &str) -> Result<u32, String> {
@@ -143,6 +152,9 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
         Format::Json
     });
 
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    preflight(root, cli.backend)?;
     timings.step("arguments");
     let kernel_btf = btf::KernelBtf::open(Path::new(btf::VMLINUX))?;
     timings.step("BTF");
@@ -182,15 +194,9 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
     let (tracer, events) = Tracer::start(cli.backend, &config)?;
     timings.step("load");
     timings.split_last(&tracer.times.parts());
-    for (backend, why) in &tracer.passed_over {
-        eprintln!("kalive: not using the {backend} backend: {why}");
-    }
-    for (what, why) in &tracer.attached.fallbacks {
-        eprintln!("kalive: {what} seen through the timer tracepoints: {why}");
-    }
-    for what in &tracer.attached.missing {
-        eprintln!("kalive: {what}");
-    }
+    announce(&tracer);
+    // Attached: what only loading needed goes now.
+    drop_privileges(cli.user, root)?;
     log::info!("start-up took {timings}");
     eprintln!(
         "kalive: tracing TCP keepalive with the {} backend ({}; HZ={hz}). Ctrl-C to stop.",
@@ -202,7 +208,7 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
         tracer,
         sockets,
         pids: filters.pids.iter().copied().collect(),
-        lost_reported: 0,
+        tally: Tally::default(),
         owners_full_reported: false,
     };
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged
@@ -232,11 +238,47 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
     let result = result
         .and_then(|()| stream.drain(events.get_mut()))
         .and_then(|()| stream.check_counters());
+    eprintln!("kalive: {}", stream.tally.summary());
     match result {
         // A closed stdout (`kalive | head -1`) is a clean stop, not an error.
         Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("writing records"),
     }
+}
+
+/// Says which backends were passed over, and what falls back or is missing.
+fn announce(tracer: &Tracer) {
+    for (backend, why) in &tracer.passed_over {
+        eprintln!("kalive: not using the {backend} backend: {why}");
+    }
+    for (what, why) in &tracer.attached.fallbacks {
+        eprintln!("kalive: {what} seen through the timer tracepoints: {why}");
+    }
+    for what in &tracer.attached.missing {
+        eprintln!("kalive: {what}");
+    }
+}
+
+/// Becomes `user` (`nobody` by default when root; root itself means no
+/// switch) with only the capabilities kalive still needs, and says so.
+fn drop_privileges(user: Option<User>, root: bool) -> Result<()> {
+    let user = match user {
+        Some(user) => Some(user),
+        None if root => Some(User::lookup("nobody").map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let dropped = privs::drop_to(user.as_ref().filter(|u| u.uid != 0))?;
+    eprintln!("kalive: {dropped}");
+    Ok(())
+}
+
+/// What kalive needs to run here, checked before anything is loaded: each
+/// failure is one line saying what is missing.
+fn preflight(root: bool, backend: Choice) -> Result<()> {
+    if let Some(why) = privs::missing_to_start(privs::effective()?, root) {
+        bail!(why);
+    }
+    kernel::check_release(backend)
 }
 
 struct Stream<W: Write> {
@@ -246,25 +288,76 @@ struct Stream<W: Write> {
     sockets: procfs::Sockets,
     /// `--pid` values, for records the kernel could not filter.
     pids: HashSet<u32>,
-    /// Lost records already reported.
-    lost_reported: u64,
+    tally: Tally,
     owners_full_reported: bool,
+}
+
+/// What became of the records.
+#[derive(Debug, Default)]
+struct Tally {
+    written: u64,
+    /// Lost records reported so far.
+    lost: u64,
+    /// Records of a size or version this kalive does not know, skipped.
+    undecodable: u64,
+}
+
+impl Tally {
+    /// The record in `bytes`; one that cannot be decoded is counted (the
+    /// first is said on stderr), never fatal.
+    fn decode(&mut self, bytes: &[u8]) -> Option<Record> {
+        match Record::decode(bytes) {
+            Ok(record) => Some(record),
+            Err(err) => {
+                if self.undecodable == 0 {
+                    eprintln!("kalive: skipping records it cannot decode: {err}");
+                }
+                self.undecodable += 1;
+                None
+            }
+        }
+    }
+
+    /// The line kalive ends with.
+    fn summary(&self) -> String {
+        let mut line = format!(
+            "stopped: {} records written, {} lost",
+            self.written, self.lost
+        );
+        if self.lost > 0 {
+            line.push_str(
+                " (the ring buffer was full at times: a larger --ring-size rides out bursts)",
+            );
+        }
+        if self.undecodable > 0 {
+            let _ = write!(
+                line,
+                ", {} skipped as undecodable (kalive's BPF object and binary disagree)",
+                self.undecodable
+            );
+        }
+        line
+    }
 }
 
 impl<W: Write> Stream<W> {
     /// Writes every record waiting in the ring buffer.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<()> {
         while let Some(item) = ring.next() {
-            match Record::decode(&item) {
-                Ok(mut record) => {
-                    if self.complete(&mut record) {
-                        self.writer.record(&record)?;
-                    }
-                }
-                Err(err) => log::warn!("skipping a record: {err}"),
-            }
+            self.handle(&item)?;
         }
         self.writer.flush()
+    }
+
+    /// Decodes, completes and writes one record from the ring buffer.
+    fn handle(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if let Some(mut record) = self.tally.decode(bytes)
+            && self.complete(&mut record)
+        {
+            self.writer.record(&record)?;
+            self.tally.written += 1;
+        }
+        Ok(())
     }
 
     /// Fills in what the programs could not know, and applies the pid filter
@@ -347,10 +440,11 @@ impl<W: Write> Stream<W> {
     /// (once) a full map of owners.
     fn check_counters(&mut self) -> io::Result<()> {
         let lost = self.tracer.lost().map_err(io::Error::other)?;
-        if lost > self.lost_reported {
+        if lost > self.tally.lost {
             let now = WallClock::boot_now_ns();
-            self.writer.lost(now, lost - self.lost_reported)?;
-            self.lost_reported = lost;
+            self.writer.lost(now, lost - self.tally.lost)?;
+            self.tally.written += 1;
+            self.tally.lost = lost;
             self.writer.flush()?;
         }
         if !self.owners_full_reported && self.tracer.owners_full().map_err(io::Error::other)? > 0 {
@@ -361,5 +455,30 @@ impl<W: Write> Stream<W> {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn undecodable_records_are_counted_and_summed_up() {
+        let mut tally = Tally::default();
+        assert!(tally.decode(&[0u8; 7]).is_none());
+        assert!(tally.decode(&[0xffu8; 4096]).is_none());
+        assert_eq!(tally.undecodable, 2);
+        tally.written = 10;
+        tally.lost = 3;
+        assert_eq!(
+            tally.summary(),
+            "stopped: 10 records written, 3 lost (the ring buffer was full at times: a larger \
+             --ring-size rides out bursts), 2 skipped as undecodable (kalive's BPF object and \
+             binary disagree)"
+        );
+        assert_eq!(
+            Tally::default().summary(),
+            "stopped: 0 records written, 0 lost"
+        );
     }
 }

@@ -444,6 +444,23 @@ fn overflow_is_counted_not_silent() {
         kalive.records.iter().any(|r| r["event"] == "events_lost"),
         "a 4 KiB ring cannot hold {BURST} records: the test must overflow it"
     );
+    // The summary on stderr at exit says as much.
+    let lost: u64 = kalive
+        .records
+        .iter()
+        .filter(|r| r["event"] == "events_lost")
+        .map(|r| r["count"].as_u64().expect("count"))
+        .sum();
+    assert!(kalive.stop().success());
+    kalive.drain();
+    let summary = kalive.stderr_line("kalive: stopped: ");
+    assert!(
+        summary.starts_with(&format!(
+            "kalive: stopped: {} records written, {lost} lost (",
+            kalive.records.len()
+        )),
+        "{summary}"
+    );
     c.server.close_stdin();
 }
 

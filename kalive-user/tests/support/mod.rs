@@ -439,8 +439,33 @@ impl Kalive {
 
     /// SIGINT, then the exit status (SIGKILL after 10 s).
     pub fn stop(&mut self) -> ExitStatus {
-        signal(&self.child, libc::SIGINT);
+        self.stop_with(libc::SIGINT)
+    }
+
+    /// Signal `sig`, then the exit status (SIGKILL after 10 s).
+    pub fn stop_with(&mut self, sig: i32) -> ExitStatus {
+        signal(&self.child, sig);
         wait_timeout(&mut self.child, Duration::from_secs(10))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits (up to 10 s) until stderr has a line containing `text`; returns it.
+    pub fn stderr_line(&self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = self.stderr().lines().find(|l| l.contains(text)) {
+                return line.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} on stderr:\n{}",
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

@@ -21,6 +21,9 @@
 //!     stdin: `disable` (SO_KEEPALIVE off), `burst N` (TCP_KEEPIDLE N times),
 //!     `send` (one byte), `child send` (one byte, from the forked child),
 //!     `fill` (send until the send buffer is full)
+//! tcp_peer churn ADDR SECS
+//!     for SECS seconds: connect to itself at ADDR, turn keepalive on, close;
+//!     then print `churned N`
 //! ```
 
 use std::{
@@ -66,8 +69,9 @@ fn run(args: &[String]) -> ExitCode {
         Some("pair") => pair(&args[1..]),
         Some("serve") => serve(&args[1..]),
         Some("client") => client(&args[1..]),
+        Some("churn") => churn(&args[1..]),
         _ => Err(io::Error::other(
-            "usage: tcp_peer pair|serve|client ADDR ...",
+            "usage: tcp_peer pair|serve|client|churn ADDR ...",
         )),
     };
     match result {
@@ -260,6 +264,30 @@ struct Options {
 }
 
 /// `client ADDR [keepalive flags] [options]`: see the module's documentation.
+fn churn(args: &[String]) -> io::Result<()> {
+    let [addr, secs] = args else {
+        return Err(io::Error::other("churn ADDR SECS"));
+    };
+    let addr: SocketAddr = addr.parse().map_err(io::Error::other)?;
+    let secs: u64 = secs.parse().map_err(io::Error::other)?;
+    let listener = TcpListener::bind(addr)?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            drop(conn);
+        }
+    });
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let mut n = 0u64;
+    while std::time::Instant::now() < end {
+        let s = TcpStream::connect(addr)?;
+        setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+        drop(s);
+        n += 1;
+    }
+    println!("churned {n}");
+    Ok(())
+}
+
 fn client(args: &[String]) -> io::Result<()> {
     let peer = addr(args)?;
     let (ka, opts) = Keepalive::parse(&args[1..])?;

@@ -130,7 +130,10 @@ impl Sysctl {
     pub fn raise(key: &str, value: usize) -> Result<Self> {
         let path = format!("/proc/sys/{key}");
         let old = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        let current: usize = old.trim().parse().with_context(|| format!("{path}: {old}"))?;
+        let current: usize = old
+            .trim()
+            .parse()
+            .with_context(|| format!("{path}: {old}"))?;
         if value > current {
             std::fs::write(&path, value.to_string()).with_context(|| format!("writing {path}"))?;
         }
@@ -257,7 +260,9 @@ impl Pair {
 
     /// Packets the client's end of the veth dropped on the way out.
     pub fn client_tx_dropped(&self) -> Result<u64> {
-        let out = self.client.exec("ip", &["-s", "-j", "link", "show", "eth0"])?;
+        let out = self
+            .client
+            .exec("ip", &["-s", "-j", "link", "show", "eth0"])?;
         let links: serde_json::Value = serde_json::from_str(&out).context("ip -j")?;
         links[0]["stats64"]["tx"]["dropped"]
             .as_u64()

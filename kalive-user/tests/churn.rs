@@ -1,0 +1,187 @@
+//! End to end: memory stays bounded. Thousands of short connections a second,
+//! each with keepalive on, for a minute: kalive's map of socket owners and its
+//! resident memory stay flat, and the records of the last sockets are still
+//! right.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+mod support;
+
+use serde_json::Value;
+use support::{Family, Netns, Peer, connect, shared};
+
+const CHURN_SECS: u64 = 60;
+
+/// kalive's resident memory, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// The id of the map named `name` among those process `pid` holds.
+fn map_id(pid: u32, name: &str) -> u64 {
+    for fd in fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .expect("fdinfo")
+        .flatten()
+    {
+        let Ok(info) = fs::read_to_string(fd.path()) else {
+            continue;
+        };
+        let Some(id) = info.lines().find_map(|l| l.strip_prefix("map_id:")) else {
+            continue;
+        };
+        let id = id.trim();
+        let out = Command::new("bpftool")
+            .args(["-j", "map", "show", "id", id])
+            .output()
+            .expect("bpftool");
+        let map: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if map["name"] == name {
+            return id.parse().expect("id");
+        }
+    }
+    panic!("kalive holds no map {name}");
+}
+
+fn entries(id: u64) -> usize {
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "dump", "id", &id.to_string()])
+        .output()
+        .expect("bpftool");
+    let dump: Value = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
+    dump.as_array().map_or(0, Vec::len)
+}
+
+/// kalive, started and tracing; every record it writes is counted, and those
+/// of connections to port 7777 (the last sockets) kept.
+fn start_kalive() -> (Child, Arc<AtomicU64>, Arc<Mutex<Vec<Value>>>) {
+    let mut kalive = Command::new(env!("CARGO_BIN_EXE_kalive"))
+        .args(["--format", "json"])
+        .env_remove("KALIVE_BACKEND")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kalive");
+    let mut stderr = BufReader::new(kalive.stderr.take().expect("stderr")).lines();
+    for line in stderr.by_ref() {
+        if line.expect("stderr").starts_with("kalive: tracing") {
+            break;
+        }
+    }
+    thread::spawn(move || stderr.for_each(drop));
+    // Every record is read (and counted); only the last sockets' are kept.
+    let lines = Arc::new(AtomicU64::new(0));
+    let kept = Arc::new(Mutex::new(Vec::<Value>::new()));
+    {
+        let (lines, kept) = (Arc::clone(&lines), Arc::clone(&kept));
+        let stdout = kalive.stdout.take().expect("stdout");
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                lines.fetch_add(1, Ordering::Relaxed);
+                if line.contains("\"dport\":7777") {
+                    let record = serde_json::from_str(&line).expect("JSON");
+                    kept.lock().expect("lock").push(record);
+                }
+            }
+        });
+    }
+    (kalive, lines, kept)
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn churn_leaves_memory_flat() {
+    let _kernel = shared();
+    let (mut kalive, lines, kept) = start_kalive();
+    let pid = kalive.id();
+
+    let owners = map_id(pid, "OWNERS");
+    let ns = Netns::new("churn");
+    let mut churn = Peer::spawn(&ns, &["churn", "127.0.0.1:7100", &CHURN_SECS.to_string()]);
+    // Samples from 10 s on, once the caches had their chance to fill.
+    thread::sleep(Duration::from_secs(10));
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(CHURN_SECS - 15) {
+        samples.push((rss_kib(pid), entries(owners)));
+        thread::sleep(Duration::from_secs(5));
+    }
+    let churned: u64 = churn
+        .expect("churned ")
+        .trim_start_matches("churned ")
+        .parse()
+        .expect("count");
+    assert!(
+        churned >= 1000 * CHURN_SECS,
+        "thousands a second: {churned} in {CHURN_SECS} s"
+    );
+    assert!(
+        lines.load(Ordering::Relaxed) >= churned,
+        "a record per connection at least"
+    );
+    let (first_rss, _) = samples[0];
+    for &(rss, owners) in &samples {
+        assert!(
+            rss <= first_rss + 4096,
+            "RSS grew: {samples:?} (KiB, owners)"
+        );
+        assert!(
+            owners < 2000,
+            "the owner map grew: {samples:?} (KiB, owners)"
+        );
+    }
+
+    // The last sockets: a dead peer, probed to the end, owner and cookie right.
+    let mut c = connect(
+        "churnlast",
+        Family::V4,
+        &["--idle", "1", "--intvl", "1", "--cnt", "2"],
+    );
+    c.client.send("go");
+    c.net.kill_server();
+    assert_eq!(c.client.expect("recv_error"), "recv_error errno=110");
+    let cookie = c.info.cookie;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let events = loop {
+        let events: Vec<Value> = kept
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|r| r["cookie"] == cookie)
+            .cloned()
+            .collect();
+        if events.iter().any(|r| r["event"] == "keepalive_timeout") {
+            break events;
+        }
+        assert!(Instant::now() < deadline, "no timeout: {events:?}");
+        thread::sleep(Duration::from_millis(100));
+    };
+    let probes: Vec<_> = events
+        .iter()
+        .filter(|r| r["event"] == "probe_sent")
+        .collect();
+    assert_eq!(probes.len(), 2, "{events:?}");
+    for r in &events {
+        assert_eq!(r["pid"], c.info.pid, "{r}");
+        assert_eq!(r["comm"], "tcp_peer", "{r}");
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(i32::try_from(pid).expect("pid"), libc::SIGINT) };
+    assert!(kalive.wait().expect("wait").success());
+    c.server.close_stdin();
+}
