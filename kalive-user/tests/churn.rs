@@ -131,6 +131,7 @@ fn churn_leaves_memory_flat() {
         .trim_start_matches("churned ")
         .parse()
         .expect("count");
+    eprintln!("churned {churned} connections in {CHURN_SECS} s; (RSS KiB, owners): {samples:?}");
     assert!(
         churned >= 1000 * CHURN_SECS,
         "thousands a second: {churned} in {CHURN_SECS} s"

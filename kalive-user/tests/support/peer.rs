@@ -277,12 +277,44 @@ fn churn(args: &[String]) -> io::Result<()> {
         }
     });
     let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    let mut n = 0u64;
-    while std::time::Instant::now() < end {
-        let s = TcpStream::connect(addr)?;
-        setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
-        drop(s);
-        n += 1;
+    // A few threads, each closing with a reset (no TIME_WAIT to wait out).
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || -> io::Result<u64> {
+                let mut n = 0;
+                while std::time::Instant::now() < end {
+                    let s = TcpStream::connect(addr)?;
+                    let fd = s.as_raw_fd();
+                    setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+                    let linger = libc::linger {
+                        l_onoff: 1,
+                        l_linger: 0,
+                    };
+                    // SAFETY: a valid descriptor and a correctly sized value.
+                    let rc = unsafe {
+                        libc::setsockopt(
+                            fd,
+                            libc::SOL_SOCKET,
+                            libc::SO_LINGER,
+                            (&raw const linger).cast(),
+                            libc::socklen_t::try_from(size_of::<libc::linger>()).expect("small"),
+                        )
+                    };
+                    if rc != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    drop(s);
+                    n += 1;
+                }
+                Ok(n)
+            })
+        })
+        .collect();
+    let mut n = 0;
+    for t in threads {
+        n += t
+            .join()
+            .map_err(|_| io::Error::other("a churn thread panicked"))??;
     }
     println!("churned {n}");
     Ok(())
