@@ -400,3 +400,33 @@ fn user_is_chosen() {
         "{stderr}"
     );
 }
+
+/// A process name with control characters and invalid UTF-8 (the kernel takes
+/// any bytes) comes out as valid JSON: escaped controls, U+FFFD for bad bytes.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn odd_process_names_are_valid_json() {
+    let _kernel = shared();
+    let mut kalive = Kalive::start(&[]);
+    // "a\x01b\x1b[31m\xff\xfez\""
+    let mut c = connect(
+        "comm",
+        Family::V4,
+        &["--comm-hex", "6101621b5b33316dfffe7a22"],
+    );
+    c.client.send("go");
+    c.client.expect("configured");
+    let cookie = c.info.cookie;
+    // Kalive::wait_until parses every line as JSON, or fails.
+    kalive.wait_until(Duration::from_secs(30), |rs| {
+        rs.iter()
+            .any(|r| r["cookie"] == cookie && r["event"] == "keepalive_set")
+    });
+    let r = kalive
+        .records
+        .iter()
+        .find(|r| r["cookie"] == cookie && r["event"] == "keepalive_set")
+        .expect("a record");
+    assert_eq!(r["comm"], "a\u{1}b\u{1b}[31m\u{fffd}\u{fffd}z\"", "{r}");
+    c.server.close_stdin();
+}

@@ -16,6 +16,7 @@
 //! tcp_peer client ADDR [--idle S] [--intvl S] [--cnt N] [--user-timeout MS]
 //!                      [--before-connect] [--no-cookie] [--thread] [--comm NAME]
 //!                      [--fork handoff|share] [--no-keepalive] [--sndbuf B]
+//!                      [--comm-hex HEX]
 //!     connect; set the keepalive options after `go` (or before connecting);
 //!     then read until the connection fails and print `recv_error errno=N`.
 //!     stdin: `disable` (SO_KEEPALIVE off), `burst N` (TCP_KEEPIDLE N times),
@@ -135,7 +136,7 @@ fn serve(args: &[String]) -> io::Result<()> {
         // SAFETY: single-threaded here; the child only runs this function's code.
         match unsafe { libc::fork() } {
             -1 => return Err(io::Error::last_os_error()),
-            0 => set_comm("tcp_acceptor"),
+            0 => set_comm(b"tcp_acceptor"),
             child => {
                 println!("forked child={child}");
                 io::stdout().flush()?;
@@ -227,7 +228,17 @@ impl Keepalive {
                 "--no-cookie" => opts.no_cookie = true,
                 "--thread" => opts.thread = true,
                 "--fork-accept" => opts.fork_accept = true,
-                "--comm" => opts.comm = Some(value()?.clone()),
+                "--comm" => opts.comm = Some(value()?.clone().into_bytes()),
+                // Any bytes, control characters and invalid UTF-8 included.
+                "--comm-hex" => {
+                    let hex = value()?;
+                    let bytes = (0..hex.len())
+                        .step_by(2)
+                        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("?"), 16))
+                        .collect::<Result<Vec<u8>, _>>()
+                        .map_err(io::Error::other)?;
+                    opts.comm = Some(bytes);
+                }
                 "--no-keepalive" => opts.no_keepalive = true,
                 "--sndbuf" => opts.sndbuf = Some(number(value()?)?),
                 "--rcvbuf" => opts.rcvbuf = Some(number(value()?)?),
@@ -252,7 +263,7 @@ struct Options {
     thread: bool,
     fork_accept: bool,
     /// Name this process so (`PR_SET_NAME`).
-    comm: Option<String>,
+    comm: Option<Vec<u8>>,
     /// `handoff`: after configuring, fork; the parent exits, the child
     /// (`tcp_child`) keeps the socket. `share`: both keep it.
     fork: Option<String>,
@@ -379,7 +390,7 @@ fn client_socket(peer: SocketAddr, ka: &Keepalive, opts: &Options) -> io::Result
             match unsafe { libc::fork() } {
                 -1 => return Err(io::Error::last_os_error()),
                 0 => {
-                    set_comm("tcp_child");
+                    set_comm(b"tcp_child");
                     // SAFETY: the read end of the pipe made above, owned here.
                     let from_parent = unsafe { std::fs::File::from_raw_fd(fds[0]) };
                     std::thread::spawn(move || {
@@ -495,7 +506,7 @@ fn read_until_closed(stream: &TcpStream) -> io::Result<()> {
     io::stdout().flush()
 }
 
-fn set_comm(name: &str) {
+fn set_comm(name: &[u8]) {
     let name = std::ffi::CString::new(name).expect("no NUL in a comm");
     // SAFETY: PR_SET_NAME with a NUL-terminated name (truncated to 15 bytes).
     unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
