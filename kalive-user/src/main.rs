@@ -259,12 +259,13 @@ fn announce(tracer: &Tracer) {
     }
 }
 
-/// Becomes `user` (`nobody` by default when root; root itself means no
-/// switch) with only the capabilities kalive still needs, and says so.
+/// Becomes `user` (`nobody` by default when root, or uid 65534 where there is
+/// no such user; root itself means no switch) with only the capabilities
+/// kalive still needs, and says so.
 fn drop_privileges(user: Option<User>, root: bool) -> Result<()> {
     let user = match user {
         Some(user) => Some(user),
-        None if root => Some(User::lookup("nobody").map_err(anyhow::Error::msg)?),
+        None if root => Some(User::nobody()),
         None => None,
     };
     let dropped = privs::drop_to(user.as_ref().filter(|u| u.uid != 0))?;

@@ -107,6 +107,29 @@ impl User {
     }
 }
 
+impl User {
+    /// `nobody`; where the user database has no such entry (a minimal
+    /// container or initramfs), the kernel's overflow ids (65534), which
+    /// own nothing either.
+    #[must_use]
+    pub fn nobody() -> Self {
+        Self::lookup("nobody").unwrap_or_else(|_| {
+            let id = |file: &str| {
+                fs::read_to_string(file)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(65534)
+            };
+            let uid = id("/proc/sys/kernel/overflowuid");
+            Self {
+                name: format!("uid {uid}"),
+                uid,
+                gid: id("/proc/sys/kernel/overflowgid"),
+            }
+        })
+    }
+}
+
 /// What [`drop_to`] did, for the start-up line.
 #[derive(Debug)]
 pub struct Dropped {
@@ -273,6 +296,16 @@ mod tests {
             d.to_string(),
             "running as nobody, keeping CAP_BPF (reading its maps), CAP_SYS_PTRACE \
              (finding socket owners in /proc)"
+        );
+    }
+
+    #[test]
+    fn nobody_exists_one_way_or_another() {
+        let nobody = User::nobody();
+        assert_ne!(nobody.uid, 0);
+        assert!(
+            nobody.name == "nobody" || nobody.name.starts_with("uid "),
+            "{nobody:?}"
         );
     }
 
