@@ -2,6 +2,7 @@
 
 mod btf;
 mod clock;
+mod gaps;
 mod kernel;
 mod layout;
 mod loader;
@@ -301,6 +302,8 @@ struct Tally {
     lost: u64,
     /// Records of a size or version this kalive does not know, skipped.
     undecodable: u64,
+    /// Keepalive probes with no record, from gaps in probe numbers.
+    gaps: gaps::ProbeGaps,
 }
 
 impl Tally {
@@ -337,6 +340,13 @@ impl Tally {
                 self.undecodable
             );
         }
+        if self.gaps.unseen > 0 {
+            let _ = write!(
+                line,
+                "; {} keepalive probes had no record (gaps in their sockets' probe numbers)",
+                self.gaps.unseen
+            );
+        }
         line
     }
 }
@@ -352,9 +362,21 @@ impl<W: Write> Stream<W> {
 
     /// Decodes, completes and writes one record from the ring buffer.
     fn handle(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if let Some(mut record) = self.tally.decode(bytes)
-            && self.complete(&mut record)
-        {
+        let Some(mut record) = self.tally.decode(bytes) else {
+            return Ok(());
+        };
+        // With --pid, a socket's records stop when another process uses it:
+        // gaps would not mean what they say.
+        if let Some(kind) = record.kind().filter(|_| self.pids.is_empty()) {
+            let before = self.tally.gaps.unseen;
+            if self.tally.gaps.see(kind, record.sk, record.probes) > 0 && before == 0 {
+                eprintln!(
+                    "kalive: some keepalive probes have no record (gaps in their sockets' \
+                     probe numbers); the count is in the summary at exit"
+                );
+            }
+        }
+        if self.complete(&mut record) {
             self.writer.record(&record)?;
             self.tally.written += 1;
         }
@@ -480,6 +502,14 @@ mod tests {
         assert_eq!(
             Tally::default().summary(),
             "stopped: 0 records written, 0 lost"
+        );
+        let mut tally = Tally::default();
+        tally.gaps.see(kalive_common::Kind::KeepaliveSet, 7, 0);
+        tally.gaps.see(kalive_common::Kind::ProbeSent, 7, 3);
+        assert_eq!(
+            tally.summary(),
+            "stopped: 0 records written, 0 lost; 2 keepalive probes had no record (gaps in \
+             their sockets' probe numbers)"
         );
     }
 }

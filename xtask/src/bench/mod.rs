@@ -137,6 +137,8 @@ pub struct Capacity {
     pub kernel_probes: u64,
     /// Packets the client's veth dropped (local congestion).
     pub veth_drops: u64,
+    /// Probes kalive found missing from its records (gaps in probe numbers).
+    pub unreported: u64,
     /// kalive's programs the kernel skipped, and how often.
     pub recursion_misses: Vec<(String, u64)>,
     pub delivered_probes: u64,
@@ -394,8 +396,14 @@ fn capacity_run(kalive: &Path, backend: &str, n: usize, secs: Duration) -> Resul
     let peak_rss = running.peak_rss()?;
     let stderr = std::mem::replace(&mut running.stderr, std::sync::mpsc::channel().1);
     running.stop()?;
+    let mut unreported = 0;
     for line in stderr.try_iter() {
         eprintln!("bench: {line}");
+        if let Some((_, rest)) = line.split_once("; ")
+            && let Some((n, _)) = rest.split_once(" keepalive probes had no record")
+        {
+            unreported = n.parse().unwrap_or(0);
+        }
     }
     let tally = reader
         .join()
@@ -408,6 +416,7 @@ fn capacity_run(kalive: &Path, backend: &str, n: usize, secs: Duration) -> Resul
         kernel_probes,
         veth_drops,
         recursion_misses,
+        unreported,
         delivered_probes: tally.events.get("probe_sent").copied().unwrap_or(0),
         records: tally.events.values().sum(),
         lost: tally.lost,
