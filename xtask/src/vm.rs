@@ -253,7 +253,10 @@ fn build_tests(root: &Path) -> Result<Vec<TestBinary>> {
 }
 
 /// The init script: mounts, modules, then every test binary per backend, each
-/// result on one `KALIVE-VM result` line. /tmp stays on the initramfs: the
+/// result on one `KALIVE-VM result` line. A suite that fails is run once more;
+/// passing then is reported as flaky, with the first failure in the log (the
+/// fentry zero-window suite failed this way twice on 2026-11-22 and passed
+/// alone: a known, not yet understood flake). /tmp stays on the initramfs: the
 /// checkout, and so the test binaries, may live under it.
 fn init_script(tests: &[TestBinary], backends: &[&str], script: bool) -> String {
     let mut s = String::from(
@@ -280,10 +283,12 @@ fn init_script(tests: &[TestBinary], backends: &[&str], script: bool) -> String 
             let _ = write!(
                 s,
                 "start=$(date +%s)\n\
-                 KALIVE_BACKEND={backend} {path} --include-ignored --test-threads 2 > /tmp/out 2>&1\n\
-                 rc=$?\n\
+                 run() {{ KALIVE_BACKEND={backend} {path} --include-ignored --test-threads 2 > /tmp/out 2>&1; }}\n\
+                 if run; then r=pass; else\n\
+                 cat /tmp/out\n\
+                 if run; then r='pass (FLAKY: failed once, passed on retry)'; else r=fail; cat /tmp/out; fi\n\
+                 fi\n\
                  took=$(( $(date +%s) - start ))\n\
-                 if [ $rc = 0 ]; then r=pass; else r=fail; cat /tmp/out; fi\n\
                  echo \"KALIVE-VM result backend={backend} test={name} $r ${{took}}s\"\n",
                 path = test.path.display(),
                 name = test.name,
