@@ -6,7 +6,7 @@
 use std::{
     fs,
     io::{BufRead as _, BufReader},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -18,7 +18,7 @@ use std::{
 mod support;
 
 use serde_json::Value;
-use support::{Family, Netns, Peer, connect, shared};
+use support::{Family, KillOnDrop, Netns, Peer, connect, shared};
 
 /// How long to churn: three minutes, or `KALIVE_CHURN_SECS`.
 fn churn_secs() -> u64 {
@@ -75,7 +75,7 @@ fn entries(id: u64) -> usize {
 
 /// kalive, started and tracing; every record it writes is counted, and those
 /// of connections to port 7777 (the last sockets) kept.
-fn start_kalive() -> (Child, Arc<AtomicU64>, Arc<Mutex<Vec<Value>>>) {
+fn start_kalive() -> (KillOnDrop, Arc<AtomicU64>, Arc<Mutex<Vec<Value>>>) {
     let mut kalive = Command::new(env!("CARGO_BIN_EXE_kalive"))
         .args(["--format", "json"])
         .env_remove("KALIVE_BACKEND")
@@ -112,7 +112,7 @@ fn start_kalive() -> (Child, Arc<AtomicU64>, Arc<Mutex<Vec<Value>>>) {
             }
         });
     }
-    (kalive, lines, kept)
+    (KillOnDrop(kalive), lines, kept)
 }
 
 #[test]
@@ -121,7 +121,7 @@ fn churn_leaves_memory_flat() {
     let _kernel = shared();
     let churn_secs = churn_secs();
     let (mut kalive, lines, kept) = start_kalive();
-    let pid = kalive.id();
+    let pid = kalive.0.id();
 
     let owners = map_id(pid, "OWNERS");
     let ns = Netns::new("churn");
@@ -202,6 +202,6 @@ fn churn_leaves_memory_flat() {
     }
     // SAFETY: signalling our own child.
     unsafe { libc::kill(i32::try_from(pid).expect("pid"), libc::SIGINT) };
-    assert!(kalive.wait().expect("wait").success());
+    assert!(kalive.0.wait().expect("wait").success());
     c.server.close_stdin();
 }

@@ -240,22 +240,24 @@ fn every_exit_leaves_nothing_in_the_kernel() {
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn a_closed_stdout_is_a_quiet_stop() {
     // Alone: once, with the other tests running, kalive did not stop within
-    // the deadline. One possible cause: a process another test starts holds a
-    // copy of the pipe's read end between its fork and exec, and kalive's
-    // writes block instead of failing.
+    // the deadline. It was idle, not blocked: its ring buffer was empty and
+    // nothing was counted lost, so the burst's records never reached it. Not
+    // understood yet.
     let _alone = support::KERNEL
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut c = connect("head", Family::V4, &[]);
     let pid = c.info.pid.to_string();
-    let mut child = Command::new(KALIVE)
-        .args(["--format", "json", "--pid", &pid])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kalive");
-    let stderr = child.stderr.take().expect("stderr");
+    let mut child = support::KillOnDrop(
+        Command::new(KALIVE)
+            .args(["--format", "json", "--pid", &pid])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kalive"),
+    );
+    let stderr = child.0.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -272,7 +274,7 @@ fn a_closed_stdout_is_a_quiet_stop() {
                 .unwrap_or_else(|_| panic!("kalive did not start: {said:?}")),
         );
     }
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut stdout = BufReader::new(child.0.stdout.take().expect("stdout"));
     // Records until the first line, as `head -1` reads.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut first = String::new();
@@ -285,7 +287,7 @@ fn a_closed_stdout_is_a_quiet_stop() {
     c.client.send("burst 100");
     c.client.expect("burst done");
     let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
+        if let Some(status) = child.0.try_wait().expect("wait") {
             break status;
         }
         assert!(Instant::now() < deadline, "kalive kept running");

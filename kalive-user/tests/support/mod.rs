@@ -659,6 +659,19 @@ pub fn connect(tag: &str, family: Family, client_args: &[&str]) -> Connection {
     }
 }
 
+/// A child the test spawned itself, killed on drop if it still runs (a test
+/// that fails must not leave kalive, and its programs, behind).
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// A process the test did not spawn itself (a helper's forked child), killed on
 /// drop.
 pub struct Reap(pub u32);
