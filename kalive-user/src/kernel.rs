@@ -157,7 +157,7 @@ pub fn tracefs() -> Result<PathBuf> {
             std::io::Error::last_os_error()
         );
     }
-    eprintln!("kalive: mounted tracefs at /sys/kernel/tracing (it was not mounted)");
+    say!("mounted tracefs at /sys/kernel/tracing (it was not mounted)");
     Ok(PathBuf::from("/sys/kernel/tracing"))
 }
 

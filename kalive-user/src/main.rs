@@ -1,5 +1,14 @@
 //! `kalive`: what the Linux kernel does with TCP keepalive, socket by socket.
 
+/// A line on stderr, led by "kalive: ". It never fails: when stderr is closed
+/// (`kalive 2>&1 | head -1`) there is no one left to tell.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "kalive: {}", format_args!($($arg)*));
+    }};
+}
+
 mod btf;
 mod clock;
 mod gaps;
@@ -129,14 +138,14 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("kalive: starting the runtime: {err}");
+            say!("starting the runtime: {err}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(cli, timings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("kalive: {err:#}");
+            say!("{err:#}");
             ExitCode::FAILURE
         }
     }
@@ -168,7 +177,7 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
     timings.step("layout");
     for &pid in &cli.pids {
         if !Path::new(&format!("/proc/{pid}")).exists() {
-            eprintln!("kalive: no process {pid} now; its sockets are reported if it appears");
+            say!("no process {pid} now; its sockets are reported if it appears");
         }
     }
     let filters = Filters {
@@ -199,9 +208,10 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
     // Attached: what only loading needed goes now.
     drop_privileges(cli.user, root)?;
     log::info!("start-up took {timings}");
-    eprintln!(
-        "kalive: tracing TCP keepalive with the {} backend ({}; HZ={hz}). Ctrl-C to stop.",
-        tracer.backend, tracer.attached
+    say!(
+        "tracing TCP keepalive with the {} backend ({}; HZ={hz}). Ctrl-C to stop.",
+        tracer.backend,
+        tracer.attached
     );
 
     let mut stream = Stream {
@@ -239,7 +249,7 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
     let result = result
         .and_then(|()| stream.drain(events.get_mut()))
         .and_then(|()| stream.check_counters());
-    eprintln!("kalive: {}", stream.tally.summary());
+    say!("{}", stream.tally.summary());
     match result {
         // A closed stdout (`kalive | head -1`) is a clean stop, not an error.
         Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(()),
@@ -250,13 +260,13 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
 /// Says which backends were passed over, and what falls back or is missing.
 fn announce(tracer: &Tracer) {
     for (backend, why) in &tracer.passed_over {
-        eprintln!("kalive: not using the {backend} backend: {why}");
+        say!("not using the {backend} backend: {why}");
     }
     for (what, why) in &tracer.attached.fallbacks {
-        eprintln!("kalive: {what} seen through the timer tracepoints: {why}");
+        say!("{what} seen through the timer tracepoints: {why}");
     }
     for what in &tracer.attached.missing {
-        eprintln!("kalive: {what}");
+        say!("{what}");
     }
 }
 
@@ -270,7 +280,7 @@ fn drop_privileges(user: Option<User>, root: bool) -> Result<()> {
         None => None,
     };
     let dropped = privs::drop_to(user.as_ref().filter(|u| u.uid != 0))?;
-    eprintln!("kalive: {dropped}");
+    say!("{dropped}");
     Ok(())
 }
 
@@ -314,7 +324,7 @@ impl Tally {
             Ok(record) => Some(record),
             Err(err) => {
                 if self.undecodable == 0 {
-                    eprintln!("kalive: skipping records it cannot decode: {err}");
+                    say!("skipping records it cannot decode: {err}");
                 }
                 self.undecodable += 1;
                 None
@@ -370,8 +380,8 @@ impl<W: Write> Stream<W> {
         if let Some(kind) = record.kind().filter(|_| self.pids.is_empty()) {
             let before = self.tally.gaps.unseen;
             if self.tally.gaps.see(kind, record.sk, record.probes) > 0 && before == 0 {
-                eprintln!(
-                    "kalive: some keepalive probes have no record (gaps in their sockets' \
+                say!(
+                    "some keepalive probes have no record (gaps in their sockets' \
                      probe numbers); the count is in the summary at exit"
                 );
             }
@@ -472,8 +482,8 @@ impl<W: Write> Stream<W> {
         }
         if !self.owners_full_reported && self.tracer.owners_full().map_err(io::Error::other)? > 0 {
             self.owners_full_reported = true;
-            eprintln!(
-                "kalive: the kernel's map of socket owners is full; owners of more sockets \
+            say!(
+                "the kernel's map of socket owners is full; owners of more sockets \
                  come from /proc scans (slower, and not filtered in the kernel)"
             );
         }

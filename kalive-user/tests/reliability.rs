@@ -311,6 +311,62 @@ fn a_closed_stdout_is_a_quiet_stop() {
     c.server.close_stdin();
 }
 
+/// `kalive 2>&- ` or a stderr reader that went away: what kalive would say is
+/// lost, nothing else. It streams, and stops with 0 on SIGINT.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn a_closed_stderr_changes_nothing() {
+    let _kernel = shared();
+    let mut c = connect("nostderr", Family::V4, &[]);
+    let pid = c.info.pid.to_string();
+    let mut child = support::KillOnDrop(
+        Command::new(KALIVE)
+            .args(["--format", "json", "--pid", &pid])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kalive"),
+    );
+    // Its read end closed before kalive says a word: every line on stderr
+    // meets EPIPE.
+    drop(child.0.stderr.take());
+    let kalive = child.0.id();
+    let stdout = child.0.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // With nothing on stderr to say so, kalive shows it is attached by
+    // leaving root, which it does once every program is attached.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fs::read_to_string(format!("/proc/{kalive}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(str::to_owned))
+        .is_some_and(|uid| uid.split_whitespace().nth(1) == Some("0"))
+    {
+        if let Some(status) = child.0.try_wait().expect("wait") {
+            panic!("kalive exited before attaching: {status:?}");
+        }
+        assert!(Instant::now() < deadline, "kalive did not attach");
+        thread::sleep(Duration::from_millis(50));
+    }
+    c.client.send("go");
+    c.client.expect("configured");
+    let first = rx.recv_timeout(Duration::from_secs(30));
+    assert!(
+        first.as_ref().is_ok_and(|l| l.contains("keepalive_set")),
+        "a record after stderr closed: {first:?} (exit: {:?})",
+        child.0.try_wait()
+    );
+    support::signal(&child.0, libc::SIGINT);
+    let status = support::wait_timeout(&mut child.0, Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    c.server.close_stdin();
+}
+
 /// Capabilities in a `/proc/PID/status` line, as a bit set.
 fn caps(status: &str, key: &str) -> u64 {
     let hex = status

@@ -477,13 +477,13 @@ impl Drop for Kalive {
     }
 }
 
-fn signal(child: &Child, sig: i32) {
+pub fn signal(child: &Child, sig: i32) {
     let pid = i32::try_from(child.id()).expect("pid fits");
     // SAFETY: sending a signal to our own child.
     unsafe { libc::kill(pid, sig) };
 }
 
-fn wait_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().expect("waiting for a child") {
