@@ -52,8 +52,20 @@ pub(crate) struct Callback {
     pub(crate) kind: u8,
     /// `icsk_pending` when the callback started: which write timer fired.
     pub(crate) pending: u8,
-    pub(crate) pad: [u8; 5],
+    /// `sk_state` when the callback started.
+    pub(crate) state_before: u8,
+    /// What the hooks inside the callback saw: [`SEEN_REARM`], [`SEEN_PROBE`],
+    /// [`SEEN_CLOSE`]. What none saw is looked for when the callback ends.
+    pub(crate) seen: u8,
+    pub(crate) pad: [u8; 3],
 }
+
+/// [`Callback::seen`]: the callback re-armed its own timer (`timer_start`).
+pub(crate) const SEEN_REARM: u8 = 1;
+/// [`Callback::seen`]: a probe of the callback's socket was reported.
+pub(crate) const SEEN_PROBE: u8 = 2;
+/// [`Callback::seen`]: the callback's socket closed (`inet_sock_set_state`).
+pub(crate) const SEEN_CLOSE: u8 = 4;
 
 /// [`Callback::kind`]: `tcp_keepalive_timer`.
 pub(crate) const KEEPALIVE: u8 = 1;

@@ -314,6 +314,8 @@ struct Tally {
     undecodable: u64,
     /// Keepalive probes with no record, from gaps in probe numbers.
     gaps: gaps::ProbeGaps,
+    /// Runs of kalive's programs the kernel skipped (recursion protection).
+    skipped: u64,
 }
 
 impl Tally {
@@ -348,6 +350,14 @@ impl Tally {
                 line,
                 ", {} skipped as undecodable (kalive's BPF object and binary disagree)",
                 self.undecodable
+            );
+        }
+        if self.skipped > 0 {
+            let _ = write!(
+                line,
+                "; the kernel skipped {} runs of kalive's programs (records they would \
+                 have made are recovered where kalive can)",
+                self.skipped
             );
         }
         if self.gaps.unseen > 0 {
@@ -480,6 +490,17 @@ impl<W: Write> Stream<W> {
             self.tally.lost = lost;
             self.writer.flush()?;
         }
+        let skipped = self.tracer.skipped().map_err(io::Error::other)?;
+        if skipped > self.tally.skipped {
+            if self.tally.skipped == 0 {
+                say!(
+                    "the kernel skipped runs of kalive's programs (a hook fired inside \
+                     itself on a CPU); records they would have made are recovered where \
+                     kalive can; the count is in the summary at exit"
+                );
+            }
+            self.tally.skipped = skipped;
+        }
         if !self.owners_full_reported && self.tracer.owners_full().map_err(io::Error::other)? > 0 {
             self.owners_full_reported = true;
             say!(
@@ -520,6 +541,13 @@ mod tests {
             tally.summary(),
             "stopped: 0 records written, 0 lost; 2 keepalive probes had no record (gaps in \
              their sockets' probe numbers)"
+        );
+        tally.skipped = 4;
+        assert_eq!(
+            tally.summary(),
+            "stopped: 0 records written, 0 lost; the kernel skipped 4 runs of kalive's \
+             programs (records they would have made are recovered where kalive can); 2 \
+             keepalive probes had no record (gaps in their sockets' probe numbers)"
         );
     }
 }

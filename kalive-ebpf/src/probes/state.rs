@@ -13,12 +13,12 @@ use super::{Args, hook};
 use crate::{
     emit::{emit, forget_zero_window, jiffies32, learn_owner},
     kernel::{ICSK_TIME_PROBE0, Sock, layout, setting},
-    maps::{CALLBACK, KEEPALIVE},
+    maps::{CALLBACK, Callback, KEEPALIVE, SEEN_CLOSE},
 };
 
 const TCP_SYN_SENT: u64 = 2;
 const TCP_FIN_WAIT2: u64 = 5;
-const TCP_CLOSE: u64 = 7;
+pub(crate) const TCP_CLOSE: u64 = 7;
 const TCP_LISTEN: u64 = 10;
 const ECONNRESET: u32 = 104;
 
@@ -54,7 +54,12 @@ fn set_state<const BTF: bool>(args: Args) {
 
     if new == TCP_CLOSE {
         forget_zero_window(sk);
-        if let Some((kind, cause)) = killed_by(sk, old) {
+        let killed = match CALLBACK.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot.
+            Some(cb) => killed_by(sk, old, unsafe { &mut *cb }),
+            None => None,
+        };
+        if let Some((kind, cause)) = killed {
             let err = sk.err();
             emit(kind, sk, cookie, None, |r| {
                 r.error = err;
@@ -78,39 +83,36 @@ fn set_state<const BTF: bool>(args: Args) {
     }
 }
 
-/// Whether keepalive or zero-window probing is what closes `sk`, and why.
-fn killed_by(sk: Sock, old: u64) -> Option<(Kind, u8)> {
+/// Whether keepalive or zero-window probing is what closes `sk` (whose state
+/// was `old`), and why. `cb` is the timer callback running on this CPU.
+pub(crate) fn killed_by(sk: Sock, old: u64, cb: &mut Callback) -> Option<(Kind, u8)> {
     let err = sk.err();
     if err == 0 {
         return None;
     }
     // tcp_keepalive_timer() or tcp_probe_timer() -> tcp_write_err() ->
     // tcp_done(): the socket closes inside its own timer's callback.
-    if let Some(cb) = CALLBACK.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot.
-        let cb = unsafe { &mut *cb };
-        if cb.sk == sk.0 {
-            // Consumed: nothing else in this callback is its verdict.
-            cb.sk = 0;
-            if cb.kind == KEEPALIVE {
-                // An orphan in FIN_WAIT2 also closes there, on its linger
-                // timeout, which is no keepalive verdict.
-                if old == TCP_FIN_WAIT2 && sk.orphan() {
-                    return None;
-                }
-                let cause = if sk.user_timeout_ms() != 0 {
-                    CAUSE_USER_TIMEOUT
-                } else {
-                    CAUSE_PROBES_EXHAUSTED
-                };
-                return Some((Kind::KeepaliveTimeout, cause));
+    if cb.sk == sk.0 && cb.seen & SEEN_CLOSE == 0 {
+        // Nothing else in this callback is its verdict.
+        cb.seen |= SEEN_CLOSE;
+        if cb.kind == KEEPALIVE {
+            // An orphan in FIN_WAIT2 also closes there, on its linger
+            // timeout, which is no keepalive verdict.
+            if old == TCP_FIN_WAIT2 && sk.orphan() {
+                return None;
             }
-            if cb.pending == ICSK_TIME_PROBE0 {
-                return Some((Kind::ZeroWindowTimeout, zero_window_cause(sk)));
-            }
-            // A retransmission timeout: neither keepalive nor zero window.
-            return None;
+            let cause = if sk.user_timeout_ms() != 0 {
+                CAUSE_USER_TIMEOUT
+            } else {
+                CAUSE_PROBES_EXHAUSTED
+            };
+            return Some((Kind::KeepaliveTimeout, cause));
         }
+        if cb.pending == ICSK_TIME_PROBE0 {
+            return Some((Kind::ZeroWindowTimeout, zero_window_cause(sk)));
+        }
+        // A retransmission timeout: neither keepalive nor zero window.
+        return None;
     }
     // tcp_reset(): the peer answered with RST while keepalive probes were out
     // (not zero-window probes): a rebooted peer answering a probe.

@@ -26,8 +26,10 @@ use crate::{
         emit, jiffies32, zero_window_not_probing, zero_window_probed_again, zero_window_probing,
     },
     kernel::{ICSK_TIME_PROBE0, Sock, layout, setting, timer_expires, timer_function},
-    maps::{CALLBACK, KEEPALIVE, WRITE},
+    maps::{CALLBACK, Callback, KEEPALIVE, SEEN_CLOSE, SEEN_PROBE, SEEN_REARM, WRITE},
 };
+
+use super::state::{TCP_CLOSE, killed_by};
 
 /// Which of TCP's timers `timer` is, and its socket.
 fn tcp_timer(timer: u64) -> Option<(u8, Sock)> {
@@ -56,20 +58,76 @@ pub(crate) fn callback_begin(kind: u8, timer: u64, sk: Sock) {
         (*cb).kind = kind;
         (*cb).probes_before = sk.probes_out();
         (*cb).pending = if kind == WRITE { sk.pending() } else { 0 };
+        (*cb).state_before = sk.state();
+        (*cb).seen = 0;
     }
 }
 
 /// The callback of `timer` (or, when the hook cannot tell, whichever ran) ends.
-/// The callback may have freed the socket: nothing here reads it.
 pub(crate) fn callback_end(timer: Option<u64>) {
     let Some(cb) = CALLBACK.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: this CPU's slot.
-    unsafe {
-        if timer.is_none_or(|t| t == (*cb).timer) {
-            (*cb).timer = 0;
-            (*cb).sk = 0;
+    let cb = unsafe { &mut *cb };
+    if !timer.is_none_or(|t| t == cb.timer) {
+        return;
+    }
+    if cb.sk != 0 {
+        unseen(cb);
+    }
+    cb.timer = 0;
+    cb.sk = 0;
+}
+
+/// Reports what the callback did that no hook inside it saw. The kernel skips a
+/// program that fires while the same program runs on this CPU (its recursion
+/// protection): `timer_start`, `inet_sock_set_state` or a function's exit hook
+/// running in process context, interrupted by the tick that runs this
+/// callback. The timer callbacks themselves run only in softirq, so their
+/// begin and end are always seen.
+///
+/// The callback may have freed the socket. Its memory stays a TCP socket (the
+/// slab is `SLAB_TYPESAFE_BY_RCU`) and reads cannot fault; a socket allocated
+/// anew in it has sent no probe and has no error, so it is never reported.
+fn unseen(cb: &mut Callback) {
+    let sk = Sock(cb.sk);
+    if cb.seen & SEEN_CLOSE == 0
+        && u64::from(cb.state_before) != TCP_CLOSE
+        && u64::from(sk.state()) == TCP_CLOSE
+    {
+        if let Some((kind, cause)) = killed_by(sk, u64::from(cb.state_before), cb) {
+            let (err, idle) = (sk.err(), jiffies32().wrapping_sub(sk.rcv_tstamp()));
+            emit(kind, sk, 0, None, |r| {
+                r.error = err;
+                r.cause = cause;
+                // As the close would have: silent for this long while connected.
+                r.idle = idle;
+            });
+        }
+        return;
+    }
+    if cb.seen & (SEEN_REARM | SEEN_PROBE) != 0 || sk.probes_out() <= cb.probes_before {
+        return;
+    }
+    if cb.kind == KEEPALIVE {
+        let timer = cb.timer;
+        let next = (timer_expires(timer) as u32).wrapping_sub(jiffies32());
+        emit(Kind::ProbeSent, sk, 0, None, |r| r.next = next);
+    } else if cb.pending == ICSK_TIME_PROBE0 {
+        zero_window_probe(sk, 0);
+    }
+}
+
+/// Marks that a hook inside the callback running on this CPU, if it is
+/// `sk`'s, saw `what`.
+fn seen(sk: Sock, what: u8) {
+    if let Some(cb) = CALLBACK.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        unsafe {
+            if (*cb).sk == sk.0 {
+                (*cb).seen |= what;
+            }
         }
     }
 }
@@ -85,6 +143,7 @@ pub(crate) fn write_wakeup_returned(sk: Sock, ret: i64, cookie: u64) {
         return;
     }
     let probes = sk.probes_out().wrapping_add(1);
+    seen(sk, SEEN_PROBE);
     emit(Kind::ProbeSent, sk, cookie, None, |r| {
         r.probes = probes;
         r.next = r.keepintvl;
@@ -111,6 +170,7 @@ fn zero_window_probe(sk: Sock, cookie: u64) {
     let timer = sk.0 + u64::from(layout!(write_timer));
     let next = (timer_expires(timer) as u32).wrapping_sub(jiffies32());
     zero_window_probing(sk);
+    seen(sk, SEEN_PROBE);
     emit(Kind::ZeroWindowProbeSent, sk, cookie, None, |r| {
         r.next = next
     });
@@ -171,19 +231,25 @@ fn start<const BTF: bool>(args: Args) {
     if does & wanted == 0 {
         return;
     }
-    let Some(cb) = CALLBACK.get(0) else {
+    let Some(&Callback {
+        timer: running,
+        probes_before,
+        ..
+    }) = CALLBACK.get(0)
+    else {
         return;
     };
     // Only a re-arm from inside the timer's own callback is its verdict; but a
     // write timer that found its socket locked runs later in process context
     // (tcp_release_cb()), and a socket already probing shows whether it did.
-    if cb.timer != timer {
+    if running != timer {
         if kind == WRITE && zero_window_probed_again(sk) {
             zero_window_probe(sk, 0);
         }
         return;
     }
-    if sk.probes_out() <= cb.probes_before {
+    seen(sk, SEEN_REARM);
+    if sk.probes_out() <= probes_before {
         // Not idle long enough yet, busy, the socket was locked, or the
         // probe could not be sent: no probe.
         return;
