@@ -44,7 +44,7 @@ pub fn fentry_tcp_keepalive_timer(ctx: FEntryContext) -> i32 {
 
 #[fexit(function = "tcp_keepalive_timer")]
 pub fn fexit_tcp_keepalive_timer(ctx: FExitContext) -> i32 {
-    callback_end(Some(ctx.arg(0)));
+    callback_end(ctx.arg(0));
     0
 }
 
@@ -58,7 +58,7 @@ pub fn fentry_tcp_write_timer(ctx: FEntryContext) -> i32 {
 
 #[fexit(function = "tcp_write_timer")]
 pub fn fexit_tcp_write_timer(ctx: FExitContext) -> i32 {
-    callback_end(Some(ctx.arg(0)));
+    callback_end(ctx.arg(0));
     0
 }
 
@@ -117,7 +117,7 @@ pub fn kprobe_tcp_keepalive_timer(ctx: ProbeContext) -> u32 {
 /// Timer callbacks do not nest on a CPU: whichever began here has ended.
 #[kretprobe]
 pub fn kretprobe_tcp_keepalive_timer(_ctx: RetProbeContext) -> u32 {
-    callback_end(None);
+    callback_end(0);
     0
 }
 
@@ -130,7 +130,7 @@ pub fn kprobe_tcp_write_timer(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn kretprobe_tcp_write_timer(_ctx: RetProbeContext) -> u32 {
-    callback_end(None);
+    callback_end(0);
     0
 }
 

@@ -63,14 +63,16 @@ pub(crate) fn callback_begin(kind: u8, timer: u64, sk: Sock) {
     }
 }
 
-/// The callback of `timer` (or, when the hook cannot tell, whichever ran) ends.
-pub(crate) fn callback_end(timer: Option<u64>) {
+/// The callback of `timer` (or, when the hook cannot tell, 0: whichever ran)
+/// ends. (Not an `Option`: as the argument of a BPF function call, `None`
+/// leaves its value's register unset, which the verifier refuses to read.)
+pub(crate) fn callback_end(timer: u64) {
     let Some(cb) = CALLBACK.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: this CPU's slot.
     let cb = unsafe { &mut *cb };
-    if !timer.is_none_or(|t| t == cb.timer) {
+    if timer != 0 && timer != cb.timer {
         return;
     }
     if cb.sk != 0 {
@@ -200,7 +202,7 @@ hook!(
 );
 
 fn expire_exit<const BTF: bool>(args: Args) {
-    callback_end(Some(args.get(0)));
+    callback_end(args.get(0));
 }
 
 // 6.x: TP_PROTO(struct timer_list *timer, unsigned long bucket_expiry); older
