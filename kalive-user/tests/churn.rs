@@ -1,7 +1,8 @@
-//! End to end: memory stays bounded. Thousands of short connections a second,
-//! each with keepalive on, for three minutes: kalive's map of socket owners and its
-//! resident memory stay flat, and the records of the last sockets are still
-//! right. `KALIVE_CHURN_SECS` changes the three minutes (at least 30 s).
+//! End to end: memory stays bounded. Short connections, each with keepalive on,
+//! as fast as the machine makes them for three minutes (more than kalive's map
+//! of socket owners holds): the map and kalive's resident memory stay flat, and
+//! the records of the last sockets are still right. `KALIVE_CHURN_SECS` changes
+//! the three minutes (at least 30 s).
 
 use std::{
     fs,
@@ -62,6 +63,16 @@ fn map_id(pid: u32, name: &str) -> u64 {
         }
     }
     panic!("kalive holds no map {name}");
+}
+
+/// How many entries the map with id `id` holds at most.
+fn max_entries(id: u64) -> u64 {
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "show", "id", &id.to_string()])
+        .output()
+        .expect("bpftool");
+    let map: Value = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
+    map["max_entries"].as_u64().expect("max_entries")
 }
 
 fn entries(id: u64) -> usize {
@@ -140,9 +151,13 @@ fn churn_leaves_memory_flat() {
         .parse()
         .expect("count");
     eprintln!("churned {churned} connections in {churn_secs} s; (RSS KiB, owners): {samples:?}");
+    // What shows the map bounded is cycling more sockets through it than it
+    // holds (the rate varies with the machine: no timing is asserted).
+    let capacity = max_entries(owners);
     assert!(
-        churned >= 1000 * churn_secs,
-        "thousands a second: {churned} in {churn_secs} s"
+        churned > capacity,
+        "{churned} connections in {churn_secs} s: fewer than the owner map holds \
+         ({capacity}); a longer KALIVE_CHURN_SECS is needed on this machine"
     );
     // Every connection's keepalive_set was written or counted lost, soon.
     let deadline = Instant::now() + Duration::from_secs(30);

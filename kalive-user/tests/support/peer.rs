@@ -282,6 +282,13 @@ fn churn(args: &[String]) -> io::Result<()> {
     let addr: SocketAddr = addr.parse().map_err(io::Error::other)?;
     let secs: u64 = secs.parse().map_err(io::Error::other)?;
     let listener = TcpListener::bind(addr)?;
+    // std listens with a backlog of 128: a burst overflows it, and each
+    // dropped SYN stalls its connect() for the 1 s SYN retransmission (the
+    // churn rate fell tenfold). Listening again only raises the backlog.
+    // SAFETY: a valid listening descriptor.
+    if unsafe { libc::listen(listener.as_raw_fd(), 4096) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             drop(conn);
