@@ -65,23 +65,24 @@ fn map_id(pid: u32, name: &str) -> u64 {
     panic!("kalive holds no map {name}");
 }
 
-/// How many entries the map with id `id` holds at most.
-fn max_entries(id: u64) -> u64 {
+/// What `bpftool -j map VERB id ID` says about map `id`.
+fn bpftool_map(verb: &str, id: u64) -> Value {
     let out = Command::new("bpftool")
-        .args(["-j", "map", "show", "id", &id.to_string()])
+        .args(["-j", "map", verb, "id", &id.to_string()])
         .output()
         .expect("bpftool");
-    let map: Value = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
-    map["max_entries"].as_u64().expect("max_entries")
+    serde_json::from_slice(&out.stdout).expect("bpftool's JSON")
+}
+
+/// How many entries the map with id `id` holds at most.
+fn max_entries(id: u64) -> u64 {
+    bpftool_map("show", id)["max_entries"]
+        .as_u64()
+        .expect("max_entries")
 }
 
 fn entries(id: u64) -> usize {
-    let out = Command::new("bpftool")
-        .args(["-j", "map", "dump", "id", &id.to_string()])
-        .output()
-        .expect("bpftool");
-    let dump: Value = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
-    dump.as_array().map_or(0, Vec::len)
+    bpftool_map("dump", id).as_array().map_or(0, Vec::len)
 }
 
 /// kalive, started and tracing; every record it writes is counted, and those

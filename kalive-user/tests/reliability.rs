@@ -235,6 +235,19 @@ fn every_exit_leaves_nothing_in_the_kernel() {
     }
 }
 
+/// kalive streaming the records of process `pid`, its stdout and stderr piped.
+fn kalive_for(pid: u32) -> support::KillOnDrop {
+    support::KillOnDrop(
+        Command::new(KALIVE)
+            .args(["--format", "json", "--pid", &pid.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kalive"),
+    )
+}
+
 /// `kalive | head -1`: once its reader is gone, kalive stops quietly with 0.
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
@@ -247,23 +260,8 @@ fn a_closed_stdout_is_a_quiet_stop() {
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut c = connect("head", Family::V4, &[]);
-    let pid = c.info.pid.to_string();
-    let mut child = support::KillOnDrop(
-        Command::new(KALIVE)
-            .args(["--format", "json", "--pid", &pid])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kalive"),
-    );
-    let stderr = child.0.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let mut child = kalive_for(c.info.pid);
+    let rx = support::line_channel(child.0.stderr.take().expect("stderr"));
     let mut said = Vec::new();
     while !said
         .last()
@@ -318,27 +316,12 @@ fn a_closed_stdout_is_a_quiet_stop() {
 fn a_closed_stderr_changes_nothing() {
     let _kernel = shared();
     let mut c = connect("nostderr", Family::V4, &[]);
-    let pid = c.info.pid.to_string();
-    let mut child = support::KillOnDrop(
-        Command::new(KALIVE)
-            .args(["--format", "json", "--pid", &pid])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kalive"),
-    );
+    let mut child = kalive_for(c.info.pid);
     // Its read end closed before kalive says a word: every line on stderr
     // meets EPIPE.
     drop(child.0.stderr.take());
     let kalive = child.0.id();
-    let stdout = child.0.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = support::line_channel(child.0.stdout.take().expect("stdout"));
     // With nothing on stderr to say so, kalive shows it is attached by
     // leaving root, which it does once every program is attached.
     let deadline = Instant::now() + Duration::from_secs(30);

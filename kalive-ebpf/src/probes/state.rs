@@ -60,12 +60,7 @@ fn set_state<const BTF: bool>(args: Args) {
             None => None,
         };
         if let Some((kind, cause)) = killed {
-            let err = sk.err();
-            emit(kind, sk, cookie, None, |r| {
-                r.error = err;
-                r.cause = cause;
-                r.state = new as u8;
-            });
+            report_kill(sk, cookie, kind, cause);
         }
     }
 
@@ -124,6 +119,20 @@ pub(crate) fn killed_by(sk: Sock, old: u64, cb: &mut Callback) -> Option<(Kind, 
         return Some((Kind::KeepaliveTimeout, CAUSE_PEER_RESET));
     }
     None
+}
+
+/// Reports that `kind` (for `cause`) kills `sk`, which closes now (or has just
+/// closed, when the close itself went unseen).
+pub(crate) fn report_kill(sk: Sock, cookie: u64, kind: Kind, cause: u8) {
+    let err = sk.err();
+    // Kills come only from connected states: silent this long while connected.
+    let idle = jiffies32().wrapping_sub(sk.rcv_tstamp());
+    emit(kind, sk, cookie, None, |r| {
+        r.error = err;
+        r.cause = cause;
+        r.state = TCP_CLOSE as u8;
+        r.idle = idle;
+    });
 }
 
 /// tcp_probe_timer(): the user timeout, counted from the first probe

@@ -29,7 +29,7 @@ use crate::{
     maps::{CALLBACK, Callback, KEEPALIVE, SEEN_CLOSE, SEEN_PROBE, SEEN_REARM, WRITE},
 };
 
-use super::state::{TCP_CLOSE, killed_by};
+use super::state::{TCP_CLOSE, killed_by, report_kill};
 
 /// Which of TCP's timers `timer` is, and its socket.
 fn tcp_timer(timer: u64) -> Option<(u8, Sock)> {
@@ -99,24 +99,26 @@ fn unseen(cb: &mut Callback) {
         && u64::from(sk.state()) == TCP_CLOSE
     {
         if let Some((kind, cause)) = killed_by(sk, u64::from(cb.state_before), cb) {
-            let (err, idle) = (sk.err(), jiffies32().wrapping_sub(sk.rcv_tstamp()));
-            emit(kind, sk, 0, None, |r| {
-                r.error = err;
-                r.cause = cause;
-                // As the close would have: silent for this long while connected.
-                r.idle = idle;
-            });
+            report_kill(sk, 0, kind, cause);
         }
         return;
     }
-    if cb.seen & (SEEN_REARM | SEEN_PROBE) != 0 || sk.probes_out() <= cb.probes_before {
+    if cb.seen & (SEEN_REARM | SEEN_PROBE) != 0
+        || sk.probes_out() <= cb.probes_before
+        || (cb.kind == WRITE && cb.pending != ICSK_TIME_PROBE0)
+    {
         return;
     }
-    if cb.kind == KEEPALIVE {
-        let timer = cb.timer;
+    probe_left(cb.kind, cb.timer, sk);
+}
+
+/// The callback of `timer` (a `kind` timer of `sk`) sent a probe.
+fn probe_left(kind: u8, timer: u64, sk: Sock) {
+    if kind == KEEPALIVE {
         let next = (timer_expires(timer) as u32).wrapping_sub(jiffies32());
         emit(Kind::ProbeSent, sk, 0, None, |r| r.next = next);
-    } else if cb.pending == ICSK_TIME_PROBE0 {
+    } else {
+        // tcp_probe_timer() -> tcp_send_probe0()
         zero_window_probe(sk, 0);
     }
 }
@@ -138,14 +140,16 @@ fn seen(sk: Sock, what: u8) {
 /// is the keepalive probe; `ret <= 0` means the kernel counts it and re-arms one
 /// interval later (`tcp_keepalive_timer()`).
 pub(crate) fn write_wakeup_returned(sk: Sock, ret: i64, cookie: u64) {
-    let Some(cb) = CALLBACK.get(0) else {
+    let Some(cb) = CALLBACK.get_ptr_mut(0) else {
         return;
     };
+    // SAFETY: this CPU's slot.
+    let cb = unsafe { &mut *cb };
     if cb.kind != KEEPALIVE || cb.sk != sk.0 || ret > 0 {
         return;
     }
+    cb.seen |= SEEN_PROBE;
     let probes = sk.probes_out().wrapping_add(1);
-    seen(sk, SEEN_PROBE);
     emit(Kind::ProbeSent, sk, cookie, None, |r| {
         r.probes = probes;
         r.next = r.keepintvl;
@@ -233,34 +237,25 @@ fn start<const BTF: bool>(args: Args) {
     if does & wanted == 0 {
         return;
     }
-    let Some(&Callback {
-        timer: running,
-        probes_before,
-        ..
-    }) = CALLBACK.get(0)
-    else {
+    let Some(cb) = CALLBACK.get_ptr_mut(0) else {
         return;
     };
+    // SAFETY: this CPU's slot.
+    let cb = unsafe { &mut *cb };
     // Only a re-arm from inside the timer's own callback is its verdict; but a
     // write timer that found its socket locked runs later in process context
     // (tcp_release_cb()), and a socket already probing shows whether it did.
-    if running != timer {
+    if cb.timer != timer {
         if kind == WRITE && zero_window_probed_again(sk) {
             zero_window_probe(sk, 0);
         }
         return;
     }
-    seen(sk, SEEN_REARM);
-    if sk.probes_out() <= probes_before {
+    cb.seen |= SEEN_REARM;
+    if sk.probes_out() <= cb.probes_before {
         // Not idle long enough yet, busy, the socket was locked, or the
         // probe could not be sent: no probe.
         return;
     }
-    if kind == KEEPALIVE {
-        let next = (timer_expires(timer) as u32).wrapping_sub(jiffies32());
-        emit(Kind::ProbeSent, sk, 0, None, |r| r.next = next);
-    } else {
-        // tcp_probe_timer() -> tcp_send_probe0()
-        zero_window_probe(sk, 0);
-    }
+    probe_left(kind, timer, sk);
 }

@@ -300,7 +300,7 @@ impl Netns {
 }
 
 /// Lines a child writes to a pipe, collected by a thread.
-fn line_channel(pipe: impl std::io::Read + Send + 'static) -> Receiver<String> {
+pub fn line_channel(pipe: impl std::io::Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         for line in BufReader::new(pipe).lines() {

@@ -399,8 +399,9 @@ fn capacity_run(kalive: &Path, backend: &str, n: usize, secs: Duration) -> Resul
     let mut unreported = 0;
     for line in stderr.try_iter() {
         eprintln!("bench: {line}");
-        if let Some((_, rest)) = line.split_once("; ")
-            && let Some((n, _)) = rest.split_once(" keepalive probes had no record")
+        // "...; N keepalive probes had no record (...)" in kalive's summary.
+        if let Some((before, _)) = line.split_once(" keepalive probes had no record")
+            && let Some(n) = before.rsplit(' ').next()
         {
             unreported = n.parse().unwrap_or(0);
         }
