@@ -4,7 +4,10 @@
 //! `bpf_probe_read_kernel`: the same code then works whether a hook hands over a
 //! BTF-typed pointer (tp_btf, fentry) or a bare number (raw_tp, kprobe).
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
+use aya_ebpf::helpers::{
+    bpf_get_current_task, bpf_probe_read_kernel_buf,
+    generated::bpf_probe_read_kernel as bpf_probe_read_kernel_raw,
+};
 use kalive_common::{Layout, Settings};
 
 /// Filled in by the loader from the running kernel; see [`Layout`].
@@ -47,12 +50,24 @@ macro_rules! setting {
 }
 pub(crate) use setting;
 
-/// Reads a `T` at `addr + off`; `T::default()` when the read faults.
+/// Reads a `T` at `addr + off`; all-zero when the read faults.
+///
+/// The helper's result is not checked: on a fault it zeroes the destination
+/// itself (`bpf_probe_read_kernel_common()`), so the value is right either way,
+/// and the verifier is spared a branch per read (a path to explore for each).
 #[inline(always)]
 pub(crate) fn read<T: Default>(addr: u64, off: u32) -> T {
-    let ptr = (addr + u64::from(off)) as *const T;
-    // SAFETY: bpf_probe_read_kernel validates the address; a fault yields Err.
-    unsafe { bpf_probe_read_kernel(ptr) }.unwrap_or_default()
+    let mut value = T::default();
+    // SAFETY: the helper checks the kernel address and writes exactly
+    // `size_of::<T>()` bytes of plain data into `value` (zeros on a fault).
+    unsafe {
+        bpf_probe_read_kernel_raw(
+            (&raw mut value).cast(),
+            size_of::<T>() as u32,
+            (addr + u64::from(off)) as *const core::ffi::c_void,
+        );
+    }
+    value
 }
 
 /// A `struct sock *` (which is also the `inet_connection_sock` and `tcp_sock`).
