@@ -101,37 +101,12 @@ pub fn fentry_tcp_recvmsg(ctx: FEntryContext) -> i32 {
 }
 
 // kprobe/kretprobe: the same, with arguments from registers. A kretprobe sees
-// only the return value, so the entry keeps what the return needs.
+// only the return value, so the entry keeps what the return needs. The timer
+// callbacks themselves are bracketed by the timer tracepoints on this backend
+// (the loader's `Piece::kprobe` says why).
 
 fn arg(ctx: &ProbeContext, n: usize) -> u64 {
     ctx.arg::<u64>(n).unwrap_or(0)
-}
-
-#[kprobe]
-pub fn kprobe_tcp_keepalive_timer(ctx: ProbeContext) -> u32 {
-    let timer = arg(&ctx, 0);
-    callback_begin(KEEPALIVE, timer, Sock::of_keepalive_timer(timer));
-    0
-}
-
-/// Timer callbacks do not nest on a CPU: whichever began here has ended.
-#[kretprobe]
-pub fn kretprobe_tcp_keepalive_timer(_ctx: RetProbeContext) -> u32 {
-    callback_end(0);
-    0
-}
-
-#[kprobe]
-pub fn kprobe_tcp_write_timer(ctx: ProbeContext) -> u32 {
-    let timer = arg(&ctx, 0);
-    callback_begin(WRITE, timer, Sock::of_write_timer(timer));
-    0
-}
-
-#[kretprobe]
-pub fn kretprobe_tcp_write_timer(_ctx: RetProbeContext) -> u32 {
-    callback_end(0);
-    0
 }
 
 /// Only its calls from a keepalive callback matter, which run in softirq and so
