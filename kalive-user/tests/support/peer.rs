@@ -17,7 +17,8 @@
 //!                      [--before-connect] [--no-cookie] [--thread] [--comm NAME]
 //!                      [--fork handoff|share] [--no-keepalive] [--sndbuf B]
 //!                      [--comm-hex HEX]
-//!     connect; set the keepalive options after `go` (or before connecting);
+//!     connect; set the keepalive options after `go` (or before connecting),
+//!     SO_KEEPALIVE first and TCP_KEEPIDLE last;
 //!     then read until the connection fails and print `recv_error errno=N`.
 //!     stdin: `disable` (SO_KEEPALIVE off), `burst N` (TCP_KEEPIDLE N times),
 //!     `send` (one byte), `child send` (one byte, from the forked child),
@@ -520,16 +521,21 @@ fn set_comm(name: &[u8]) {
 }
 
 /// `SO_KEEPALIVE` (unless not `keepalive`), then each `TCP_*` option given, in
-/// this order.
+/// this order: `TCP_KEEPIDLE` last. Setting the idle time re-arms the timer
+/// (`tcp_sock_set_keepidle_locked()`), at once when the connection has been
+/// idle longer already (a slow machine between `connect()` and `go`): the
+/// probe then leaves at once and the timer is re-armed for the interval in
+/// force at that moment. Set before the interval, that would be the default
+/// 75 s, which setting the interval afterwards does not shorten.
 fn configure(fd: RawFd, ka: &Keepalive, keepalive: bool) -> io::Result<()> {
     if keepalive {
         setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
     }
     for (opt, value) in [
-        (libc::TCP_KEEPIDLE, ka.idle),
         (libc::TCP_KEEPINTVL, ka.intvl),
         (libc::TCP_KEEPCNT, ka.cnt),
         (libc::TCP_USER_TIMEOUT, ka.user_timeout),
+        (libc::TCP_KEEPIDLE, ka.idle),
     ] {
         if let Some(value) = value {
             setsockopt(fd, libc::IPPROTO_TCP, opt, value)?;
