@@ -7,7 +7,7 @@
 use std::{
     io::{BufRead as _, BufReader},
     process::{Command, Stdio},
-    sync::mpsc,
+    sync::{OnceLock, mpsc},
     thread,
     time::Duration,
 };
@@ -43,7 +43,7 @@ fn try_backend_with(backend: &str, log: &str) -> (String, bool) {
         }
     });
     let mut text = String::new();
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(90)) {
+    while let Ok(line) = rx.recv_timeout(support::START_DEADLINE) {
         text.push_str(&line);
         text.push('\n');
         if line.starts_with("kalive: tracing") {
@@ -59,6 +59,21 @@ fn try_backend_with(backend: &str, log: &str) -> (String, bool) {
     (text, false)
 }
 
+/// Each backend tried once, in `BACKENDS` order: its stderr and whether it ran.
+/// Shared by the tests of this binary: every start verifies kalive's programs,
+/// which takes seconds on an emulated CPU.
+fn outcomes() -> &'static [(String, bool)] {
+    static OUTCOMES: OnceLock<Vec<(String, bool)>> = OnceLock::new();
+    OUTCOMES.get_or_init(|| BACKENDS.iter().map(|b| try_backend(b)).collect())
+}
+
+fn runs(backend: &str) -> bool {
+    BACKENDS
+        .iter()
+        .position(|b| *b == backend)
+        .is_some_and(|i| outcomes()[i].1)
+}
+
 fn expected() -> Vec<String> {
     std::env::var("KALIVE_EXPECT_BACKENDS")
         .map(|v| v.split(',').map(str::to_owned).collect())
@@ -68,8 +83,8 @@ fn expected() -> Vec<String> {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn each_backend_runs_or_says_why_not() {
-    for backend in BACKENDS {
-        let (stderr, ran) = try_backend(backend);
+    for (backend, (stderr, ran)) in BACKENDS.iter().zip(outcomes()) {
+        let (stderr, ran) = (stderr.as_str(), *ran);
         if ran {
             assert!(
                 stderr.contains(&format!("with the {backend} backend")),
@@ -93,7 +108,7 @@ fn each_backend_runs_or_says_why_not() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn auto_keeps_the_first_backend_that_runs() {
-    let runs: Vec<bool> = BACKENDS.iter().map(|b| try_backend(b).1).collect();
+    let runs: Vec<bool> = outcomes().iter().map(|&(_, ran)| ran).collect();
     let first = BACKENDS[runs
         .iter()
         .position(|&r| r)
@@ -119,7 +134,7 @@ fn auto_keeps_the_first_backend_that_runs() {
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn an_inlined_function_falls_back_per_hook() {
     for backend in ["fentry", "kprobe"] {
-        if !try_backend(backend).1 {
+        if !runs(backend) {
             eprintln!("the {backend} backend does not run here: nothing to fall back from");
             continue;
         }

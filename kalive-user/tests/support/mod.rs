@@ -313,6 +313,9 @@ pub fn line_channel(pipe: impl std::io::Read + Send + 'static) -> Receiver<Strin
     rx
 }
 
+/// How long kalive may take to start (see [`Kalive::start`]).
+pub const START_DEADLINE: Duration = Duration::from_secs(90);
+
 /// A running `kalive --format json`, stopped (SIGINT, then SIGKILL) on drop.
 pub struct Kalive {
     child: Child,
@@ -365,10 +368,14 @@ impl Kalive {
             stderr,
             records: Vec::new(),
         };
-        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        // Seconds on an emulated CPU, where the verifier's checks of kalive's
+        // programs take most of it: ~7 s alone under TCG, twice that beside
+        // another start.
+        if ready_rx.recv_timeout(START_DEADLINE).is_err() {
             let status = kalive.child.try_wait().ok().flatten();
             panic!(
-                "kalive did not start tracing within 30 s (exit: {status:?}); stderr:\n{}",
+                "kalive did not start tracing within {START_DEADLINE:?} (exit: {status:?}); \
+                 stderr:\n{}",
                 kalive.stderr()
             );
         }
