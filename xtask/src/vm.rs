@@ -4,17 +4,23 @@
 //! (`-accel tcg -cpu max`; no KVM needed) with an initramfs that carries
 //! everything the tests run: busybox for the init script, the test binaries and
 //! `kalive`, `ip`/`nstat`/`nft`/`sysctl` with their libraries, and the kernel's
-//! network modules (veth, `nf_tables`). The init script runs the suite once per
-//! backend and reports each result on the serial console, which this reads.
+//! network modules (veth, `nf_tables`).
+//!
+//! The suite is one job per (backend, test binary). Emulation is bound by the
+//! CPU (most of it is the verifier checking kalive's programs at each start),
+//! so as many VMs boot as the host has cores, and each takes the next job from
+//! a shared queue: the VM's init asks for one on the serial console, runs it and
+//! reports the result there, until the host answers `done`.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    fmt::Write as _,
+    collections::{BTreeMap, BTreeSet, VecDeque},
     fs,
     io::{self, BufRead as _, BufReader, Write as _},
-    os::unix::fs::PermissionsExt as _,
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
+    sync::{Mutex, PoisonError},
+    thread,
     time::{Duration, Instant},
 };
 
@@ -32,6 +38,21 @@ const BACKENDS: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
 /// the VM does not carry; the churn test needs thousands of connections a
 /// second, which an emulated CPU does not make.
 const SKIP_TESTS: &[&str] = &["cli", "reliability", "churn"];
+
+/// How long each test binary takes in the VM, roughly (relative; seconds under
+/// TCG on 2026-11-30): the queue starts with the longest, so that VMs finish
+/// together. A binary not listed counts as the shortest.
+const WEIGHTS: &[(&str, u32)] = &[
+    ("keepalive", 130),
+    ("backend", 90),
+    ("filter", 55),
+    ("owner", 50),
+    ("zero_window", 40),
+    ("state_change", 25),
+];
+
+/// At most this many VMs at once (each takes a host core and 2 GiB).
+const MAX_VMS: usize = 4;
 
 /// The whole run, boot to power-off.
 const DEADLINE: Duration = Duration::from_mins(40);
@@ -53,7 +74,38 @@ pub struct Options {
     pub script: Option<PathBuf>,
 }
 
-/// Runs the suite in the VM; fails if any test fails on any backend.
+/// One test binary run against one backend, in whichever VM asks first.
+#[derive(Debug, Clone)]
+struct Job {
+    backend: String,
+    test: String,
+    path: PathBuf,
+}
+
+/// The jobs, longest first.
+fn jobs(tests: &[TestBinary], backends: &[&str]) -> VecDeque<Job> {
+    let weight = |name: &str| {
+        WEIGHTS
+            .iter()
+            .find_map(|&(n, w)| (n == name).then_some(w))
+            .unwrap_or(0)
+    };
+    let mut jobs: Vec<Job> = tests
+        .iter()
+        .flat_map(|t| {
+            backends.iter().map(|b| Job {
+                backend: (*b).to_owned(),
+                test: t.name.clone(),
+                path: t.path.clone(),
+            })
+        })
+        .collect();
+    // Stable: backends stay in their order within a weight.
+    jobs.sort_by_key(|j| std::cmp::Reverse(weight(&j.test)));
+    jobs.into()
+}
+
+/// Runs the suite in the VMs; fails if any test fails on any backend.
 pub fn run(root: &Path, options: &Options) -> Result<()> {
     let dir = root.join("target/vm");
     fs::create_dir_all(&dir)?;
@@ -69,24 +121,40 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         options.backends.iter().map(String::as_str).collect()
     };
     let initrd = dir.join("initrd.cpio");
-    build_initramfs(
-        &initrd,
-        &kernel,
-        &tests,
-        &backends,
-        options.script.as_deref(),
-    )?;
-    let log = dir.join("serial.log");
-    let results = boot(&kernel, &initrd, &log, options.script.is_some())?;
+    build_initramfs(&initrd, &kernel, &tests, options.script.as_deref())?;
     if options.script.is_some() {
+        let log = dir.join("serial.log");
+        boot(&kernel, &initrd, &log, &Mutex::new(VecDeque::new()), true)?;
         return Ok(());
     }
 
+    let queue = Mutex::new(jobs(&tests, &backends));
+    let expected = queue.lock().unwrap_or_else(PoisonError::into_inner).len();
+    let cores = thread::available_parallelism().map_or(1, usize::from);
+    let vms = cores.clamp(1, MAX_VMS).min(expected.max(1));
+    eprintln!("vm-test: {expected} jobs in {vms} VMs (qemu TCG, one host core each)");
+    let logs: Vec<PathBuf> = (0..vms)
+        .map(|i| dir.join(format!("serial-{i}.log")))
+        .collect();
+    let mut results = BTreeMap::new();
+    thread::scope(|scope| -> Result<()> {
+        let running: Vec<_> = logs
+            .iter()
+            .map(|log| scope.spawn(|| boot(&kernel, &initrd, log, &queue, false)))
+            .collect();
+        for vm in running {
+            let done = vm.join().map_err(|_| anyhow!("a VM's thread panicked"))??;
+            results.extend(done);
+        }
+        Ok(())
+    })?;
+
     let mut failed = Vec::new();
+    let logs: Vec<String> = logs.iter().map(|l| l.display().to_string()).collect();
     eprintln!(
-        "vm-test: results on Linux {} (full log: {})",
+        "vm-test: results on Linux {} (full logs: {})",
         kernel.version,
-        log.display()
+        logs.join(", ")
     );
     for ((backend, test), passed) in &results {
         eprintln!(
@@ -99,19 +167,18 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
             failed.push(format!("{test} ({backend})"));
         }
     }
-    let expected = tests.len() * backends.len();
     if results.len() != expected {
         bail!(
-            "the VM reported {} of {expected} results; see {}",
+            "the VMs reported {} of {expected} results; see {}",
             results.len(),
-            log.display()
+            logs.join(", ")
         );
     }
     if !failed.is_empty() {
         bail!(
             "failed in the VM: {}; see {}",
             failed.join(", "),
-            log.display()
+            logs.join(", ")
         );
     }
     Ok(())
@@ -252,13 +319,13 @@ fn build_tests(root: &Path) -> Result<Vec<TestBinary>> {
     Ok(tests)
 }
 
-/// The init script: mounts, modules, then every test binary per backend, each
-/// result on one `KALIVE-VM result` line. A suite that fails is run once more;
-/// passing then is reported as flaky, with the first failure in the log (the
-/// fentry zero-window suite failed this way twice on 2026-11-22 and passed
-/// alone: a known, not yet understood flake). /tmp stays on the initramfs: the
-/// checkout, and so the test binaries, may live under it.
-fn init_script(tests: &[TestBinary], backends: &[&str], script: bool) -> String {
+/// The init script: mounts and modules, then jobs from the host until it says
+/// `done` (or, for `--script`, that script). It asks with `KALIVE-VM next`;
+/// the host answers `BACKEND TEST PATH` on the serial console; each result is
+/// one `KALIVE-VM result` line, with the test's output before it when it
+/// fails. A failure is a failure: nothing runs twice. /tmp stays on the
+/// initramfs: the checkout, and so the test binaries, may live under it.
+fn init_script(script: bool) -> String {
     let mut s = String::from(
         "#!/bin/busybox sh\n\
          /bin/busybox mkdir -p /busybox\n\
@@ -271,6 +338,7 @@ fn init_script(tests: &[TestBinary], backends: &[&str], script: bool) -> String 
          ip link set lo up\n\
          modprobe veth\n\
          modprobe nf_tables\n\
+         stty -echo\n\
          echo \"KALIVE-VM kernel $(uname -r)\"\n\
          export RUST_BACKTRACE=1 KALIVE_EXPECT_BACKENDS=fentry,kprobe,tracepoint\n",
     );
@@ -278,24 +346,19 @@ fn init_script(tests: &[TestBinary], backends: &[&str], script: bool) -> String 
         s.push_str("sh /debug.sh\necho KALIVE-VM done\npoweroff -f\n");
         return s;
     }
-    for backend in backends {
-        for test in tests {
-            let _ = write!(
-                s,
-                "start=$(date +%s)\n\
-                 run() {{ KALIVE_BACKEND={backend} {path} --include-ignored --test-threads 2 > /tmp/out 2>&1; }}\n\
-                 if run; then r=pass; else\n\
-                 cat /tmp/out\n\
-                 if run; then r='pass (FLAKY: failed once, passed on retry)'; else r=fail; cat /tmp/out; fi\n\
-                 fi\n\
-                 took=$(( $(date +%s) - start ))\n\
-                 echo \"KALIVE-VM result backend={backend} test={name} $r ${{took}}s\"\n",
-                path = test.path.display(),
-                name = test.name,
-            );
-        }
-    }
-    s.push_str("echo KALIVE-VM done\npoweroff -f\n");
+    s.push_str(
+        "while :; do\n\
+         echo 'KALIVE-VM next'\n\
+         read -r backend name path || break\n\
+         [ \"$backend\" = done ] && break\n\
+         start=$(date +%s)\n\
+         if KALIVE_BACKEND=$backend \"$path\" --include-ignored --test-threads 2 > /tmp/out 2>&1; \
+         then r=pass; else r=fail; cat /tmp/out; fi\n\
+         echo \"KALIVE-VM result backend=$backend test=$name $r $(( $(date +%s) - start ))s\"\n\
+         done\n\
+         echo KALIVE-VM done\n\
+         poweroff -f\n",
+    );
     s
 }
 
@@ -461,7 +524,6 @@ fn build_initramfs(
     out: &Path,
     kernel: &Kernel,
     tests: &[TestBinary],
-    backends: &[&str],
     script: Option<&Path>,
 ) -> Result<()> {
     let mut a = Archive::default();
@@ -548,7 +610,7 @@ fn build_initramfs(
     a.add(
         Path::new("/init"),
         Entry::Inline {
-            data: init_script(tests, backends, script.is_some()).into_bytes(),
+            data: init_script(script.is_some()).into_bytes(),
             mode: 0o755,
         },
     );
@@ -569,51 +631,58 @@ fn build_initramfs(
     a.write(out)
 }
 
-/// Boots the VM, copies the serial console to `log` and returns each
-/// `(backend, test) -> passed`.
+/// Boots a VM, copies its serial console to `log`, feeds it jobs from `queue`
+/// and returns each `(backend, test) -> passed` it reported. With `echo`, the
+/// console is also shown (`--script`).
 fn boot(
     kernel: &Kernel,
     initrd: &Path,
     log: &Path,
+    queue: &Mutex<VecDeque<Job>>,
     echo: bool,
 ) -> Result<BTreeMap<(String, String), bool>> {
-    eprintln!("vm-test: booting (qemu TCG; the suite runs once per backend)");
-    let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            // One host thread for both vCPUs: with one each (thread=multi) on a
-            // two-core host, a starved vCPU looks like a soft lockup to the guest.
-            "tcg,thread=single",
-            "-cpu",
-            "max",
-            "-smp",
-            "2",
-            "-m",
-            "4096",
-        ])
-        .arg("-kernel")
-        .arg(kernel.vmlinuz())
-        .arg("-initrd")
-        .arg(initrd)
-        .args([
-            "-append",
-            "console=ttyS0 panic=-1 quiet mitigations=off softlockup_panic=1",
-        ])
-        .args([
-            "-nographic",
-            "-no-reboot",
-            "-nodefaults",
-            "-serial",
-            "stdio",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
+    let name = log
+        .file_stem()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args([
+        "-accel",
+        // One host thread for both vCPUs: with one each (thread=multi), two
+        // vCPUs on a two-core host starve each other into soft lockups.
+        "tcg,thread=single",
+        "-cpu",
+        "max",
+        "-smp",
+        "2",
+        "-m",
+        "2048",
+    ])
+    .arg("-kernel")
+    .arg(kernel.vmlinuz())
+    .arg("-initrd")
+    .arg(initrd)
+    .args([
+        "-append",
+        "console=ttyS0 panic=-1 quiet mitigations=off softlockup_panic=1",
+    ])
+    .args([
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped());
+    let mut child = spawn_tied(&mut qemu)
         .context("starting qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
+    let mut console = child.stdin.take().expect("piped");
     let stdout = child.stdout.take().expect("piped");
+    // Killed and reaped however this ends.
+    let child = KillOnDrop(child);
     let start = Instant::now();
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             if tx.send(line).is_err() {
@@ -641,25 +710,74 @@ fn boot(
                     .to_owned()
             };
             let passed = rest.split_whitespace().any(|w| w == "pass");
-            eprintln!("vm-test: {rest}");
+            eprintln!("vm-test: {name}: {rest}");
             results.insert((field("backend="), field("test=")), passed);
+        } else if line.contains("KALIVE-VM next") {
+            let job = queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop_front();
+            let answer = match job {
+                Some(job) => format!("{} {} {}\n", job.backend, job.test, job.path.display()),
+                None => "done\n".to_owned(),
+            };
+            console.write_all(answer.as_bytes())?;
+            console.flush()?;
         } else if line.contains("KALIVE-VM kernel") {
-            eprintln!("vm-test: booted in {:.1}s", start.elapsed().as_secs_f64());
+            eprintln!(
+                "vm-test: {name}: booted in {:.1}s",
+                start.elapsed().as_secs_f64()
+            );
         } else if line.contains("KALIVE-VM done") {
             done = true;
         }
     }
     log_file.flush()?;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     if !done {
         if start.elapsed() >= DEADLINE {
-            eprintln!("vm-test: the VM did not finish within {DEADLINE:?}");
+            eprintln!("vm-test: {name}: the VM did not finish within {DEADLINE:?}");
         } else {
-            eprintln!("vm-test: the VM stopped before the suite finished (a kernel panic?)");
+            eprintln!(
+                "vm-test: {name}: the VM stopped before the suite finished (a kernel panic?)"
+            );
         }
     }
     Ok(results)
+}
+
+/// Spawns `cmd` so that it is killed when the thread that spawned it ends,
+/// the whole of xtask with it (`PR_SET_PDEATHSIG`): a `cargo xtask vm-test`
+/// stopped by a signal, even SIGKILL, leaves no qemu running at full CPU.
+/// Spawn from a thread that lives as long as the child should.
+fn spawn_tied(cmd: &mut Command) -> io::Result<Child> {
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the closure runs in the child between fork and exec and calls
+    // only async-signal-safe functions (prctl, getppid).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before the line above took effect.
+            if libc::getppid() != parent {
+                return Err(io::Error::other("xtask exited while starting it"));
+            }
+            Ok(())
+        })
+    };
+    cmd.spawn()
+}
+
+/// A child killed and reaped on drop.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn status(cmd: &mut Command) -> Result<()> {
@@ -681,6 +799,48 @@ fn output(cmd: &mut Command) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The child of a thread that ends is killed: so is qemu when xtask is
+    /// stopped, which ends every thread.
+    #[test]
+    fn a_tied_child_dies_with_its_spawner() {
+        let spawner = thread::spawn(|| spawn_tied(Command::new("sleep").arg("60")).expect("sleep"));
+        let mut child = spawner.join().expect("spawner");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "sleep outlived its spawner");
+            thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+    }
+
+    #[test]
+    fn jobs_start_with_the_longest() {
+        let tests = ["state_change", "keepalive", "unknown"].map(|name| TestBinary {
+            name: name.to_owned(),
+            path: PathBuf::from(format!("/t/{name}")),
+        });
+        let order: Vec<(String, String)> = jobs(&tests, &["a", "b"])
+            .into_iter()
+            .map(|j| (j.test, j.backend))
+            .collect();
+        let want = [
+            ("keepalive", "a"),
+            ("keepalive", "b"),
+            ("state_change", "a"),
+            ("state_change", "b"),
+            ("unknown", "a"),
+            ("unknown", "b"),
+        ]
+        .map(|(t, b)| (t.to_owned(), b.to_owned()));
+        assert_eq!(order, want);
+    }
 
     #[test]
     fn picks_the_newest_abi() {
