@@ -227,7 +227,9 @@ fn user_timeout_while_probing() {
     );
     assert_eq!(
         ns.counter("TcpExtTCPWinProbe") - winprobes0,
-        probes.len() as u64
+        probes.len() as u64,
+        "records:\n{}",
+        kalive.dump()
     );
     assert_eq!(ns.counter("TcpExtTCPAbortOnTimeout") - aborts0, 1);
 }
@@ -277,6 +279,11 @@ fn dead_peer_exhausts_retries() {
     assert_eq!(last["error"], "ETIMEDOUT");
     assert_eq!(last["cause"], "retries_exhausted");
     let sent = records.len() as u64 - 1;
-    assert_eq!(ns.counter("TcpExtTCPWinProbe") - winprobes0, sent);
+    assert_eq!(
+        ns.counter("TcpExtTCPWinProbe") - winprobes0,
+        sent,
+        "records:\n{}",
+        kalive.dump()
+    );
     assert_eq!(ns.counter("TcpExtTCPAbortOnTimeout") - aborts0, 1);
 }
