@@ -64,7 +64,10 @@ fn try_backend_with(backend: &str, log: &str) -> (String, bool) {
 /// which takes seconds on an emulated CPU.
 fn outcomes() -> &'static [(String, bool)] {
     static OUTCOMES: OnceLock<Vec<(String, bool)>> = OnceLock::new();
-    OUTCOMES.get_or_init(|| BACKENDS.iter().map(|b| try_backend(b)).collect())
+    OUTCOMES.get_or_init(|| {
+        let _alone = support::alone();
+        BACKENDS.iter().map(|b| try_backend(b)).collect()
+    })
 }
 
 fn runs(backend: &str) -> bool {
@@ -113,7 +116,10 @@ fn auto_keeps_the_first_backend_that_runs() {
         .iter()
         .position(|&r| r)
         .expect("tracepoint runs anywhere")];
-    let (stderr, ran) = try_backend("auto");
+    let (stderr, ran) = {
+        let _alone = support::alone();
+        try_backend("auto")
+    };
     assert!(ran, "{stderr}");
     assert!(
         stderr.contains(&format!("with the {first} backend")),
@@ -138,7 +144,6 @@ fn an_inlined_function_falls_back_per_hook() {
             eprintln!("the {backend} backend does not run here: nothing to fall back from");
             continue;
         }
-        let _kernel = support::shared();
         let mut kalive = support::Kalive::start_with_env(
             &["--backend", backend],
             &[("KALIVE_PRETEND_INLINED", "tcp_write_wakeup")],
@@ -198,6 +203,7 @@ fn an_inlined_function_falls_back_per_hook() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn start_up_says_where_the_time_goes() {
+    let _alone = support::alone();
     let (stderr, ran) = try_backend_with("auto", "info");
     assert!(ran, "{stderr}");
     let line = stderr

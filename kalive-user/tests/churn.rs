@@ -19,7 +19,7 @@ use std::{
 mod support;
 
 use serde_json::Value;
-use support::{Family, KillOnDrop, Netns, Peer, connect, shared};
+use support::{Family, KillOnDrop, Netns, Peer, alone, connect};
 
 /// How long to churn: three minutes, or `KALIVE_CHURN_SECS`.
 fn churn_secs() -> u64 {
@@ -130,7 +130,7 @@ fn start_kalive() -> (KillOnDrop, Arc<AtomicU64>, Arc<Mutex<Vec<Value>>>) {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn churn_leaves_memory_flat() {
-    let _kernel = shared();
+    let _alone = alone();
     let churn_secs = churn_secs();
     let (mut kalive, lines, kept) = start_kalive();
     let pid = kalive.0.id();

@@ -4,10 +4,10 @@
 
 mod support;
 
-use std::{sync::PoisonError, time::Duration};
+use std::time::Duration;
 
 use serde_json::Value;
-use support::{Connection, Family, KERNEL, Kalive, connect, shared};
+use support::{Connection, Family, Kalive, connect};
 
 /// Long enough for a keepalive timeout of a few seconds on a loaded machine.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -97,8 +97,11 @@ fn assert_configuration(sets: &[&Value], c: &Connection, cnt: u64) {
 /// Dead peer: probes go unanswered until `TCP_KEEPCNT` of them are out, then the
 /// connection is killed with ETIMEDOUT.
 fn dead_peer(tag: &str, family: Family, env: &[(&str, &str)]) {
-    let _kernel = shared();
-    let mut kalive = Kalive::start_with_env(&[], env);
+    let mut kalive = if env.is_empty() {
+        Kalive::shared()
+    } else {
+        Kalive::start_with_env(&[], env)
+    };
     let mut c = connect(tag, family, &["--idle", "1", "--intvl", "1", "--cnt", "2"]);
     let ns = &c.net.client;
     let (probes0, aborts0) = (
@@ -168,8 +171,7 @@ fn dead_peer(tag: &str, family: Family, env: &[(&str, &str)]) {
 /// Live peer: every probe is answered, `probes` falls back to 0, and disabling
 /// keepalive stops the probes.
 fn answered(tag: &str, family: Family) {
-    let _kernel = shared();
-    let mut kalive = Kalive::start(&[]);
+    let mut kalive = Kalive::shared();
     let mut c = connect(tag, family, &["--idle", "1", "--intvl", "1", "--cnt", "2"]);
     let ns = &c.net.client;
     let probes0 = ns.counter("TcpExtTCPKeepAlive");
@@ -232,8 +234,11 @@ fn answered(tag: &str, family: Family) {
 /// `TCP_USER_TIMEOUT`: with `TCP_KEEPCNT` far away, the user timeout kills the
 /// connection once it has passed and a probe is out.
 fn user_timeout(tag: &str, family: Family, env: &[(&str, &str)]) {
-    let _kernel = shared();
-    let mut kalive = Kalive::start_with_env(&[], env);
+    let mut kalive = if env.is_empty() {
+        Kalive::shared()
+    } else {
+        Kalive::start_with_env(&[], env)
+    };
     let mut c = connect(
         tag,
         family,
@@ -376,8 +381,7 @@ fn user_timeout_ipv6() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn configured_before_connect() {
-    let _kernel = shared();
-    let mut kalive = Kalive::start(&[]);
+    let mut kalive = Kalive::shared();
     let c = connect(
         "pre",
         Family::V4,
@@ -420,7 +424,6 @@ fn configured_before_connect() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn raw_tracepoints_fallback() {
-    let _kernel = shared();
     let mut kalive = Kalive::start_with_env(&[], &[("KALIVE_RAW_TRACEPOINTS", "1")]);
     assert!(
         kalive.stderr().contains(" 0 tp_btf, ") && !kalive.stderr().contains(" 0 raw_tp"),
@@ -465,7 +468,6 @@ fn raw_tracepoints_fallback() {
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn overflow_is_counted_not_silent() {
     const BURST: u64 = 20_000;
-    let _alone = KERNEL.write().unwrap_or_else(PoisonError::into_inner);
     let mut kalive = Kalive::start(&["--ring-size", "4096"]);
     let mut c = connect("burst", Family::V4, &[]);
     c.client.send("go");
@@ -518,8 +520,7 @@ fn overflow_is_counted_not_silent() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn peer_reset_answers_probe() {
-    let _kernel = shared();
-    let mut kalive = Kalive::start(&[]);
+    let mut kalive = Kalive::shared();
     let mut c = connect(
         "rst",
         Family::V4,
@@ -580,8 +581,7 @@ fn peer_reset_answers_probe() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn data_while_probing_is_not_an_answer() {
-    let _kernel = shared();
-    let mut kalive = Kalive::start(&[]);
+    let mut kalive = Kalive::shared();
     let mut c = connect(
         "data",
         Family::V4,

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Family, Kalive, Peer, Topology, connect, forked_child, shared};
+use support::{Family, Kalive, Peer, Topology, connect, forked_child};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -32,8 +32,7 @@ fn client(tag: &str, extra: &[&'static str]) -> support::Connection {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn multithreaded_owner_is_the_process() {
-    let _kernel = shared();
-    let mut kalive = Kalive::start(&[]);
+    let mut kalive = Kalive::shared();
     let mut c = client("thread", &["--thread"]);
     c.client.send("go");
     let cookie = c.info.cookie;
@@ -52,8 +51,7 @@ fn multithreaded_owner_is_the_process() {
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn comm_with_spaces_quotes_and_utf8() {
     const COMM: &str = "a \"q\" \\\u{e9}";
-    let _kernel = shared();
-    let mut kalive = Kalive::start(&[]);
+    let mut kalive = Kalive::shared();
     let mut c = client("comm", &["--comm", COMM]);
     c.client.send("go");
     let cookie = c.info.cookie;
@@ -70,8 +68,7 @@ fn comm_with_spaces_quotes_and_utf8() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn accepted_socket_belongs_to_the_acceptor() {
-    let _kernel = shared();
-    let mut kalive = Kalive::start(&[]);
+    let mut kalive = Kalive::shared();
     let net = Topology::new("accept");
     let listen = Family::V4.listen_addr();
     let mut server_args = vec!["serve", listen.as_str(), "--fork-accept"];
@@ -101,10 +98,11 @@ fn accepted_socket_belongs_to_the_acceptor() {
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn socket_from_before_kalive_started() {
     const COMM: &str = "old timer";
-    let _kernel = shared();
+    let _alone = support::alone();
     let mut c = client("before", &["--no-cookie", "--comm", COMM]);
     c.client.send("go");
     c.client.expect("configured");
+    // A kalive of its own, started after the socket was configured.
     let mut kalive = Kalive::start(&[]);
     let port = c.info.local.port();
     let netns = c.net.client.inode();
@@ -134,8 +132,7 @@ fn socket_from_before_kalive_started() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn child_keeps_socket_after_parent_exits() {
-    let _kernel = shared();
-    let mut kalive = Kalive::start(&[]);
+    let mut kalive = Kalive::shared();
     let mut c = client("handoff", &["--fork", "handoff"]);
     c.client.send("go");
     c.client.expect("configured");
@@ -169,8 +166,7 @@ fn child_keeps_socket_after_parent_exits() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn shared_socket_is_the_last_users() {
-    let _kernel = shared();
-    let mut kalive = Kalive::start(&[]);
+    let mut kalive = Kalive::shared();
     let mut c = client("share", &["--fork", "share"]);
     c.client.send("go");
     c.client.expect("configured");

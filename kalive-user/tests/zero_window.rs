@@ -110,7 +110,7 @@ fn zero_window_records<'a>(records: &[&'a Value], s: &Stuck) -> Vec<&'a Value> {
 /// The peer is alive: every probe is answered (with a zero window), the probes
 /// back off exponentially, and when the peer reads, probing ends.
 fn answered_then_open(tag: &str, family: Family) {
-    let mut kalive = Kalive::start(&[]);
+    let mut kalive = Kalive::shared();
     let mut s = stuck(tag, family, &[], |_| {});
     let cookie = s.info.cookie;
     kalive.wait_until(DEADLINE, |rs| {
@@ -193,7 +193,7 @@ fn answered_then_open_ipv6() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn user_timeout_while_probing() {
-    let mut kalive = Kalive::start(&[]);
+    let mut kalive = Kalive::shared();
     let mut s = stuck("zwut", Family::V4, &["--user-timeout", "3000"], |_| {});
     let ns = &s.net.client;
     let winprobes0 = s.winprobes0;
@@ -239,7 +239,7 @@ fn user_timeout_while_probing() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn dead_peer_exhausts_retries() {
-    let mut kalive = Kalive::start(&[]);
+    let mut kalive = Kalive::shared();
     let mut s = stuck("zwdead", Family::V4, &[], |net| {
         sh_sysctl(&net.client, "net.ipv4.tcp_retries2=2");
     });
