@@ -3,7 +3,7 @@
 //! Everything here is `#[repr(C)]` plain data: the programs write it into the ring
 //! buffer or read it from globals, userspace reads it back byte for byte. The `user`
 //! feature adds what only userspace needs (decoding, `aya::Pod`).
-#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(any(test, feature = "event")), no_std)]
 
 #[cfg(feature = "user")]
 mod user;
@@ -13,47 +13,111 @@ pub use user::DecodeError;
 /// Bumped whenever the layout of [`Record`] changes.
 pub const RECORD_VERSION: u8 = 5;
 
-/// What a [`Record`] reports.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(Hash))]
-pub enum Kind {
-    /// A TCP socket changed state (only with `--state-changes`).
-    StateChange = 1,
-    /// Keepalive was enabled, disabled or re-configured by `setsockopt`.
-    KeepaliveSet = 2,
-    /// The keepalive timer sent a probe.
-    ProbeSent = 3,
-    /// The peer answered while keepalive probes were out.
-    ProbeAcked = 4,
-    /// The keepalive timer killed the connection.
-    KeepaliveTimeout = 5,
-    /// Records the kernel could not deliver; made by userspace from the programs'
-    /// lost-record counters, never by a program.
-    EventsLost = 6,
-    /// The persist timer probed a zero window (`tcp_send_probe0`).
-    ZeroWindowProbeSent = 7,
-    /// The peer opened its window again: zero-window probing ended.
-    ZeroWindowOpen = 8,
-    /// Zero-window probing killed the connection.
-    ZeroWindowTimeout = 9,
+#[macro_use]
+mod declare;
+#[cfg(feature = "event")]
+pub mod event;
+
+kinds! {
+    /// What a [`Record`] reports. Each kind's number (what the programs write),
+    /// name (what users read) and payload (the fields only it has, in
+    /// [`event::What`] with the `event` feature) are declared here, once.
+    pub enum Kind {
+        /// A TCP socket changed state (only with `--state-changes`).
+        StateChange = 1 => "state_change" { old_state: TcpState },
+        /// Keepalive was enabled, disabled or re-configured by `setsockopt`.
+        KeepaliveSet = 2 => "keepalive_set" { enabled: bool },
+        /// The keepalive timer sent a probe.
+        ProbeSent = 3 => "probe_sent" { next_ms: u64 },
+        /// The peer answered while keepalive probes were out.
+        ProbeAcked = 4 => "probe_acked" {},
+        /// The keepalive timer killed the connection.
+        KeepaliveTimeout = 5 => "keepalive_timeout" { error: Errno, cause: Cause },
+        /// Records the kernel could not deliver; made by userspace from the
+        /// programs' lost-record counters, never by a program.
+        EventsLost = 6 => "events_lost" { count: u64 },
+        /// The persist timer probed a zero window (`tcp_send_probe0`).
+        ZeroWindowProbeSent = 7 => "zero_window_probe_sent" { backoff: u8, next_ms: u64, snd_wnd: u32 },
+        /// The peer opened its window again: zero-window probing ended.
+        ZeroWindowOpen = 8 => "zero_window_open" { snd_wnd: u32 },
+        /// Zero-window probing killed the connection.
+        ZeroWindowTimeout = 9 => "zero_window_timeout" { error: Errno, cause: Cause },
+    }
 }
 
-impl Kind {
+numbered! {
+    /// A TCP state, as `include/net/tcp_states.h` numbers and names it.
+    pub enum TcpState {
+        /// Not a kernel state: a number this kalive does not know.
+        Unknown = 0 => "UNKNOWN",
+        Established = 1 => "ESTABLISHED",
+        SynSent = 2 => "SYN_SENT",
+        SynRecv = 3 => "SYN_RECV",
+        FinWait1 = 4 => "FIN_WAIT1",
+        FinWait2 = 5 => "FIN_WAIT2",
+        TimeWait = 6 => "TIME_WAIT",
+        Close = 7 => "CLOSE",
+        CloseWait = 8 => "CLOSE_WAIT",
+        LastAck = 9 => "LAST_ACK",
+        Listen = 10 => "LISTEN",
+        Closing = 11 => "CLOSING",
+        NewSynRecv = 12 => "NEW_SYN_RECV",
+        BoundInactive = 13 => "BOUND_INACTIVE",
+    }
+}
+
+impl TcpState {
+    /// The state `number` names; [`Self::Unknown`] for one this kalive does not know.
     #[must_use]
-    pub const fn from_u8(value: u8) -> Option<Self> {
-        Some(match value {
-            1 => Self::StateChange,
-            2 => Self::KeepaliveSet,
-            3 => Self::ProbeSent,
-            4 => Self::ProbeAcked,
-            5 => Self::KeepaliveTimeout,
-            6 => Self::EventsLost,
-            7 => Self::ZeroWindowProbeSent,
-            8 => Self::ZeroWindowOpen,
-            9 => Self::ZeroWindowTimeout,
-            _ => return None,
-        })
+    pub const fn from_kernel(number: u8) -> Self {
+        match Self::from_u8(number) {
+            Some(state) => state,
+            None => Self::Unknown,
+        }
+    }
+
+    /// States in which the socket has a peer whose silence can be measured.
+    #[must_use]
+    pub const fn connected(self) -> bool {
+        matches!(
+            self,
+            Self::Established
+                | Self::FinWait1
+                | Self::FinWait2
+                | Self::CloseWait
+                | Self::LastAck
+                | Self::Closing
+        )
+    }
+}
+
+numbered! {
+    /// [`Record::cause`]: why a connection was killed.
+    pub enum Cause {
+        /// Not a kill, or a cause this kalive does not know.
+        Unknown = 0 => "unknown",
+        /// `TCP_KEEPCNT` probes went unanswered.
+        ProbesExhausted = 1 => "probes_exhausted",
+        /// `TCP_USER_TIMEOUT` passed with a probe out.
+        UserTimeout = 2 => "user_timeout",
+        /// The peer reset the connection while keepalive probes were out
+        /// (typically: it rebooted and answered a probe with RST).
+        PeerReset = 3 => "peer_reset",
+        /// `tcp_retries2` zero-window probes went unanswered
+        /// (`tcp_orphan_retries` for an orphan).
+        RetriesExhausted = 4 => "retries_exhausted",
+    }
+}
+
+numbered! {
+    /// [`Owner::source`] and [`Record::owner`]: how a socket's owner was learned.
+    pub enum OwnerSource {
+        /// No owner known.
+        Unknown = 0 => "unknown",
+        /// Learned by a program, from the process using the socket.
+        Kernel = 1 => "kernel",
+        /// Found by userspace in `/proc/PID/fd`.
+        Procfs = 2 => "procfs",
     }
 }
 
@@ -68,25 +132,23 @@ pub const FLAG_SHARED: u8 = 1 << 2;
 /// not known yet); userspace applies it once it has found the owner.
 pub const FLAG_UNFILTERED: u8 = 1 << 3;
 
-/// [`Owner::source`] and [`Record::owner`]: no owner known.
-pub const OWNER_UNKNOWN: u8 = 0;
-/// Learned by a program, from the process using the socket.
-pub const OWNER_KERNEL: u8 = 1;
-/// Found by userspace in `/proc/PID/fd`.
-pub const OWNER_PROCFS: u8 = 2;
+/// [`OwnerSource::Unknown`] as the programs write it.
+pub const OWNER_UNKNOWN: u8 = OwnerSource::Unknown as u8;
+/// [`OwnerSource::Kernel`] as the programs write it.
+pub const OWNER_KERNEL: u8 = OwnerSource::Kernel as u8;
+/// [`OwnerSource::Procfs`] as the programs write it.
+pub const OWNER_PROCFS: u8 = OwnerSource::Procfs as u8;
 
-/// [`Record::cause`]: not a kill.
-pub const CAUSE_NONE: u8 = 0;
-/// [`Record::cause`]: `TCP_KEEPCNT` probes went unanswered.
-pub const CAUSE_PROBES_EXHAUSTED: u8 = 1;
-/// [`Record::cause`]: `TCP_USER_TIMEOUT` passed with a probe out.
-pub const CAUSE_USER_TIMEOUT: u8 = 2;
-/// [`Record::cause`]: the peer reset the connection while keepalive probes were
-/// out (typically: it rebooted and answered a probe with RST).
-pub const CAUSE_PEER_RESET: u8 = 3;
-/// [`Record::cause`]: `tcp_retries2` zero-window probes went unanswered
-/// (`tcp_orphan_retries` for an orphan).
-pub const CAUSE_RETRIES_EXHAUSTED: u8 = 4;
+/// [`Cause::Unknown`] as the programs write it: not a kill.
+pub const CAUSE_NONE: u8 = Cause::Unknown as u8;
+/// [`Cause::ProbesExhausted`] as the programs write it.
+pub const CAUSE_PROBES_EXHAUSTED: u8 = Cause::ProbesExhausted as u8;
+/// [`Cause::UserTimeout`] as the programs write it.
+pub const CAUSE_USER_TIMEOUT: u8 = Cause::UserTimeout as u8;
+/// [`Cause::PeerReset`] as the programs write it.
+pub const CAUSE_PEER_RESET: u8 = Cause::PeerReset as u8;
+/// [`Cause::RetriesExhausted`] as the programs write it.
+pub const CAUSE_RETRIES_EXHAUSTED: u8 = Cause::RetriesExhausted as u8;
 
 /// [`Record::idle`] when the socket has no peer (not connected): no idle time.
 pub const IDLE_NONE: u32 = u32::MAX;

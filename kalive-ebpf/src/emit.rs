@@ -4,19 +4,13 @@
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_boot_ns};
 use kalive_common::{
     FLAG_KEEPALIVE, FLAG_SHARED, FLAG_UNFILTERED, FLAG_USER_TIMEOUT, IDLE_NONE, Kind, OWNER_KERNEL,
-    Owner, RECORD_VERSION, Record,
+    Owner, RECORD_VERSION, Record, TcpState,
 };
 
 use crate::{
     kernel::{Sock, current_process_comm, layout, netns_ino, setting},
     maps::{EVENTS, EXITED, LOST, OWNERS, OWNERS_FULL, PIDS, PORTS, ZERO_WINDOW, ZERO_WINDOW_LAST},
 };
-
-/// TCP states in which the socket has a peer whose silence can be measured.
-fn connected(state: u8) -> bool {
-    // ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING
-    matches!(state, 1 | 4 | 5 | 8 | 9 | 11)
-}
 
 /// Jiffies now, truncated like the kernel's `tcp_jiffies32`.
 pub(crate) fn jiffies32() -> u32 {
@@ -210,7 +204,7 @@ pub(crate) fn emit(
     if sk.keepalive_on() {
         flags |= FLAG_KEEPALIVE;
     }
-    r.idle = if connected(r.state) {
+    r.idle = if TcpState::from_kernel(r.state).connected() {
         jiffies32().wrapping_sub(sk.rcv_tstamp())
     } else {
         IDLE_NONE

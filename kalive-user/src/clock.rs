@@ -1,7 +1,7 @@
 //! Kernel timestamps (`bpf_ktime_get_boot_ns`, i.e. `CLOCK_BOOTTIME`) to wall-clock
-//! time, and RFC 3339 formatting.
+//! time.
 
-use std::fmt::Write as _;
+use jiff::Timestamp;
 
 /// Converts `CLOCK_BOOTTIME` nanoseconds to Unix time.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +41,12 @@ impl WallClock {
         i128::from(boot_ns) + self.offset_ns
     }
 
+    /// The wall-clock time of a kernel boot-time timestamp.
+    #[must_use]
+    pub fn timestamp(&self, boot_ns: u64) -> Timestamp {
+        Timestamp::from_nanosecond(self.unix_ns(boot_ns)).unwrap_or(Timestamp::MAX)
+    }
+
     /// Boot time, in nanoseconds, now.
     #[must_use]
     pub fn boot_now_ns() -> u64 {
@@ -59,46 +65,14 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
-/// Appends `unix_ns` as RFC 3339 UTC with microseconds: `2026-11-22T08:15:02.123456Z`.
-pub fn write_rfc3339(out: &mut String, unix_ns: i128) {
-    let micros = unix_ns.div_euclid(1000);
-    let secs = micros.div_euclid(1_000_000);
-    let frac = micros.rem_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    );
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian
-/// calendar (H. Hinnant's algorithm).
-fn civil_from_days(days: i128) -> (i128, i128, i128) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i128::from(m <= 2);
-    (y, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn fmt(unix_ns: i128) -> String {
-        let mut s = String::new();
-        write_rfc3339(&mut s, unix_ns);
-        s
+        let ts = WallClock::with_offset(unix_ns).timestamp(0);
+        // As `kalive_common::event` writes it.
+        format!("{ts:.6}")
     }
 
     #[test]

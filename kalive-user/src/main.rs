@@ -11,29 +11,27 @@ macro_rules! say {
 
 mod btf;
 mod clock;
+mod event;
 mod gaps;
 mod kernel;
 mod layout;
 mod loader;
 mod output;
+mod pipeline;
 mod privs;
 mod procfs;
 mod sockets;
 mod timings;
 
 use std::{
-    collections::HashSet,
-    fmt::Write as _,
-    io::{self, IsTerminal as _, Write},
+    io::{self, IsTerminal as _},
     path::Path,
     process::ExitCode,
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{MapData, RingBuf};
 use clap::Parser;
-use kalive_common::{FLAG_SHARED, Kind, OWNER_PROCFS, Owner, Record};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -41,8 +39,10 @@ use tokio::{
 
 use crate::{
     clock::WallClock,
+    event::Decoder,
     loader::{Choice, Filters, Tracer},
     output::{Format, Writer},
+    pipeline::{Stream, Tally},
     privs::User,
     timings::Timings,
 };
@@ -215,7 +215,8 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
     );
 
     let mut stream = Stream {
-        writer: Writer::new(stdout.lock(), format, WallClock::now(), hz),
+        writer: Writer::new(stdout.lock(), format),
+        decoder: Decoder::new(WallClock::now(), hz),
         tracer,
         sockets,
         pids: filters.pids.iter().copied().collect(),
@@ -291,263 +292,4 @@ fn preflight(root: bool, backend: Choice) -> Result<()> {
         bail!(why);
     }
     kernel::check_release(backend)
-}
-
-struct Stream<W: Write> {
-    writer: Writer<W>,
-    tracer: Tracer,
-    /// Who holds which socket, per the last `/proc` scan.
-    sockets: procfs::Sockets,
-    /// `--pid` values, for records the kernel could not filter.
-    pids: HashSet<u32>,
-    tally: Tally,
-    owners_full_reported: bool,
-}
-
-/// What became of the records.
-#[derive(Debug, Default)]
-struct Tally {
-    written: u64,
-    /// Lost records reported so far.
-    lost: u64,
-    /// Records of a size or version this kalive does not know, skipped.
-    undecodable: u64,
-    /// Keepalive probes with no record, from gaps in probe numbers.
-    gaps: gaps::ProbeGaps,
-    /// Runs of kalive's programs the kernel skipped (recursion protection).
-    skipped: u64,
-}
-
-impl Tally {
-    /// The record in `bytes`; one that cannot be decoded is counted (the
-    /// first is said on stderr), never fatal.
-    fn decode(&mut self, bytes: &[u8]) -> Option<Record> {
-        match Record::decode(bytes) {
-            Ok(record) => Some(record),
-            Err(err) => {
-                if self.undecodable == 0 {
-                    say!("skipping records it cannot decode: {err}");
-                }
-                self.undecodable += 1;
-                None
-            }
-        }
-    }
-
-    /// The line kalive ends with.
-    fn summary(&self) -> String {
-        let mut line = format!(
-            "stopped: {} records written, {} lost",
-            self.written, self.lost
-        );
-        if self.lost > 0 {
-            line.push_str(
-                " (the ring buffer was full at times: a larger --ring-size rides out bursts)",
-            );
-        }
-        if self.undecodable > 0 {
-            let _ = write!(
-                line,
-                ", {} skipped as undecodable (kalive's BPF object and binary disagree)",
-                self.undecodable
-            );
-        }
-        if self.skipped > 0 {
-            let _ = write!(
-                line,
-                "; the kernel skipped {} runs of kalive's programs (records they would \
-                 have made are recovered where kalive can)",
-                self.skipped
-            );
-        }
-        if self.gaps.unseen > 0 {
-            let _ = write!(
-                line,
-                "; {} keepalive probes had no record (gaps in their sockets' probe numbers)",
-                self.gaps.unseen
-            );
-        }
-        line
-    }
-}
-
-impl<W: Write> Stream<W> {
-    /// Writes every record waiting in the ring buffer.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<()> {
-        while let Some(item) = ring.next() {
-            self.handle(&item)?;
-        }
-        self.writer.flush()
-    }
-
-    /// Decodes, completes and writes one record from the ring buffer.
-    fn handle(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let Some(mut record) = self.tally.decode(bytes) else {
-            return Ok(());
-        };
-        // With --pid, a socket's records stop when another process uses it:
-        // gaps would not mean what they say.
-        if let Some(kind) = record.kind().filter(|_| self.pids.is_empty()) {
-            let before = self.tally.gaps.unseen;
-            if self.tally.gaps.see(kind, record.sk, record.probes) > 0 && before == 0 {
-                say!(
-                    "some keepalive probes have no record (gaps in their sockets' \
-                     probe numbers); the count is in the summary at exit"
-                );
-            }
-        }
-        if self.complete(&mut record) {
-            self.writer.record(&record)?;
-            self.tally.written += 1;
-        }
-        Ok(())
-    }
-
-    /// Fills in what the programs could not know, and applies the pid filter
-    /// where the kernel could not. Returns whether to write the record.
-    fn complete(&mut self, record: &mut Record) -> bool {
-        if record.owner_pid().is_none() && record.ino != 0 {
-            self.owner_from_procfs(record);
-        }
-        if record.cookie == 0 {
-            self.assign_cookie(record);
-        }
-        !record.unfiltered()
-            || record
-                .owner_pid()
-                .is_some_and(|pid| self.pids.contains(&pid))
-    }
-
-    /// The owner of a socket the programs know no owner for: whoever holds it in
-    /// `/proc`. The programs are told, so later records carry it.
-    fn owner_from_procfs(&mut self, record: &mut Record) {
-        let Some(holders) = self.sockets.holders(record.ino) else {
-            return;
-        };
-        // Several processes hold it: which one used it last only the kernel can
-        // tell; name the first, and say it is shared.
-        let Some(first) = holders.iter().min_by_key(|h| h.pid) else {
-            return;
-        };
-        let shared = holders.iter().any(|h| h.pid != first.pid);
-        let mut comm = [0u8; 16];
-        let len = first.comm.len().min(15);
-        comm[..len].copy_from_slice(&first.comm[..len]);
-        let owner = Owner {
-            pid: first.pid,
-            source: OWNER_PROCFS,
-            shared: u8::from(shared),
-            pad: 0,
-            learned_ns: WallClock::boot_now_ns(),
-            ino: record.ino,
-            comm,
-        };
-        record.pid = owner.pid;
-        record.comm = owner.comm;
-        record.owner = OWNER_PROCFS;
-        if shared {
-            record.flags |= FLAG_SHARED;
-        }
-        if let Err(err) = self.tracer.set_owner(record.sk, &owner) {
-            log::debug!(
-                "cannot tell the programs the owner of socket {}: {err:#}",
-                record.ino
-            );
-        }
-    }
-
-    /// A socket the kernel has assigned no cookie yet gets one through a
-    /// descriptor of its owner: the caller's for `keepalive_set`, else one found
-    /// in `/proc`.
-    fn assign_cookie(&mut self, record: &mut Record) {
-        if record.ino == 0 {
-            return;
-        }
-        let via = match (record.kind(), record.owner_pid()) {
-            (Some(Kind::KeepaliveSet), Some(pid)) if record.fd >= 0 => Some((pid, record.fd)),
-            _ => self
-                .sockets
-                .holders(record.ino)
-                .and_then(|holders| holders.first())
-                .map(|h| (h.pid, h.fd)),
-        };
-        if let Some((pid, fd)) = via {
-            match sockets::cookie_via_fd(pid, fd, record.ino) {
-                Ok(cookie) => record.cookie = cookie,
-                Err(err) => log::debug!("no cookie for socket {}: {err}", record.ino),
-            }
-        }
-    }
-
-    /// Reports records the programs could not deliver since the last check, and
-    /// (once) a full map of owners.
-    fn check_counters(&mut self) -> io::Result<()> {
-        let lost = self.tracer.lost().map_err(io::Error::other)?;
-        if lost > self.tally.lost {
-            let now = WallClock::boot_now_ns();
-            self.writer.lost(now, lost - self.tally.lost)?;
-            self.tally.written += 1;
-            self.tally.lost = lost;
-            self.writer.flush()?;
-        }
-        let skipped = self.tracer.skipped().map_err(io::Error::other)?;
-        if skipped > self.tally.skipped {
-            if self.tally.skipped == 0 {
-                say!(
-                    "the kernel skipped runs of kalive's programs (a hook fired inside \
-                     itself on a CPU); records they would have made are recovered where \
-                     kalive can; the count is in the summary at exit"
-                );
-            }
-            self.tally.skipped = skipped;
-        }
-        if !self.owners_full_reported && self.tracer.owners_full().map_err(io::Error::other)? > 0 {
-            self.owners_full_reported = true;
-            say!(
-                "the kernel's map of socket owners is full; owners of more sockets \
-                 come from /proc scans (slower, and not filtered in the kernel)"
-            );
-        }
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Tally;
-
-    #[test]
-    fn undecodable_records_are_counted_and_summed_up() {
-        let mut tally = Tally::default();
-        assert!(tally.decode(&[0u8; 7]).is_none());
-        assert!(tally.decode(&[0xffu8; 4096]).is_none());
-        assert_eq!(tally.undecodable, 2);
-        tally.written = 10;
-        tally.lost = 3;
-        assert_eq!(
-            tally.summary(),
-            "stopped: 10 records written, 3 lost (the ring buffer was full at times: a larger \
-             --ring-size rides out bursts), 2 skipped as undecodable (kalive's BPF object and \
-             binary disagree)"
-        );
-        assert_eq!(
-            Tally::default().summary(),
-            "stopped: 0 records written, 0 lost"
-        );
-        let mut tally = Tally::default();
-        tally.gaps.see(kalive_common::Kind::KeepaliveSet, 7, 0);
-        tally.gaps.see(kalive_common::Kind::ProbeSent, 7, 3);
-        assert_eq!(
-            tally.summary(),
-            "stopped: 0 records written, 0 lost; 2 keepalive probes had no record (gaps in \
-             their sockets' probe numbers)"
-        );
-        tally.skipped = 4;
-        assert_eq!(
-            tally.summary(),
-            "stopped: 0 records written, 0 lost; the kernel skipped 4 runs of kalive's \
-             programs (records they would have made are recovered where kalive can); 2 \
-             keepalive probes had no record (gaps in their sockets' probe numbers)"
-        );
-    }
 }

@@ -10,12 +10,7 @@ use std::{
     net::IpAddr,
 };
 
-use kalive_common::{
-    CAUSE_PEER_RESET, CAUSE_PROBES_EXHAUSTED, CAUSE_RETRIES_EXHAUSTED, CAUSE_USER_TIMEOUT, Kind,
-    OWNER_PROCFS, Record,
-};
-
-use crate::clock::{WallClock, write_rfc3339};
+use kalive_common::event::{Event, What};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -25,161 +20,44 @@ pub enum Format {
     Text,
 }
 
-/// User-facing name of an event kind.
-#[must_use]
-pub const fn event_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::StateChange => "state_change",
-        Kind::KeepaliveSet => "keepalive_set",
-        Kind::ProbeSent => "probe_sent",
-        Kind::ProbeAcked => "probe_acked",
-        Kind::KeepaliveTimeout => "keepalive_timeout",
-        Kind::EventsLost => "events_lost",
-        Kind::ZeroWindowProbeSent => "zero_window_probe_sent",
-        Kind::ZeroWindowOpen => "zero_window_open",
-        Kind::ZeroWindowTimeout => "zero_window_timeout",
-    }
-}
-
-/// The kernel's name for a TCP state (`include/net/tcp_states.h`).
-#[must_use]
-pub const fn state_name(state: u8) -> &'static str {
-    match state {
-        1 => "ESTABLISHED",
-        2 => "SYN_SENT",
-        3 => "SYN_RECV",
-        4 => "FIN_WAIT1",
-        5 => "FIN_WAIT2",
-        6 => "TIME_WAIT",
-        7 => "CLOSE",
-        8 => "CLOSE_WAIT",
-        9 => "LAST_ACK",
-        10 => "LISTEN",
-        11 => "CLOSING",
-        12 => "NEW_SYN_RECV",
-        13 => "BOUND_INACTIVE",
-        _ => "UNKNOWN",
-    }
-}
-
-/// The symbolic name of the errors a killed connection can carry: the timeout,
-/// a reset, or an ICMP error the kernel kept (`sk_err_soft`).
-#[must_use]
-pub fn errno_name(errno: u32) -> String {
-    let name = match errno {
-        110 => "ETIMEDOUT",
-        104 => "ECONNRESET",
-        113 => "EHOSTUNREACH",
-        112 => "EHOSTDOWN",
-        101 => "ENETUNREACH",
-        100 => "ENETDOWN",
-        111 => "ECONNREFUSED",
-        103 => "ECONNABORTED",
-        13 => "EACCES",
-        64 => "ENONET",
-        92 => "ENOPROTOOPT",
-        95 => "EOPNOTSUPP",
-        71 => "EPROTO",
-        90 => "EMSGSIZE",
-        32 => "EPIPE",
-        other => return format!("E{other}"),
-    };
-    name.to_owned()
-}
-
-/// How the owner was learned: from the process using the socket (`kernel`), from
-/// `/proc/PID/fd` (`procfs`), or not at all.
-#[must_use]
-pub const fn owner_name(record: &Record) -> &'static str {
-    match (record.owner_pid(), record.owner) {
-        (None, _) => "unknown",
-        (Some(_), OWNER_PROCFS) => "procfs",
-        (Some(_), _) => "kernel",
-    }
-}
-
-/// Why keepalive killed the connection.
-#[must_use]
-pub const fn timeout_cause(record: &Record) -> &'static str {
-    match record.cause {
-        CAUSE_USER_TIMEOUT => "user_timeout",
-        CAUSE_PEER_RESET => "peer_reset",
-        CAUSE_PROBES_EXHAUSTED => "probes_exhausted",
-        CAUSE_RETRIES_EXHAUSTED => "retries_exhausted",
-        _ => "unknown",
-    }
-}
-
 pub struct Writer<W: Write> {
     out: W,
     format: Format,
-    clock: WallClock,
-    hz: u64,
-    line: String,
+    line: Vec<u8>,
     wrote_header: bool,
 }
 
 impl<W: Write> Writer<W> {
-    /// `hz` converts the kernel's jiffies to milliseconds.
-    pub fn new(out: W, format: Format, clock: WallClock, hz: u32) -> Self {
+    pub const fn new(out: W, format: Format) -> Self {
         Self {
             out,
             format,
-            clock,
-            hz: u64::from(hz.max(1)),
-            line: String::new(),
+            line: Vec::new(),
             wrote_header: false,
         }
     }
 
-    /// Formats one record into the output buffer. Records of an unknown kind are
-    /// the decoder's business and never reach here.
+    /// Writes one event: serde's JSON, or a line of text.
     ///
     /// # Errors
     /// When writing to the output fails (for example a closed pipe).
-    pub fn record(&mut self, record: &Record) -> io::Result<()> {
-        let Some(kind) = record.kind() else {
-            return Ok(());
-        };
-        self.begin();
-        match self.format {
-            Format::Json => self.json(kind, record),
-            Format::Text => self.text(kind, record),
-        }
-        self.end()
-    }
-
-    /// An `events_lost` record: `count` records the kernel could not deliver.
-    ///
-    /// # Errors
-    /// When writing to the output fails.
-    pub fn lost(&mut self, ts_boot_ns: u64, count: u64) -> io::Result<()> {
-        self.begin();
-        let name = event_name(Kind::EventsLost);
+    pub fn event(&mut self, event: &Event) -> io::Result<()> {
+        self.line.clear();
         match self.format {
             Format::Json => {
-                let l = &mut self.line;
-                l.push_str("{\"ts\":\"");
-                write_rfc3339(l, self.clock.unix_ns(ts_boot_ns));
-                let _ = write!(
-                    l,
-                    "\",\"event\":\"{name}\",\"pid\":null,\"comm\":null,\"owner\":null,\"shared\":null,\"family\":null,\
-                     \"saddr\":null,\"sport\":null,\"daddr\":null,\"dport\":null,\"netns\":null,\
-                     \"cookie\":null,\"state\":null,\"probes\":null,\"idle_ms\":null,\
-                     \"keepidle_ms\":null,\"keepintvl_ms\":null,\"keepcnt\":null,\
-                     \"user_timeout_ms\":null,\"count\":{count}}}"
-                );
+                serde_json::to_writer(&mut self.line, event).map_err(io::Error::from)?;
             }
             Format::Text => {
-                let time = self.time_of_day(ts_boot_ns);
-                let _ = write!(
-                    self.line,
-                    "{time:<15} {name:<17} {:>7} {:<15} {:<21} {:<21} {:<11} {:>6} {:>7} {:<14} {count} records lost",
-                    "-", "-", "-", "-", "-", "-", "-", "-"
-                );
+                if !self.wrote_header {
+                    self.wrote_header = true;
+                    self.line.extend_from_slice(HEADER.as_bytes());
+                    self.line.push(b'\n');
+                }
+                self.line.extend_from_slice(text(event).as_bytes());
             }
         }
-        self.end()
+        self.line.push(b'\n');
+        self.out.write_all(&self.line)
     }
 
     /// # Errors
@@ -192,180 +70,72 @@ impl<W: Write> Writer<W> {
     pub fn into_inner(self) -> W {
         self.out
     }
+}
 
-    fn begin(&mut self) {
-        self.line.clear();
-        if self.format == Format::Text && !self.wrote_header {
-            self.wrote_header = true;
-            let _ = writeln!(
-                self.line,
-                "{:<15} {:<17} {:>7} {:<15} {:<21} {:<21} {:<11} {:>6} {:>7} {:<14} DETAIL",
-                "TIME",
-                "EVENT",
-                "PID",
-                "COMM",
-                "LOCAL",
-                "REMOTE",
-                "STATE",
-                "PROBES",
-                "IDLE",
-                "KEEPALIVE"
-            );
-        }
+/// The text format's columns.
+static HEADER: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{:<15} {:<17} {:>7} {:<15} {:<21} {:<21} {:<11} {:>6} {:>7} {:<14} DETAIL",
+        "TIME", "EVENT", "PID", "COMM", "LOCAL", "REMOTE", "STATE", "PROBES", "IDLE", "KEEPALIVE"
+    )
+});
+
+/// One event as a line of text under [`HEADER`].
+fn text(event: &Event) -> String {
+    // RFC 3339 with microseconds; HH:MM:SS.micros is enough on a terminal.
+    let ts = format!("{:.6}", event.ts);
+    let time = ts.get(11..26).unwrap_or(&ts);
+    let name = event.kind().name();
+    let detail = detail(event);
+    let Some(s) = &event.socket else {
+        return format!(
+            "{time:<15} {name:<17} {:>7} {:<15} {:<21} {:<21} {:<11} {:>6} {:>7} {:<14} {detail}",
+            "-", "-", "-", "-", "-", "-", "-", "-"
+        );
+    };
+    let pid = s.pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
+    let comm = s
+        .comm
+        .as_deref()
+        .map_or_else(|| "-".to_owned(), |c| text_safe(c.as_bytes()));
+    let local = endpoint(s.saddr, s.sport);
+    let remote = endpoint(s.daddr, s.dport);
+    let idle = s.idle_ms.map_or_else(|| "-".to_owned(), seconds);
+    let mut keepalive = format!(
+        "{}/{}/{}",
+        seconds(s.keepidle_ms),
+        seconds(s.keepintvl_ms),
+        s.keepcnt
+    );
+    if s.user_timeout_ms != 0 {
+        let _ = write!(keepalive, " ut={}", seconds(u64::from(s.user_timeout_ms)));
     }
+    format!(
+        "{time:<15} {name:<17} {pid:>7} {comm:<15} {local:<21} {remote:<21} {:<11} {:>6} {idle:>7} {keepalive:<14} {detail}",
+        s.state.name(),
+        s.probes,
+    )
+}
 
-    fn end(&mut self) -> io::Result<()> {
-        self.line.push('\n');
-        self.out.write_all(self.line.as_bytes())
-    }
-
-    fn ms(&self, jiffies: u32) -> u64 {
-        u64::from(jiffies) * 1000 / self.hz
-    }
-
-    fn json(&mut self, kind: Kind, r: &Record) {
-        let idle = r.idle_jiffies().map(|j| self.ms(j));
-        let (keepidle, keepintvl) = (self.ms(r.keepidle), self.ms(r.keepintvl));
-        let next = self.ms(r.next);
-        let l = &mut self.line;
-        l.push_str("{\"ts\":\"");
-        write_rfc3339(l, self.clock.unix_ns(r.ts_ns));
-        l.push_str("\",\"event\":\"");
-        l.push_str(event_name(kind));
-        l.push('"');
-        match r.owner_pid() {
-            Some(pid) => {
-                let _ = write!(l, ",\"pid\":{pid},\"comm\":");
-                json_string(l, r.owner_comm().unwrap_or_default());
-            }
-            None => l.push_str(",\"pid\":null,\"comm\":null"),
+/// The text format's last column: what only this kind says.
+fn detail(event: &Event) -> String {
+    match &event.what {
+        What::KeepaliveSet { enabled: true } => "enabled".to_owned(),
+        What::KeepaliveSet { enabled: false } => "disabled".to_owned(),
+        What::ProbeSent { next_ms } => format!("next in {}", seconds(*next_ms)),
+        What::ProbeAcked {} => "peer answered".to_owned(),
+        What::KeepaliveTimeout { error, cause } | What::ZeroWindowTimeout { error, cause } => {
+            format!("{error} ({})", cause.name())
         }
-        let _ = write!(
-            l,
-            ",\"owner\":\"{}\",\"shared\":{}",
-            owner_name(r),
-            r.shared()
-        );
-        let _ = write!(
-            l,
-            ",\"family\":\"{}\",\"saddr\":\"{}\",\"sport\":{},\"daddr\":\"{}\",\"dport\":{},\"netns\":{}",
-            if r.is_ipv6() { "ipv6" } else { "ipv4" },
-            r.saddr(),
-            r.local_port(),
-            r.daddr(),
-            r.remote_port(),
-            r.netns,
-        );
-        if r.cookie == 0 {
-            l.push_str(",\"cookie\":null");
-        } else {
-            let _ = write!(l, ",\"cookie\":{}", r.cookie);
+        What::StateChange { old_state } => {
+            let new = event.socket.as_ref().map_or("-", |s| s.state.name());
+            format!("{} -> {new}", old_state.name())
         }
-        let _ = write!(
-            l,
-            ",\"state\":\"{}\",\"probes\":{}",
-            state_name(r.state),
-            r.probes
-        );
-        match idle {
-            Some(ms) => {
-                let _ = write!(l, ",\"idle_ms\":{ms}");
-            }
-            None => l.push_str(",\"idle_ms\":null"),
-        }
-        let _ = write!(
-            l,
-            ",\"keepidle_ms\":{keepidle},\"keepintvl_ms\":{keepintvl},\"keepcnt\":{},\"user_timeout_ms\":{}",
-            r.keepcnt, r.user_timeout_ms
-        );
-        match kind {
-            Kind::KeepaliveSet => {
-                let _ = write!(l, ",\"enabled\":{}", r.keepalive_enabled());
-            }
-            Kind::ProbeSent => {
-                let _ = write!(l, ",\"next_ms\":{next}");
-            }
-            Kind::KeepaliveTimeout | Kind::ZeroWindowTimeout => {
-                let _ = write!(
-                    l,
-                    ",\"error\":\"{}\",\"cause\":\"{}\"",
-                    errno_name(r.error),
-                    timeout_cause(r)
-                );
-            }
-            Kind::StateChange => {
-                let _ = write!(l, ",\"old_state\":\"{}\"", state_name(r.old_state));
-            }
-            Kind::ZeroWindowProbeSent => {
-                let _ = write!(
-                    l,
-                    ",\"backoff\":{},\"next_ms\":{next},\"snd_wnd\":{}",
-                    r.backoff, r.snd_wnd
-                );
-            }
-            Kind::ZeroWindowOpen => {
-                let _ = write!(l, ",\"snd_wnd\":{}", r.snd_wnd);
-            }
-            Kind::ProbeAcked | Kind::EventsLost => {}
-        }
-        l.push('}');
-    }
-
-    fn time_of_day(&self, ts_boot_ns: u64) -> String {
-        let mut ts = String::new();
-        write_rfc3339(&mut ts, self.clock.unix_ns(ts_boot_ns));
-        // HH:MM:SS.micros is enough on a terminal.
-        ts.get(11..26).unwrap_or(&ts).to_owned()
-    }
-
-    fn text(&mut self, kind: Kind, r: &Record) {
-        let time = self.time_of_day(r.ts_ns);
-        let pid = r
-            .owner_pid()
-            .map_or_else(|| "-".to_owned(), |p| p.to_string());
-        let comm = r.owner_comm().map_or_else(|| "-".to_owned(), text_safe);
-        let local = endpoint(r.saddr(), r.local_port());
-        let remote = endpoint(r.daddr(), r.remote_port());
-        let idle = r
-            .idle_jiffies()
-            .map_or_else(|| "-".to_owned(), |j| seconds(self.ms(j)));
-        let mut keepalive = format!(
-            "{}/{}/{}",
-            seconds(self.ms(r.keepidle)),
-            seconds(self.ms(r.keepintvl)),
-            r.keepcnt
-        );
-        if r.user_timeout_ms != 0 {
-            let _ = write!(keepalive, " ut={}", seconds(u64::from(r.user_timeout_ms)));
-        }
-        let detail = match kind {
-            Kind::KeepaliveSet => if r.keepalive_enabled() {
-                "enabled"
-            } else {
-                "disabled"
-            }
-            .to_owned(),
-            Kind::ProbeSent => format!("next in {}", seconds(self.ms(r.next))),
-            Kind::ProbeAcked => "peer answered".to_owned(),
-            Kind::KeepaliveTimeout | Kind::ZeroWindowTimeout => {
-                format!("{} ({})", errno_name(r.error), timeout_cause(r))
-            }
-            Kind::StateChange => format!("{} -> {}", state_name(r.old_state), state_name(r.state)),
-            Kind::EventsLost => String::new(),
-            Kind::ZeroWindowProbeSent => format!(
-                "window 0, backoff {}, next in {}",
-                r.backoff,
-                seconds(self.ms(r.next))
-            ),
-            Kind::ZeroWindowOpen => format!("window {}", r.snd_wnd),
-        };
-        let _ = write!(
-            self.line,
-            "{time:<15} {:<17} {pid:>7} {comm:<15} {local:<21} {remote:<21} {:<11} {:>6} {idle:>7} {keepalive:<14} {detail}",
-            event_name(kind),
-            state_name(r.state),
-            r.probes,
-        );
+        What::EventsLost { count } => format!("{count} records lost"),
+        What::ZeroWindowProbeSent {
+            backoff, next_ms, ..
+        } => format!("window 0, backoff {backoff}, next in {}", seconds(*next_ms)),
+        What::ZeroWindowOpen { snd_wnd } => format!("window {snd_wnd}"),
     }
 }
 
@@ -405,39 +175,22 @@ fn text_safe(bytes: &[u8]) -> String {
     out
 }
 
-/// Appends `bytes` as a JSON string. Valid UTF-8 is kept; control characters are
-/// escaped; each byte of invalid UTF-8 becomes U+FFFD, so the output is always
-/// valid JSON.
-pub fn json_string(out: &mut String, bytes: &[u8]) {
-    out.push('"');
-    for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                '\t' => out.push_str("\\t"),
-                c if u32::from(c) < 0x20 || c == '\u{7f}' => {
-                    let _ = write!(out, "\\u{:04x}", u32::from(c));
-                }
-                c => out.push(c),
-            }
-        }
-        for _ in chunk.invalid() {
-            out.push('\u{fffd}');
-        }
-    }
-    out.push('"');
-}
-
 #[cfg(test)]
 mod tests {
-    use kalive_common::{AF_INET, FLAG_KEEPALIVE, FLAG_USER_TIMEOUT, IDLE_NONE};
+    use kalive_common::{
+        AF_INET, CAUSE_PEER_RESET, CAUSE_PROBES_EXHAUSTED, CAUSE_RETRIES_EXHAUSTED,
+        CAUSE_USER_TIMEOUT, FLAG_KEEPALIVE, FLAG_USER_TIMEOUT, IDLE_NONE, Kind, OWNER_PROCFS,
+        Record,
+    };
 
     use super::*;
+    use crate::{clock::WallClock, event::Decoder};
 
     const HZ: u32 = 250;
+
+    fn decoder() -> Decoder {
+        Decoder::new(WallClock::with_offset(1_000_000_000), HZ)
+    }
 
     fn sample(kind: Kind) -> Record {
         let mut r = Record::zeroed(kind);
@@ -461,14 +214,10 @@ mod tests {
     }
 
     fn render(format: Format, records: &[Record]) -> String {
-        let mut w = Writer::new(
-            Vec::new(),
-            format,
-            WallClock::with_offset(1_000_000_000),
-            HZ,
-        );
+        let mut w = Writer::new(Vec::new(), format);
         for r in records {
-            w.record(r).expect("write to a Vec");
+            w.event(&decoder().event(r).expect("a known kind"))
+                .expect("write to a Vec");
         }
         String::from_utf8(w.into_inner()).expect("utf-8")
     }
@@ -484,11 +233,12 @@ mod tests {
         r.comm[..4].copy_from_slice(b"curl");
         assert_eq!(
             render(Format::Json, &[r]),
-            "{\"ts\":\"1970-01-01T00:00:01.001500Z\",\"event\":\"probe_sent\",\"pid\":4242,\
-             \"comm\":\"curl\",\"owner\":\"kernel\",\"shared\":false,\"family\":\"ipv4\",\"saddr\":\"10.0.0.1\",\"sport\":40000,\
-             \"daddr\":\"10.0.0.2\",\"dport\":80,\"netns\":4026531840,\"cookie\":77,\
-             \"state\":\"ESTABLISHED\",\"probes\":2,\"idle_ms\":2000,\"keepidle_ms\":1000,\
-             \"keepintvl_ms\":1000,\"keepcnt\":2,\"user_timeout_ms\":0,\"next_ms\":1000}\n"
+            "{\"ts\":\"1970-01-01T00:00:01.001500Z\",\"event\":\"probe_sent\",\"next_ms\":1000,\
+             \"pid\":4242,\"comm\":\"curl\",\"owner\":\"kernel\",\"shared\":false,\"family\":\"ipv4\",\
+             \"saddr\":\"10.0.0.1\",\"sport\":40000,\"daddr\":\"10.0.0.2\",\"dport\":80,\
+             \"netns\":4026531840,\"cookie\":77,\"state\":\"ESTABLISHED\",\"probes\":2,\
+             \"idle_ms\":2000,\"keepidle_ms\":1000,\"keepintvl_ms\":1000,\"keepcnt\":2,\
+             \"user_timeout_ms\":0}\n"
         );
     }
 
@@ -582,8 +332,8 @@ mod tests {
 
     #[test]
     fn events_lost_has_the_common_keys() {
-        let mut w = Writer::new(Vec::new(), Format::Json, WallClock::with_offset(0), HZ);
-        w.lost(5_000, 12).expect("write");
+        let mut w = Writer::new(Vec::new(), Format::Json);
+        w.event(&decoder().lost(5_000, 12)).expect("write");
         let out = String::from_utf8(w.into_inner()).expect("utf-8");
         let v: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
         let probe = json(&sample(Kind::ProbeAcked));
@@ -598,9 +348,18 @@ mod tests {
 
     #[test]
     fn json_strings_are_escaped_and_always_valid() {
-        let mut s = String::new();
-        json_string(&mut s, b"a \"q\" \\ \x01\n\xc3\xa9\xff");
-        assert_eq!(s, "\"a \\\"q\\\" \\\\ \\u0001\\n\u{e9}\u{fffd}\"");
+        let mut r = sample(Kind::ProbeSent);
+        r.pid = 7;
+        r.comm[..13].copy_from_slice(b"a \"q\" \\ \x01\n\xc3\xa9\xff");
+        let out = render(Format::Json, &[r]);
+        assert!(
+            out.contains(",\"comm\":\"a \\\"q\\\" \\\\ \\u0001\\n\u{e9}\u{fffd}\","),
+            "{out}"
+        );
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&out).is_ok(),
+            "{out}"
+        );
     }
 
     #[test]
@@ -626,6 +385,23 @@ mod tests {
         assert_eq!(
             (seconds(1000), seconds(2500), seconds(250)),
             ("1s".into(), "2.5s".into(), "0.25s".into())
+        );
+    }
+
+    #[test]
+    fn text_names_both_states_of_a_change_and_counts_losses() {
+        let mut change = sample(Kind::StateChange);
+        change.old_state = 2;
+        let out = render(Format::Text, &[change]);
+        assert!(out.contains("SYN_SENT -> ESTABLISHED"), "{out}");
+        let mut w = Writer::new(Vec::new(), Format::Text);
+        w.event(&decoder().lost(0, 5)).expect("write");
+        let out = String::from_utf8(w.into_inner()).expect("utf-8");
+        assert!(
+            out.lines()
+                .nth(1)
+                .is_some_and(|l| l.ends_with(" 5 records lost")),
+            "{out}"
         );
     }
 }

@@ -18,6 +18,7 @@ use std::{
 
 mod support;
 
+use kalive_common::event::What;
 use serde_json::Value;
 use support::{Family, KillOnDrop, Netns, Peer, alone, connect};
 
@@ -112,14 +113,13 @@ fn start_kalive() -> (KillOnDrop, Arc<AtomicU64>, Arc<Mutex<Vec<Value>>>) {
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 lines.fetch_add(1, Ordering::Relaxed);
+                let (event, value) = support::record(&line).unwrap_or_else(|err| panic!("{err}"));
                 // A lost record counts as one seen.
-                if line.contains("\"event\":\"events_lost\"") {
-                    let record: Value = serde_json::from_str(&line).expect("JSON");
-                    lines.fetch_add(record["count"].as_u64().expect("count"), Ordering::Relaxed);
+                if let What::EventsLost { count } = event.what {
+                    lines.fetch_add(count, Ordering::Relaxed);
                 }
-                if line.contains("\"dport\":7777") {
-                    let record = serde_json::from_str(&line).expect("JSON");
-                    kept.lock().expect("lock").push(record);
+                if event.socket.is_some_and(|s| s.dport == 7777) {
+                    kept.lock().expect("lock").push(value);
                 }
             }
         });

@@ -7,6 +7,7 @@
 use aya_ebpf::helpers::bpf_get_socket_cookie;
 use kalive_common::{
     CAUSE_PEER_RESET, CAUSE_PROBES_EXHAUSTED, CAUSE_RETRIES_EXHAUSTED, CAUSE_USER_TIMEOUT, Kind,
+    TcpState,
 };
 
 use super::{Args, hook};
@@ -16,10 +17,11 @@ use crate::{
     maps::{CALLBACK, Callback, KEEPALIVE, SEEN_CLOSE},
 };
 
-const TCP_SYN_SENT: u64 = 2;
-const TCP_FIN_WAIT2: u64 = 5;
-pub(crate) const TCP_CLOSE: u64 = 7;
-const TCP_LISTEN: u64 = 10;
+// The tracepoint's states, as u64 arguments.
+const TCP_SYN_SENT: u64 = TcpState::SynSent as u64;
+const TCP_FIN_WAIT2: u64 = TcpState::FinWait2 as u64;
+pub(crate) const TCP_CLOSE: u64 = TcpState::Close as u64;
+const TCP_LISTEN: u64 = TcpState::Listen as u64;
 const ECONNRESET: u32 = 104;
 
 hook!(

@@ -23,6 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use kalive_common::event::Event;
 use serde_json::Value;
 
 /// Runs a command and panics with its output when it fails.
@@ -539,11 +540,10 @@ impl Kalive {
                     Err(RecvTimeoutError::Disconnected) => false,
                 };
                 for line in lines {
-                    self.records.push(
-                        serde_json::from_str(&line).unwrap_or_else(|err| {
-                            panic!("kalive wrote invalid JSON ({err}): {line}")
-                        }),
-                    );
+                    match record(&line) {
+                        Ok((_, value)) => self.records.push(value),
+                        Err(err) => panic!("{err}"),
+                    }
                 }
                 open
             }
@@ -652,6 +652,16 @@ fn shared_kalive() -> &'static SharedKalive {
     SHARED.get().expect("the shared kalive was started")
 }
 
+/// A line kalive wrote, read as the typed record it must be (kalive's own
+/// `Event`) and as JSON for the tests to look into; or why it is neither.
+pub fn record(line: &str) -> Result<(Event, Value), String> {
+    let event = serde_json::from_str(line)
+        .map_err(|err| format!("kalive wrote a line that is not a record ({err}): {line}"))?;
+    let value = serde_json::from_str(line)
+        .map_err(|err| format!("kalive wrote invalid JSON ({err}): {line}"))?;
+    Ok((event, value))
+}
+
 /// Files the shared kalive's records as they come, for every view to read.
 fn file_shared_records(stdout: Receiver<String>) {
     let shared = shared_kalive();
@@ -661,9 +671,9 @@ fn file_shared_records(stdout: Receiver<String>) {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let Ok(list) = records.as_mut() {
-            match serde_json::from_str(&line) {
-                Ok(record) => list.push(record),
-                Err(err) => *records = Err(format!("kalive wrote invalid JSON ({err}): {line}")),
+            match record(&line) {
+                Ok((_, value)) => list.push(value),
+                Err(err) => *records = Err(err),
             }
         }
         drop(records);
