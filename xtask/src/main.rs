@@ -9,6 +9,7 @@
 //! ```
 
 mod bench;
+mod cmd;
 mod setup;
 mod toolchain;
 mod vm;
@@ -17,10 +18,10 @@ use std::{
     env,
     ffi::OsString,
     path::{Path, PathBuf},
-    process::{Command, ExitCode},
+    process::ExitCode,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
 use crate::setup::Purpose;
@@ -109,17 +110,11 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::BuildEbpf => build_ebpf(&root, Purpose::Build).map(drop),
         Cmd::Run { args } => {
             let kalive = build_release(&root, Purpose::Build)?;
-            let mut cmd = if is_root() {
-                Command::new(&kalive)
-            } else {
-                let mut cmd = Command::new("sudo");
-                cmd.arg(&kalive);
-                cmd
-            };
-            let status = cmd
+            let mut kalive = cmd::privileged(&kalive);
+            let status = kalive
                 .args(args)
                 .status()
-                .with_context(|| format!("running {cmd:?}"))?;
+                .with_context(|| format!("running {}", cmd::describe(&kalive)))?;
             match status.code() {
                 Some(0) | None => Ok(()),
                 Some(code) => std::process::exit(code),
@@ -193,9 +188,8 @@ fn test(root: &Path, args: &[OsString]) -> Result<()> {
     cargo(root, &clippy)?;
 
     // End-to-end tests need root; they are `#[ignore]`d for plain `cargo test`.
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(root)
-        .arg("test")
+    let mut cmd = cmd::cargo(root);
+    cmd.arg("test")
         .args(userspace)
         // The end-to-end tests mostly wait on kernel timers: run more at once.
         .args([
@@ -206,13 +200,10 @@ fn test(root: &Path, args: &[OsString]) -> Result<()> {
             "6",
         ])
         .args(args);
-    if !is_root() {
+    if !cmd::is_root() {
         cmd.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", "sudo -E");
     }
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("tests failed ({status})");
-    }
+    cmd::run(&mut cmd).context("running the tests")?;
     // The benchmarks, small: they keep working, and nothing is lost under load.
     let kalive = build_release(root, Purpose::Test)?;
     bench::run(
@@ -248,15 +239,7 @@ fn build_ebpf(root: &Path, purpose: Purpose) -> Result<PathBuf> {
 }
 
 fn cargo(root: &Path, args: &[&str]) -> Result<()> {
-    let status = Command::new("cargo")
-        .current_dir(root)
-        .args(args)
-        .status()
-        .with_context(|| format!("running cargo {}", args.join(" ")))?;
-    if !status.success() {
-        bail!("cargo {} failed ({status})", args.join(" "));
-    }
-    Ok(())
+    cmd::run(cmd::cargo(root).args(args))
 }
 
 fn workspace_root() -> PathBuf {
@@ -268,9 +251,4 @@ fn workspace_root() -> PathBuf {
 
 fn target_dir(root: &Path) -> PathBuf {
     env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail and has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }

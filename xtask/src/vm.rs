@@ -26,6 +26,8 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
+use crate::cmd;
+
 /// The kernel the suite runs on, as Debian packages it.
 const PACKAGE_PATTERN: &str = r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$";
 
@@ -203,7 +205,7 @@ impl Kernel {
 /// The newest 6.1 cloud kernel package, downloaded and unpacked once.
 fn fetch_kernel(dir: &Path) -> Result<Kernel> {
     let search =
-        output(Command::new("apt-cache").args(["search", "--names-only", PACKAGE_PATTERN]))?;
+        cmd::output(Command::new("apt-cache").args(["search", "--names-only", PACKAGE_PATTERN]))?;
     let package = search
         .lines()
         .filter_map(|line| line.split_whitespace().next())
@@ -225,7 +227,7 @@ fn fetch_kernel(dir: &Path) -> Result<Kernel> {
         deb
     } else {
         eprintln!("vm-test: downloading {package}");
-        status(Command::new("apt-get").current_dir(dir).args([
+        cmd::run(Command::new("apt-get").current_dir(dir).args([
             "-q",
             "-o",
             "APT::Sandbox::User=root",
@@ -234,14 +236,14 @@ fn fetch_kernel(dir: &Path) -> Result<Kernel> {
         ]))?;
         find_deb(dir, &package).ok_or_else(|| anyhow!("apt-get download left no {package} .deb"))?
     };
-    status(
+    cmd::run(
         Command::new("dpkg-deb")
             .arg("-x")
             .arg(&deb)
             .arg(&kernel.root),
     )?;
     // The package leaves modules.dep to its postinst.
-    status(
+    cmd::run(
         Command::new("depmod")
             .arg("-b")
             .arg(&kernel.root)
@@ -275,25 +277,23 @@ fn find_deb(dir: &Path, package: &str) -> Option<PathBuf> {
 /// Builds the end-to-end test binaries (release: TCG is slow enough) and
 /// returns those the VM runs.
 fn build_tests(root: &Path) -> Result<Vec<TestBinary>> {
-    let out = Command::new("cargo")
-        .current_dir(root)
-        .args([
-            "test",
-            "--release",
-            "--no-run",
-            "--package",
-            "kalive-user",
-            "--tests",
-            "--message-format=json-render-diagnostics",
-        ])
-        .stderr(Stdio::inherit())
-        .output()
-        .context("building the test binaries")?;
-    if !out.status.success() {
-        bail!("building the test binaries failed ({})", out.status);
-    }
+    let out = cmd::output(
+        cmd::cargo(root)
+            .args([
+                "test",
+                "--release",
+                "--no-run",
+                "--package",
+                "kalive-user",
+                "--tests",
+                "--message-format=json-render-diagnostics",
+            ])
+            // cargo's progress and diagnostics, as it goes.
+            .stderr(Stdio::inherit()),
+    )
+    .context("building the test binaries")?;
     let mut tests = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    for line in out.lines() {
         let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
@@ -395,7 +395,7 @@ impl Archive {
     /// A host executable and the shared libraries it loads.
     fn host_program(&mut self, path: &Path) -> Result<()> {
         self.host_file(path)?;
-        let ldd = output(Command::new("ldd").arg(path)).unwrap_or_default();
+        let ldd = cmd::output(Command::new("ldd").arg(path)).unwrap_or_default();
         for line in ldd.lines() {
             // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
             // "/lib64/ld-linux-x86-64.so.2 (0x...)"
@@ -545,8 +545,7 @@ fn build_initramfs(
     a.host_file(Path::new("/bin/busybox"))
         .context("busybox (apt-get install busybox-static)")?;
     for tool in ["ip", "nstat", "nft", "sysctl"] {
-        let path =
-            crate::toolchain::which(tool).ok_or_else(|| anyhow!("{tool} is not installed"))?;
+        let path = cmd::which(tool).ok_or_else(|| anyhow!("{tool} is not installed"))?;
         a.host_program(&path)?;
     }
     for etc in ["/etc/protocols", "/etc/services"] {
@@ -624,7 +623,7 @@ fn build_initramfs(
         );
     }
     for tool in ["bpftool"] {
-        if let Some(path) = crate::toolchain::which(tool) {
+        if let Some(path) = cmd::which(tool) {
             a.host_program(&path)?;
         }
     }
@@ -778,22 +777,6 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn status(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed ({status})");
-    }
-    Ok(())
-}
-
-fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed ({})", out.status);
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
+use crate::cmd;
+
 use self::{
     load::{Connections, Netns, Pair},
     procs::{BpfStats, Prog, Running, Tracer},
@@ -184,7 +186,7 @@ pub fn run(kalive: &Path, opts: &Options) -> Result<()> {
     let Some(backend) = runnable.first().cloned() else {
         bail!("no kalive backend runs here: {backends:?}");
     };
-    let bpftrace = which("bpftrace");
+    let bpftrace = cmd::which("bpftrace").is_some();
     if !bpftrace {
         eprintln!("bench: bpftrace is not installed; `cargo xtask setup` installs it");
     }
@@ -251,11 +253,6 @@ fn check(r: &Results) -> Result<()> {
         bail!("kalive gave no start-up breakdown");
     }
     Ok(())
-}
-
-fn which(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
 }
 
 /// Which backends start here, and why the others do not.

@@ -15,6 +15,8 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::Value;
 
+use crate::cmd;
+
 /// What runs beside the load.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Tracer {
@@ -217,17 +219,8 @@ pub struct Prog {
 
 /// Every loaded BPF program, by id (bpftool).
 pub fn programs() -> Result<BTreeMap<u64, Prog>> {
-    let out = Command::new("bpftool")
-        .args(["-j", "prog", "show"])
-        .output()
-        .context("running bpftool")?;
-    if !out.status.success() {
-        bail!(
-            "bpftool prog show: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let list: Value = serde_json::from_slice(&out.stdout).context("bpftool's JSON")?;
+    let out = cmd::output(Command::new("bpftool").args(["-j", "prog", "show"]))?;
+    let list: Value = serde_json::from_str(&out).context("bpftool's JSON")?;
     let mut progs = BTreeMap::new();
     for p in list
         .as_array()

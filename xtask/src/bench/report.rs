@@ -5,6 +5,8 @@ use std::{fmt::Write as _, fs, path::Path, process::Command};
 
 use anyhow::{Context as _, Result};
 
+use crate::cmd;
+
 use super::{Results, Spread, procs::Tracer, quantile};
 
 const NOTES_MARKER: &str = "<!-- Notes below this line are kept by `cargo xtask bench`. -->";
@@ -30,10 +32,8 @@ fn verdict(met: bool) -> &'static str {
 }
 
 fn header(md: &mut String, command: &str, r: &Results) {
-    let date = Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    let date = cmd::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
+        .map(|out| out.trim().to_owned())
         .unwrap_or_default();
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
