@@ -51,6 +51,16 @@ const VM_PACKAGES: &[(&str, &str)] = &[
     ("kmod", "depmod for the test VM's kernel modules"),
 ];
 
+/// `cargo xtask setup`: everything, for the tests too.
+pub fn run() -> Result<()> {
+    let route = ensure(Purpose::Test)?;
+    eprintln!(
+        "setup: everything is installed; BPF compiler: {}",
+        route.describe()
+    );
+    Ok(())
+}
+
 /// Makes sure a BPF compiler route, a matching bpf-linker and (for tests) the test
 /// tools are present, installing what is missing. Returns the route to build with.
 pub fn ensure(purpose: Purpose) -> Result<Route> {

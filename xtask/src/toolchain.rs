@@ -7,8 +7,6 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context as _, Result};
-
 use crate::cmd;
 
 /// The bpf-linker release line kalive is built with.
@@ -157,54 +155,6 @@ fn bpf_linker_llvm() -> Option<u32> {
             .parse()
             .ok()
     })
-}
-
-/// Builds `kalive-ebpf` and returns the object's path.
-pub fn build_ebpf(root: &Path, route: &Route) -> Result<PathBuf> {
-    let target = "bpfel-unknown-none";
-    let target_dir = root.join("target/ebpf");
-    let mut cmd = match route {
-        Route::Nightly { toolchain, .. } => {
-            let mut cmd = Command::new("rustup");
-            cmd.args(["run", toolchain, "cargo"]);
-            cmd
-        }
-        Route::Prebuilt { rustc, .. } => {
-            let mut cmd = Command::new("cargo");
-            cmd.env("RUSTC", rustc)
-                // aya-ebpf uses `asm_experimental_arch`; allow it for that crate only.
-                .env("RUSTC_BOOTSTRAP", "aya_ebpf");
-            cmd
-        }
-    };
-    cmd.current_dir(root)
-        .args([
-            "build",
-            "--package",
-            "kalive-ebpf",
-            "--bins",
-            "--release",
-            "--target",
-            target,
-        ])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .env_remove("RUSTC_WRAPPER")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            [
-                format!("--cfg=bpf_target_arch=\"{}\"", env::consts::ARCH),
-                "-Cdebuginfo=2".to_owned(),
-                "-Clink-arg=--btf".to_owned(),
-            ]
-            .join("\x1f"),
-        );
-    if matches!(route, Route::Nightly { .. }) {
-        cmd.args(["-Z", "build-std=core"]);
-    }
-    cmd::run(&mut cmd).context("building kalive-ebpf")?;
-    Ok(target_dir.join(target).join("release/kalive"))
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use crate::cmd;
+use crate::{build_ebpf, cmd, setup::Purpose};
 
 /// The kernel the suite runs on, as Debian packages it.
 const PACKAGE_PATTERN: &str = r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$";
@@ -107,8 +107,14 @@ fn jobs(tests: &[TestBinary], backends: &[&str]) -> VecDeque<Job> {
     jobs.into()
 }
 
-/// Runs the suite in the VMs; fails if any test fails on any backend.
+/// `cargo xtask vm-test`: builds what the suite needs and runs it.
 pub fn run(root: &Path, options: &Options) -> Result<()> {
+    build_ebpf::build(root, Purpose::Test)?;
+    suite(root, options)
+}
+
+/// Runs the suite in the VMs; fails if any test fails on any backend.
+pub fn suite(root: &Path, options: &Options) -> Result<()> {
     let dir = root.join("target/vm");
     fs::create_dir_all(&dir)?;
     let kernel = fetch_kernel(&dir)?;

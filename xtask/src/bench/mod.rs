@@ -24,19 +24,19 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use crate::cmd;
+use crate::{cmd, run, setup::Purpose, workspace};
 
 use self::{
     load::{Connections, Netns, Pair},
     procs::{BpfStats, Prog, Running, Tracer},
 };
 
-pub struct Options {
+struct Options {
     /// A smoke run: small and short, and its invariants are checked.
-    pub quick: bool,
-    pub out: PathBuf,
+    quick: bool,
+    out: PathBuf,
     /// The command line, for the report.
-    pub command: String,
+    command: String,
 }
 
 /// How much of everything.
@@ -168,8 +168,33 @@ pub struct Results {
     pub backend: String,
 }
 
+/// `cargo xtask bench [--quick] [--out FILE]`: builds kalive and measures it.
+pub fn run(root: &Path, quick: bool, out: Option<PathBuf>) -> Result<()> {
+    let out = out.unwrap_or_else(|| {
+        if quick {
+            workspace::target_dir(root).join("bench-quick.md")
+        } else {
+            root.join("BENCHMARKS.md")
+        }
+    });
+    let kalive = run::build_release(root, Purpose::Test)?;
+    let command = if quick {
+        "cargo xtask bench --quick"
+    } else {
+        "cargo xtask bench"
+    };
+    measure(
+        &kalive,
+        &Options {
+            quick,
+            out,
+            command: command.to_owned(),
+        },
+    )
+}
+
 /// Runs everything in `plan` and writes the report.
-pub fn run(kalive: &Path, opts: &Options) -> Result<()> {
+fn measure(kalive: &Path, opts: &Options) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmarks load BPF programs and make network namespaces: run as root");
