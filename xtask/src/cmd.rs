@@ -1,18 +1,26 @@
 //! Running the programs xtask is made of: each one's status checked, its
 //! output captured when it is wanted, and every error naming the command.
+//!
+//! xtask's stdout is kalive's alone: `cargo xtask run -- --format json | jq`
+//! must see kalive's records and nothing else. So what a child prints and
+//! xtask does not capture goes to xtask's stderr, the stdout of apt-get and
+//! cargo included.
 
 use std::{
     env,
     ffi::OsStr,
+    io,
     path::{Path, PathBuf},
     process::Command,
 };
 
 use anyhow::{Context as _, Result, bail};
 
-/// Runs `cmd` to the end; fails unless it exits 0.
+/// Runs `cmd` to the end, its stdout sent to xtask's stderr; fails unless it
+/// exits 0.
 pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd
+        .stdout(io::stderr())
         .status()
         .with_context(|| format!("running {}", describe(cmd)))?;
     if !status.success() {

@@ -1,5 +1,8 @@
 //! `cargo xtask run -- ARGS`: build everything in release mode and run
 //! `kalive` as root.
+//!
+//! Its stdout is kalive's: everything before kalive starts (installing,
+//! building) goes to stderr (see `cmd`).
 
 use std::{
     ffi::OsString,
@@ -13,6 +16,7 @@ use crate::{build_ebpf, cmd, setup::Purpose, workspace};
 /// `cargo xtask run -- ARGS`: exits with kalive's exit code.
 pub fn run(root: &Path, args: &[OsString]) -> Result<()> {
     let kalive = build_release(root, Purpose::Build)?;
+    // Not through cmd::run: kalive's stdout is ours.
     let mut kalive = cmd::privileged(&kalive);
     let status = kalive
         .args(args)
