@@ -166,7 +166,7 @@ pub fn request_response(ns: &Netns, conns: usize, secs: Duration) -> Result<f64>
         for t in threads {
             t.join().map_err(|_| anyhow!("a load thread panicked"))?;
         }
-        #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+        #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
         Ok(done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64())
     })
     .join()

@@ -243,7 +243,13 @@ pub fn programs() -> Result<BTreeMap<u64, Prog>> {
 /// Run-time statistics for every BPF program while this lives
 /// (`BPF_ENABLE_STATS`: the kernel turns them off when the descriptor closes,
 /// even if we crash).
-pub struct BpfStats(#[allow(dead_code)] OwnedFd);
+pub struct BpfStats(
+    #[expect(
+        dead_code,
+        reason = "held, never read: closing it turns the statistics off"
+    )]
+    OwnedFd,
+);
 
 impl BpfStats {
     pub fn enable() -> Result<Self> {
