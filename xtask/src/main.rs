@@ -9,21 +9,18 @@
 //! ```
 
 mod bench;
+mod build_ebpf;
+mod cmd;
+mod run;
 mod setup;
+mod test;
 mod toolchain;
 mod vm;
+mod workspace;
 
-use std::{
-    env,
-    ffi::OsString,
-    path::{Path, PathBuf},
-    process::{Command, ExitCode},
-};
+use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
-use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
-
-use crate::setup::Purpose;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build, run and test kalive")]
@@ -86,61 +83,24 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse().command) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("xtask: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run(cmd: Cmd) -> Result<()> {
-    let root = workspace_root();
-    match cmd {
-        Cmd::Setup => {
-            let route = setup::ensure(Purpose::Test)?;
-            eprintln!(
-                "setup: everything is installed; BPF compiler: {}",
-                route.describe()
-            );
-            Ok(())
-        }
-        Cmd::BuildEbpf => build_ebpf(&root, Purpose::Build).map(drop),
-        Cmd::Run { args } => {
-            let kalive = build_release(&root, Purpose::Build)?;
-            let mut cmd = if is_root() {
-                Command::new(&kalive)
-            } else {
-                let mut cmd = Command::new("sudo");
-                cmd.arg(&kalive);
-                cmd
-            };
-            let status = cmd
-                .args(args)
-                .status()
-                .with_context(|| format!("running {cmd:?}"))?;
-            match status.code() {
-                Some(0) | None => Ok(()),
-                Some(code) => std::process::exit(code),
-            }
-        }
+    let root = workspace::root();
+    let result = match Cli::parse().command {
+        Cmd::Setup => setup::run(),
+        Cmd::BuildEbpf => build_ebpf::run(&root),
+        Cmd::Run { args } => run::run(&root, &args),
         Cmd::VmTest {
             backends,
             tests,
             script,
-        } => {
-            build_ebpf(&root, Purpose::Test)?;
-            vm::run(
-                &root,
-                &vm::Options {
-                    backends,
-                    tests,
-                    script,
-                },
-            )
-        }
-        Cmd::Test { args } => test(&root, &args),
+        } => vm::run(
+            &root,
+            &vm::Options {
+                backends,
+                tests,
+                script,
+            },
+        ),
+        Cmd::Test { args } => test::run(&root, &args),
         Cmd::BenchHold {
             addr,
             n,
@@ -148,129 +108,13 @@ fn run(cmd: Cmd) -> Result<()> {
             intvl,
             cnt,
         } => bench::hold(addr, n, idle, intvl, cnt),
-        Cmd::Bench { quick, out } => {
-            let out = out.unwrap_or_else(|| {
-                if quick {
-                    target_dir(&root).join("bench-quick.md")
-                } else {
-                    root.join("BENCHMARKS.md")
-                }
-            });
-            let kalive = build_release(&root, Purpose::Test)?;
-            let command = if quick {
-                "cargo xtask bench --quick"
-            } else {
-                "cargo xtask bench"
-            };
-            bench::run(
-                &kalive,
-                &bench::Options {
-                    quick,
-                    out,
-                    command: command.to_owned(),
-                },
-            )
+        Cmd::Bench { quick, out } => bench::run(&root, quick, out),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
         }
     }
-}
-
-/// Tests: everything CI checks, in the order that fails fastest.
-fn test(root: &Path, args: &[OsString]) -> Result<()> {
-    // Everything the VM suite needs too: it runs last.
-    build_ebpf(root, Purpose::Test)?;
-    cargo(root, &["fmt", "--all", "--", "--check"])?;
-    let userspace = [
-        "--package",
-        "kalive-common",
-        "--package",
-        "kalive-user",
-        "--package",
-        "xtask",
-    ];
-    let mut clippy = vec!["clippy"];
-    clippy.extend(userspace);
-    clippy.extend(["--all-targets", "--all-features", "--", "-D", "warnings"]);
-    cargo(root, &clippy)?;
-
-    // End-to-end tests need root; they are `#[ignore]`d for plain `cargo test`.
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(root)
-        .arg("test")
-        .args(userspace)
-        // The end-to-end tests mostly wait on kernel timers: run more at once.
-        .args([
-            "--all-features",
-            "--",
-            "--include-ignored",
-            "--test-threads",
-            "6",
-        ])
-        .args(args);
-    if !is_root() {
-        cmd.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", "sudo -E");
-    }
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("tests failed ({status})");
-    }
-    // The benchmarks, small: they keep working, and nothing is lost under load.
-    let kalive = build_release(root, Purpose::Test)?;
-    bench::run(
-        &kalive,
-        &bench::Options {
-            quick: true,
-            out: target_dir(root).join("bench-quick.md"),
-            command: "cargo xtask bench --quick".to_owned(),
-        },
-    )?;
-    // The same end-to-end suite on a second kernel, per backend. Skipped only
-    // when asked, and then said.
-    if env::var_os("KALIVE_SKIP_VM").is_some_and(|v| v == "1") {
-        eprintln!("test: KALIVE_SKIP_VM=1: not running the suite in the 6.1 VM");
-        return Ok(());
-    }
-    vm::run(root, &vm::Options::default())
-}
-
-/// Builds the BPF object and the release `kalive`; returns its path.
-fn build_release(root: &Path, purpose: Purpose) -> Result<PathBuf> {
-    build_ebpf(root, purpose)?;
-    cargo(root, &["build", "--release", "--package", "kalive-user"])?;
-    Ok(target_dir(root).join("release/kalive"))
-}
-
-fn build_ebpf(root: &Path, purpose: Purpose) -> Result<PathBuf> {
-    let route = setup::ensure(purpose)?;
-    eprintln!("build-ebpf: {}", route.describe());
-    let object = toolchain::build_ebpf(root, &route)?;
-    eprintln!("build-ebpf: {}", object.display());
-    Ok(object)
-}
-
-fn cargo(root: &Path, args: &[&str]) -> Result<()> {
-    let status = Command::new("cargo")
-        .current_dir(root)
-        .args(args)
-        .status()
-        .with_context(|| format!("running cargo {}", args.join(" ")))?;
-    if !status.success() {
-        bail!("cargo {} failed ({status})", args.join(" "));
-    }
-    Ok(())
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace root")
-        .to_path_buf()
-}
-
-fn target_dir(root: &Path) -> PathBuf {
-    env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail and has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }

@@ -7,7 +7,10 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::toolchain::{self, BPF_LINKER_VERSION, Route};
+use crate::{
+    cmd::{self, privileged},
+    toolchain::{self, BPF_LINKER_VERSION, Route},
+};
 
 /// What the caller is about to do; tests need more tools than a build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,10 +51,20 @@ const VM_PACKAGES: &[(&str, &str)] = &[
     ("kmod", "depmod for the test VM's kernel modules"),
 ];
 
+/// `cargo xtask setup`: everything, for the tests too.
+pub fn run() -> Result<()> {
+    let route = ensure(Purpose::Test)?;
+    eprintln!(
+        "setup: everything is installed; BPF compiler: {}",
+        route.describe()
+    );
+    Ok(())
+}
+
 /// Makes sure a BPF compiler route, a matching bpf-linker and (for tests) the test
 /// tools are present, installing what is missing. Returns the route to build with.
 pub fn ensure(purpose: Purpose) -> Result<Route> {
-    let debian = Path::new("/etc/debian_version").exists() && toolchain::which("apt-get").is_some();
+    let debian = Path::new("/etc/debian_version").exists() && cmd::which("apt-get").is_some();
     let mut apt: Vec<(String, String)> = Vec::new();
 
     let route = toolchain::detect();
@@ -77,7 +90,7 @@ pub fn ensure(purpose: Purpose) -> Result<Route> {
             .iter()
             .copied()
             .flatten()
-            .any(|(p, _)| toolchain::which(tool_of(p)).is_none());
+            .any(|(p, _)| cmd::which(tool_of(p)).is_none());
         if route.is_none() || missing_tool {
             print_manual_steps();
             bail!("this is not a Debian machine: install the above by hand, then run this again");
@@ -139,8 +152,8 @@ fn tool_of(package: &str) -> &str {
 }
 
 fn dpkg_installed(pkg: &str) -> bool {
-    toolchain::output(Command::new("dpkg-query").args(["-W", "-f=${db:Status-Abbrev}", pkg]))
-        .is_some_and(|status| status.starts_with("ii"))
+    cmd::output(Command::new("dpkg-query").args(["-W", "-f=${db:Status-Abbrev}", pkg]))
+        .is_ok_and(|status| status.starts_with("ii"))
 }
 
 /// `apt-get update` once, then install `pkgs`, saying why each is needed.
@@ -148,43 +161,28 @@ fn apt_install(pkgs: &[(String, String)]) -> Result<()> {
     for (pkg, why) in pkgs {
         eprintln!("setup: installing {pkg}: {why}");
     }
-    run(privileged("apt-get").args(["update", "-q"]))?;
-    run(privileged("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(pkgs.iter().map(|(pkg, _)| pkg))
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    cmd::run(privileged("apt-get").args(["update", "-q"]))?;
+    cmd::run(
+        privileged("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(pkgs.iter().map(|(pkg, _)| pkg))
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn install_bpf_linker(llvm: u32) -> Result<()> {
     eprintln!(
         "setup: installing bpf-linker {BPF_LINKER_VERSION} for LLVM {llvm} (links the BPF object; a few minutes)"
     );
-    run(Command::new("cargo")
-        .args(["install", "bpf-linker", "--force", "--no-default-features"])
-        .arg("--version")
-        .arg(format!("~{BPF_LINKER_VERSION}"))
-        .arg("--features")
-        .arg(format!("llvm-{llvm}"))
-        .env("LLVM_PREFIX", format!("/usr/lib/llvm-{llvm}")))
-}
-
-/// `cmd`, through sudo when not root.
-fn privileged(program: &str) -> Command {
-    if crate::is_root() {
-        Command::new(program)
-    } else {
-        let mut cmd = Command::new("sudo");
-        cmd.arg(program);
-        cmd
-    }
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed ({status})");
-    }
-    Ok(())
+    cmd::run(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--force", "--no-default-features"])
+            .arg("--version")
+            .arg(format!("~{BPF_LINKER_VERSION}"))
+            .arg("--features")
+            .arg(format!("llvm-{llvm}"))
+            .env("LLVM_PREFIX", format!("/usr/lib/llvm-{llvm}")),
+    )
 }
 
 pub fn print_manual_steps() {

@@ -7,7 +7,7 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context as _, Result, bail};
+use crate::cmd;
 
 /// The bpf-linker release line kalive is built with.
 pub const BPF_LINKER_VERSION: &str = "0.13";
@@ -51,17 +51,19 @@ pub fn detect() -> Option<Route> {
 
 fn nightly() -> Option<Route> {
     let toolchain = "nightly";
-    let components = output(Command::new("rustup").args([
+    let components = cmd::output(Command::new("rustup").args([
         "component",
         "list",
         "--installed",
         "--toolchain",
         toolchain,
-    ]))?;
+    ]))
+    .ok()?;
     if !components.lines().any(|c| c.starts_with("rust-src")) {
         return None;
     }
-    let version = output(Command::new("rustup").args(["run", toolchain, "rustc", "-vV"]))?;
+    let version =
+        cmd::output(Command::new("rustup").args(["run", toolchain, "rustc", "-vV"])).ok()?;
     Some(Route::Nightly {
         toolchain: toolchain.to_owned(),
         llvm_major: llvm_major(&version)?,
@@ -73,7 +75,7 @@ fn nightly() -> Option<Route> {
 fn prebuilt() -> Option<Route> {
     let rustc = env::var_os("KALIVE_BPF_RUSTC")
         .map_or_else(|| PathBuf::from("/usr/bin/rustc"), PathBuf::from);
-    let sysroot = output(Command::new(&rustc).args(["--print", "sysroot"]))?;
+    let sysroot = cmd::output(Command::new(&rustc).args(["--print", "sysroot"])).ok()?;
     let lib = Path::new(sysroot.trim()).join("lib/rustlib/bpfel-unknown-none/lib");
     let has_core = fs::read_dir(lib).ok()?.flatten().any(|entry| {
         let name = entry.file_name();
@@ -83,7 +85,7 @@ fn prebuilt() -> Option<Route> {
     if !has_core {
         return None;
     }
-    let version = output(Command::new(&rustc).arg("-vV"))?;
+    let version = cmd::output(Command::new(&rustc).arg("-vV")).ok()?;
     Some(Route::Prebuilt {
         llvm_major: llvm_major(&version)?,
         rustc,
@@ -104,7 +106,7 @@ fn llvm_major(rustc_vv: &str) -> Option<u32> {
 
 /// What is wrong with the installed `bpf-linker`, if anything.
 pub fn bpf_linker_problem(llvm_major: u32) -> Option<String> {
-    let Some(version) = output(Command::new("bpf-linker").arg("--version")) else {
+    let Ok(version) = cmd::output(Command::new("bpf-linker").arg("--version")) else {
         return Some("bpf-linker is not installed".to_owned());
     };
     let version = version.trim().trim_start_matches("bpf-linker ").to_owned();
@@ -127,8 +129,8 @@ pub fn bpf_linker_problem(llvm_major: u32) -> Option<String> {
 /// The LLVM major version bpf-linker is linked against: from the shared library
 /// it loads, or from the features cargo recorded when it installed it.
 fn bpf_linker_llvm() -> Option<u32> {
-    let path = which("bpf-linker")?;
-    if let Some(ldd) = output(Command::new("ldd").arg(&path)) {
+    let path = cmd::which("bpf-linker")?;
+    if let Ok(ldd) = cmd::output(Command::new("ldd").arg(&path)) {
         for word in ldd.split_whitespace() {
             // libLLVM.so.22.1 or libLLVM-22.so
             let digits = word
@@ -153,71 +155,6 @@ fn bpf_linker_llvm() -> Option<u32> {
             .parse()
             .ok()
     })
-}
-
-pub fn which(program: &str) -> Option<PathBuf> {
-    env::split_paths(&env::var_os("PATH")?)
-        .map(|dir| dir.join(program))
-        .find(|path| path.is_file())
-}
-
-/// Stdout of a command that succeeded, or `None`.
-pub fn output(cmd: &mut Command) -> Option<String> {
-    let out = cmd.output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Builds `kalive-ebpf` and returns the object's path.
-pub fn build_ebpf(root: &Path, route: &Route) -> Result<PathBuf> {
-    let target = "bpfel-unknown-none";
-    let target_dir = root.join("target/ebpf");
-    let mut cmd = match route {
-        Route::Nightly { toolchain, .. } => {
-            let mut cmd = Command::new("rustup");
-            cmd.args(["run", toolchain, "cargo"]);
-            cmd
-        }
-        Route::Prebuilt { rustc, .. } => {
-            let mut cmd = Command::new("cargo");
-            cmd.env("RUSTC", rustc)
-                // aya-ebpf uses `asm_experimental_arch`; allow it for that crate only.
-                .env("RUSTC_BOOTSTRAP", "aya_ebpf");
-            cmd
-        }
-    };
-    cmd.current_dir(root)
-        .args([
-            "build",
-            "--package",
-            "kalive-ebpf",
-            "--bins",
-            "--release",
-            "--target",
-            target,
-        ])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .env_remove("RUSTC_WRAPPER")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            [
-                format!("--cfg=bpf_target_arch=\"{}\"", env::consts::ARCH),
-                "-Cdebuginfo=2".to_owned(),
-                "-Clink-arg=--btf".to_owned(),
-            ]
-            .join("\x1f"),
-        );
-    if matches!(route, Route::Nightly { .. }) {
-        cmd.args(["-Z", "build-std=core"]);
-    }
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("building kalive-ebpf failed ({status})");
-    }
-    Ok(target_dir.join(target).join("release/kalive"))
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
+use crate::cmd;
+
 /// A network namespace, deleted on drop (with every socket still in it).
 pub struct Netns {
     name: String,
@@ -28,8 +30,8 @@ impl Netns {
     pub fn new(tag: &str) -> Result<Self> {
         let name = format!("kbench-{tag}-{}", std::process::id());
         // Left over from a run that was killed.
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        run("ip", &["netns", "add", &name])?;
+        let _ = cmd::output(Command::new("ip").args(["netns", "del", &name]));
+        cmd::output(Command::new("ip").args(["netns", "add", &name]))?;
         let ns = Self { name };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
@@ -40,15 +42,15 @@ impl Netns {
     }
 
     pub fn ip(&self, args: &[&str]) -> Result<()> {
-        let mut all = vec!["-n", &self.name];
-        all.extend_from_slice(args);
-        run("ip", &all)
+        cmd::output(Command::new("ip").args(["-n", &self.name]).args(args)).map(drop)
     }
 
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
-        let mut all = vec!["netns", "exec", &self.name, program];
-        all.extend_from_slice(args);
-        output("ip", &all)
+        cmd::output(
+            Command::new("ip")
+                .args(["netns", "exec", &self.name, program])
+                .args(args),
+        )
     }
 
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
@@ -94,29 +96,8 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
+        let _ = cmd::output(Command::new("ip").args(["netns", "del", &self.name]));
     }
-}
-
-fn run(program: &str, args: &[&str]) -> Result<()> {
-    output(program, args).map(drop)
-}
-
-fn output(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A global sysctl raised for a while, restored on drop.
@@ -185,7 +166,7 @@ pub fn request_response(ns: &Netns, conns: usize, secs: Duration) -> Result<f64>
         for t in threads {
             t.join().map_err(|_| anyhow!("a load thread panicked"))?;
         }
-        #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+        #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
         Ok(done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64())
     })
     .join()
@@ -230,18 +211,7 @@ impl Pair {
         let server = Netns::new("s")?;
         let peer = format!("kbs{}", std::process::id());
         client.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", &peer])?;
-        run(
-            "ip",
-            &[
-                "-n",
-                client.name(),
-                "link",
-                "set",
-                &peer,
-                "netns",
-                server.name(),
-            ],
-        )?;
+        client.ip(&["link", "set", &peer, "netns", server.name()])?;
         server.ip(&["link", "set", &peer, "name", "eth0"])?;
         client.ip(&["addr", "add", "10.78.0.1/24", "dev", "eth0"])?;
         server.ip(&["addr", "add", "10.78.0.2/24", "dev", "eth0"])?;

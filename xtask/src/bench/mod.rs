@@ -24,17 +24,19 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
+use crate::{cmd, run, setup::Purpose, workspace};
+
 use self::{
     load::{Connections, Netns, Pair},
     procs::{BpfStats, Prog, Running, Tracer},
 };
 
-pub struct Options {
+struct Options {
     /// A smoke run: small and short, and its invariants are checked.
-    pub quick: bool,
-    pub out: PathBuf,
+    quick: bool,
+    out: PathBuf,
     /// The command line, for the report.
-    pub command: String,
+    command: String,
 }
 
 /// How much of everything.
@@ -108,10 +110,11 @@ pub fn quantile(sorted: &[u64], q: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
-    #[allow(
+    #[expect(
         clippy::cast_precision_loss,
         clippy::cast_possible_truncation,
-        clippy::cast_sign_loss
+        clippy::cast_sign_loss,
+        reason = "a rank within a slice's length, from a fraction in 0..=1"
     )]
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
@@ -166,8 +169,33 @@ pub struct Results {
     pub backend: String,
 }
 
+/// `cargo xtask bench [--quick] [--out FILE]`: builds kalive and measures it.
+pub fn run(root: &Path, quick: bool, out: Option<PathBuf>) -> Result<()> {
+    let out = out.unwrap_or_else(|| {
+        if quick {
+            workspace::target_dir(root).join("bench-quick.md")
+        } else {
+            root.join("BENCHMARKS.md")
+        }
+    });
+    let kalive = run::build_release(root, Purpose::Test)?;
+    let command = if quick {
+        "cargo xtask bench --quick"
+    } else {
+        "cargo xtask bench"
+    };
+    measure(
+        &kalive,
+        &Options {
+            quick,
+            out,
+            command: command.to_owned(),
+        },
+    )
+}
+
 /// Runs everything in `plan` and writes the report.
-pub fn run(kalive: &Path, opts: &Options) -> Result<()> {
+fn measure(kalive: &Path, opts: &Options) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmarks load BPF programs and make network namespaces: run as root");
@@ -184,7 +212,7 @@ pub fn run(kalive: &Path, opts: &Options) -> Result<()> {
     let Some(backend) = runnable.first().cloned() else {
         bail!("no kalive backend runs here: {backends:?}");
     };
-    let bpftrace = which("bpftrace");
+    let bpftrace = cmd::which("bpftrace").is_some();
     if !bpftrace {
         eprintln!("bench: bpftrace is not installed; `cargo xtask setup` installs it");
     }
@@ -251,11 +279,6 @@ fn check(r: &Results) -> Result<()> {
         bail!("kalive gave no start-up breakdown");
     }
     Ok(())
-}
-
-fn which(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
 }
 
 /// Which backends start here, and why the others do not.

@@ -15,6 +15,8 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::Value;
 
+use crate::cmd;
+
 /// What runs beside the load.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Tracer {
@@ -217,17 +219,8 @@ pub struct Prog {
 
 /// Every loaded BPF program, by id (bpftool).
 pub fn programs() -> Result<BTreeMap<u64, Prog>> {
-    let out = Command::new("bpftool")
-        .args(["-j", "prog", "show"])
-        .output()
-        .context("running bpftool")?;
-    if !out.status.success() {
-        bail!(
-            "bpftool prog show: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let list: Value = serde_json::from_slice(&out.stdout).context("bpftool's JSON")?;
+    let out = cmd::output(Command::new("bpftool").args(["-j", "prog", "show"]))?;
+    let list: Value = serde_json::from_str(&out).context("bpftool's JSON")?;
     let mut progs = BTreeMap::new();
     for p in list
         .as_array()
@@ -250,7 +243,13 @@ pub fn programs() -> Result<BTreeMap<u64, Prog>> {
 /// Run-time statistics for every BPF program while this lives
 /// (`BPF_ENABLE_STATS`: the kernel turns them off when the descriptor closes,
 /// even if we crash).
-pub struct BpfStats(#[allow(dead_code)] OwnedFd);
+pub struct BpfStats(
+    #[expect(
+        dead_code,
+        reason = "held, never read: closing it turns the statistics off"
+    )]
+    OwnedFd,
+);
 
 impl BpfStats {
     pub fn enable() -> Result<Self> {

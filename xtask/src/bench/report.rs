@@ -5,6 +5,8 @@ use std::{fmt::Write as _, fs, path::Path, process::Command};
 
 use anyhow::{Context as _, Result};
 
+use crate::cmd;
+
 use super::{Results, Spread, procs::Tracer, quantile};
 
 const NOTES_MARKER: &str = "<!-- Notes below this line are kept by `cargo xtask bench`. -->";
@@ -30,10 +32,8 @@ fn verdict(met: bool) -> &'static str {
 }
 
 fn header(md: &mut String, command: &str, r: &Results) {
-    let date = Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    let date = cmd::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
+        .map(|out| out.trim().to_owned())
         .unwrap_or_default();
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -161,7 +161,7 @@ fn hot_path(md: &mut String, r: &Results) {
         let mut programs = c.programs.clone();
         programs.sort_by_key(|p| std::cmp::Reverse(p.run_time_ns));
         for p in &programs {
-            #[allow(clippy::cast_precision_loss)]
+            #[expect(clippy::cast_precision_loss, reason = "values far below 2^52")]
             let runs = p.run_cnt as f64;
             let _ = writeln!(
                 md,
@@ -177,12 +177,12 @@ fn hot_path(md: &mut String, r: &Results) {
     md.push('\n');
 }
 
-#[allow(clippy::cast_precision_loss)]
+#[expect(clippy::cast_precision_loss, reason = "values far below 2^52")]
 fn per(total: u64, n: f64) -> f64 {
     if n > 0.0 { total as f64 / n } else { 0.0 }
 }
 
-#[allow(clippy::cast_precision_loss)]
+#[expect(clippy::cast_precision_loss, reason = "values far below 2^52")]
 fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
@@ -208,10 +208,10 @@ fn capacity(md: &mut String, r: &Results) {
     );
     for c in &r.capacity {
         let complete = c.delivered_probes == c.kernel_probes && c.lost == 0;
-        #[allow(clippy::cast_precision_loss)]
+        #[expect(clippy::cast_precision_loss, reason = "values far below 2^52")]
         let rss = c.peak_rss as f64 / f64::from(1 << 20);
         let cpu_us = u64::try_from(c.cpu.as_micros()).unwrap_or(u64::MAX);
-        #[allow(clippy::cast_precision_loss)]
+        #[expect(clippy::cast_precision_loss, reason = "values far below 2^52")]
         let per_k = per(cpu_us, c.records as f64 / 1000.0) / 1000.0;
         let _ = writeln!(
             md,

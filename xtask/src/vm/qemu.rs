@@ -1,0 +1,195 @@
+//! One VM: qemu under TCG, its serial console the channel jobs and results
+//! go through; qemu dies with xtask.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    fs,
+    io::{self, BufRead as _, BufReader, Write as _},
+    os::unix::process::CommandExt as _,
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{Mutex, PoisonError},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+
+use super::{Job, kernel::Kernel};
+
+/// The whole run, boot to power-off.
+const DEADLINE: Duration = Duration::from_mins(40);
+
+/// Boots a VM, copies its serial console to `log`, feeds it jobs from `queue`
+/// and returns each `(backend, test) -> passed` it reported. With `echo`, the
+/// console is also shown (`--script`).
+pub fn boot(
+    kernel: &Kernel,
+    initrd: &Path,
+    log: &Path,
+    queue: &Mutex<VecDeque<Job>>,
+    echo: bool,
+) -> Result<BTreeMap<(String, String), bool>> {
+    let name = log
+        .file_stem()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args([
+        "-accel",
+        // One host thread for both vCPUs: with one each (thread=multi), two
+        // vCPUs on a two-core host starve each other into soft lockups.
+        "tcg,thread=single",
+        "-cpu",
+        "max",
+        "-smp",
+        "2",
+        "-m",
+        "2048",
+    ])
+    .arg("-kernel")
+    .arg(kernel.vmlinuz())
+    .arg("-initrd")
+    .arg(initrd)
+    .args([
+        "-append",
+        "console=ttyS0 panic=-1 quiet mitigations=off softlockup_panic=1",
+    ])
+    .args([
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped());
+    let mut child = spawn_tied(&mut qemu)
+        .context("starting qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
+    let mut console = child.stdin.take().expect("piped");
+    let stdout = child.stdout.take().expect("piped");
+    // Killed and reaped however this ends.
+    let child = KillOnDrop(child);
+    let start = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log_file = io::BufWriter::new(fs::File::create(log)?);
+    let mut results = BTreeMap::new();
+    let mut done = false;
+    loop {
+        let left = DEADLINE.saturating_sub(start.elapsed());
+        let Ok(line) = rx.recv_timeout(left) else {
+            break;
+        };
+        writeln!(log_file, "{line}")?;
+        if echo {
+            eprintln!("vm: {line}");
+        }
+        if let Some(rest) = line.split("KALIVE-VM result ").nth(1) {
+            let field = |key: &str| {
+                rest.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(key))
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let passed = rest.split_whitespace().any(|w| w == "pass");
+            eprintln!("vm-test: {name}: {rest}");
+            results.insert((field("backend="), field("test=")), passed);
+        } else if line.contains("KALIVE-VM next") {
+            let job = queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop_front();
+            let answer = match job {
+                Some(job) => format!("{} {} {}\n", job.backend, job.test, job.path.display()),
+                None => "done\n".to_owned(),
+            };
+            console.write_all(answer.as_bytes())?;
+            console.flush()?;
+        } else if line.contains("KALIVE-VM kernel") {
+            eprintln!(
+                "vm-test: {name}: booted in {:.1}s",
+                start.elapsed().as_secs_f64()
+            );
+        } else if line.contains("KALIVE-VM done") {
+            done = true;
+        }
+    }
+    log_file.flush()?;
+    drop(child);
+    if !done {
+        if start.elapsed() >= DEADLINE {
+            eprintln!("vm-test: {name}: the VM did not finish within {DEADLINE:?}");
+        } else {
+            eprintln!(
+                "vm-test: {name}: the VM stopped before the suite finished (a kernel panic?)"
+            );
+        }
+    }
+    Ok(results)
+}
+
+/// Spawns `cmd` so that it is killed when the thread that spawned it ends,
+/// the whole of xtask with it (`PR_SET_PDEATHSIG`): a `cargo xtask vm-test`
+/// stopped by a signal, even SIGKILL, leaves no qemu running at full CPU.
+/// Spawn from a thread that lives as long as the child should.
+fn spawn_tied(cmd: &mut Command) -> io::Result<Child> {
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the closure runs in the child between fork and exec and calls
+    // only async-signal-safe functions (prctl, getppid).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before the line above took effect.
+            if libc::getppid() != parent {
+                return Err(io::Error::other("xtask exited while starting it"));
+            }
+            Ok(())
+        })
+    };
+    cmd.spawn()
+}
+
+/// A child killed and reaped on drop.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The child of a thread that ends is killed: so is qemu when xtask is
+    /// stopped, which ends every thread.
+    #[test]
+    fn a_tied_child_dies_with_its_spawner() {
+        let spawner = thread::spawn(|| spawn_tied(Command::new("sleep").arg("60")).expect("sleep"));
+        let mut child = spawner.join().expect("spawner");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "sleep outlived its spawner");
+            thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+    }
+}
