@@ -19,10 +19,12 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
     thread,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use jiff::Timestamp;
+use kalive_common::event::{Event, What};
 
 use crate::{cmd, run, setup::Purpose, workspace};
 
@@ -452,74 +454,32 @@ fn capacity_run(kalive: &Path, backend: &str, n: usize, secs: Duration) -> Resul
 
 #[derive(Default)]
 struct Tally {
-    events: BTreeMap<String, u64>,
+    events: BTreeMap<&'static str, u64>,
     lost: u64,
     latency_us: Vec<u64>,
 }
 
-/// Counts kalive's JSON lines by event, and how late each probe arrives.
+/// Counts kalive's records by event (read as kalive's own typed `Event`), and
+/// how late each probe arrives.
 fn tally(input: impl BufRead, probes: &AtomicU64) -> Result<Tally> {
     let mut t = Tally::default();
     for line in input.lines() {
         let line = line.context("reading kalive's output")?;
-        let read_us = unix_micros_now();
-        let event = field(&line, "event").ok_or_else(|| anyhow!("no event in {line}"))?;
-        if event == "probe_sent" {
-            probes.fetch_add(1, Ordering::Relaxed);
-            let ts = field(&line, "ts").and_then(parse_rfc3339_micros);
-            let ts = ts.ok_or_else(|| anyhow!("no ts in {line}"))?;
-            t.latency_us.push(read_us.saturating_sub(ts));
+        let read = Timestamp::now();
+        let event: Event =
+            serde_json::from_str(&line).with_context(|| format!("not a record: {line}"))?;
+        match event.what {
+            What::ProbeSent { .. } => {
+                probes.fetch_add(1, Ordering::Relaxed);
+                let late = read.as_microsecond() - event.ts.as_microsecond();
+                t.latency_us.push(u64::try_from(late).unwrap_or(0));
+            }
+            What::EventsLost { count } => t.lost += count,
+            _ => {}
         }
-        if event == "events_lost" {
-            t.lost += number(&line, "count").unwrap_or(0);
-        }
-        *t.events.entry(event.to_owned()).or_default() += 1;
+        *t.events.entry(event.kind().name()).or_default() += 1;
     }
     Ok(t)
-}
-
-fn unix_micros_now() -> u64 {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// The string value of `"key":"..."` in a line of kalive's JSON.
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let start = line.find(&format!("\"{key}\":\""))? + key.len() + 4;
-    let len = line[start..].find('"')?;
-    Some(&line[start..start + len])
-}
-
-/// The number value of `"key":N`.
-fn number(line: &str, key: &str) -> Option<u64> {
-    let start = line.find(&format!("\"{key}\":"))? + key.len() + 3;
-    let digits: String = line[start..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
-}
-
-/// "2026-11-22T03:50:14.364912Z" as microseconds since the epoch.
-fn parse_rfc3339_micros(ts: &str) -> Option<u64> {
-    let b = ts.as_bytes();
-    if b.len() != 27 || b[10] != b'T' || b[26] != b'Z' {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| ts.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss, us) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..26)?);
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
-    u64::try_from(secs * 1_000_000 + us).ok()
 }
 
 /// Exec to attached, `runs` times, with kalive's own breakdown.
@@ -583,28 +543,21 @@ mod tests {
 
     #[test]
     fn reads_kalive_lines() {
-        let line =
+        let lost =
             "{\"ts\":\"2026-11-22T03:50:14.364912Z\",\"event\":\"events_lost\",\"count\":12}";
-        assert_eq!(field(line, "event"), Some("events_lost"));
-        assert_eq!(number(line, "count"), Some(12));
-        assert_eq!(
-            parse_rfc3339_micros("1970-01-01T00:00:01.001500Z"),
-            Some(1_001_500)
-        );
-        // date -d 2026-11-22T03:50:14Z +%s
-        assert_eq!(
-            parse_rfc3339_micros("2026-11-22T03:50:14.364912Z"),
-            Some(1_795_319_414_364_912)
-        );
-        assert_eq!(parse_rfc3339_micros("2026-11-22 03:50:14"), None);
-        let tally = tally(
-            format!("{line}\n{}\n", line.replace("events_lost", "probe_sent")).as_bytes(),
-            &AtomicU64::new(0),
-        )
-        .expect("tally");
+        let probe = "{\"ts\":\"2026-11-22T03:50:14.364912Z\",\"event\":\"probe_sent\",\"next_ms\":1000,\
+            \"pid\":1,\"comm\":\"x\",\"owner\":\"kernel\",\"shared\":false,\"family\":\"ipv4\",\
+            \"saddr\":\"10.0.0.1\",\"sport\":1,\"daddr\":\"10.0.0.2\",\"dport\":2,\"netns\":3,\
+            \"cookie\":4,\"state\":\"ESTABLISHED\",\"probes\":1,\"idle_ms\":5,\"keepidle_ms\":6,\
+            \"keepintvl_ms\":7,\"keepcnt\":8,\"user_timeout_ms\":0}";
+        let tally =
+            tally(format!("{lost}\n{probe}\n").as_bytes(), &AtomicU64::new(0)).expect("tally");
         assert_eq!(tally.lost, 12);
         assert_eq!(tally.events["probe_sent"], 1);
         assert_eq!(tally.latency_us.len(), 1);
+        // Read now, sent on 2026-11-22.
+        assert!(tally.latency_us[0] > 0);
+        assert!(super::tally("not json\n".as_bytes(), &AtomicU64::new(0)).is_err());
     }
 
     #[test]
