@@ -24,7 +24,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use jiff::Timestamp;
-use kalive_common::event::{Event, What};
+use kalive_common::event::{Event, Kind, What};
 
 use crate::{cmd, run, setup::Purpose, workspace};
 
@@ -443,7 +443,7 @@ fn capacity_run(kalive: &Path, backend: &str, n: usize, secs: Duration) -> Resul
         veth_drops,
         recursion_misses,
         unreported,
-        delivered_probes: tally.events.get("probe_sent").copied().unwrap_or(0),
+        delivered_probes: tally.events.get(Kind::ProbeSent.name()).copied().unwrap_or(0),
         records: tally.events.values().sum(),
         lost: tally.lost,
         cpu,
