@@ -290,7 +290,7 @@ fn preflight(root: bool, backend: Choice) -> Result<()> {
     if let Some(why) = privs::missing_to_start(privs::effective()?, root) {
         bail!(why);
     }
-    kernel::check_release(backend)
+    loader::check_release(backend)
 }
 
 struct Stream<W: Write> {
