@@ -11,9 +11,10 @@ use aya::{
 use kalive_common::Layout;
 
 use super::{
-    backend::{
-        self, Backend, CLASSIC_TRACEPOINTS, COMMON_TRACEPOINTS, Hook, Plan, USE_FUNCTIONS,
-        USE_TRACEPOINTS,
+    backend::Backend,
+    hooks::{
+        self, CLASSIC_TRACEPOINTS, COMMON_TRACEPOINTS, Hook, Plan, TIMER_EXPIRE_ENTRY,
+        TIMER_EXPIRE_EXIT, TIMER_START, Tracepoint, USE_FUNCTIONS, USE_TRACEPOINTS,
     },
     object::{self, Filters, program},
 };
@@ -104,7 +105,7 @@ pub fn start_backend(
         timer_start_does,
         timer_brackets,
         fallbacks,
-    } = backend::plan(backend, |function| unhookable(backend, function, config));
+    } = hooks::plan(backend, |function| unhookable(backend, function, config));
     let settings = object::settings(config.filters, config.state_changes, timer_start_does);
     let mut ebpf = timed(&mut times.object, || {
         object::load(btf, config.layout, settings, config.ring_size)
@@ -125,9 +126,9 @@ pub fn start_backend(
 
     // Ends of state first (see COMMON_TRACEPOINTS), then the timers.
     if timer_brackets {
-        a.tracepoint("timer_expire_exit")?;
+        a.tracepoint(&TIMER_EXPIRE_EXIT)?;
     }
-    for &tracepoint in COMMON_TRACEPOINTS {
+    for tracepoint in COMMON_TRACEPOINTS {
         a.tracepoint(tracepoint)?;
     }
     for &(category, name) in CLASSIC_TRACEPOINTS {
@@ -135,10 +136,9 @@ pub fn start_backend(
     }
     let mut functions = functions;
     if !a.use_tracepoints() {
-        let usable = backend != Backend::Tracepoint
-            && USE_FUNCTIONS
-                .iter()
-                .all(|h| unhookable(backend, h.function, config).is_none());
+        let usable = USE_FUNCTIONS
+            .iter()
+            .all(|h| h.hooked_by(backend) && unhookable(backend, h.function, config).is_none());
         if usable {
             functions.extend_from_slice(USE_FUNCTIONS);
         } else {
@@ -152,10 +152,10 @@ pub fn start_backend(
     }
     a.functions(backend, &functions)?;
     if timer_start_does != 0 {
-        a.tracepoint("timer_start")?;
+        a.tracepoint(&TIMER_START)?;
     }
     if timer_brackets {
-        a.tracepoint("timer_expire_entry")?;
+        a.tracepoint(&TIMER_EXPIRE_ENTRY)?;
     }
     Ok((a.ebpf, a.attached))
 }
@@ -202,10 +202,8 @@ impl Attacher<'_> {
             bail!("`{KPROBE_PMU}`: no such file");
         }
         for h in functions {
-            for (entry, wanted) in [(false, h.exit), (true, h.entry(backend))] {
-                if wanted {
-                    self.load_function(backend, h.function, entry)?;
-                }
+            for program in [h.exit(backend), h.entry(backend)].into_iter().flatten() {
+                self.load_function(h.function, program)?;
             }
         }
         Ok(())
@@ -214,9 +212,9 @@ impl Attacher<'_> {
     /// Who used a socket last: the tracepoints, if this kernel has them all.
     fn use_tracepoints(&mut self) -> bool {
         let mut all = true;
-        for &tracepoint in USE_TRACEPOINTS {
+        for tracepoint in USE_TRACEPOINTS {
             if let Err(err) = self.tracepoint(tracepoint) {
-                log::info!("{tracepoint}: {err:#}");
+                log::info!("{}: {err:#}", tracepoint.name);
                 all = false;
             }
         }
@@ -230,29 +228,23 @@ impl Attacher<'_> {
             log::warn!("kprobes: none attached ({WITHHOLD})");
             return Ok(());
         }
-        for exits_first in [true, false] {
-            for h in functions {
-                let wanted = if exits_first {
-                    h.exit
-                } else {
-                    h.entry(backend)
-                };
-                if wanted {
-                    self.load_function(backend, h.function, !exits_first)?;
-                    self.attach_function(backend, h.function, !exits_first)?;
-                    self.attached.functions += 1;
-                }
-            }
+        let exits = functions.iter().filter_map(|h| Some((h, h.exit(backend)?)));
+        let entries = functions
+            .iter()
+            .filter_map(|h| Some((h, h.entry(backend)?)));
+        for (h, program) in exits.chain(entries) {
+            self.load_function(h.function, program)?;
+            self.attach_function(h.function, program)?;
+            self.attached.functions += 1;
         }
         Ok(())
     }
 
     /// Loads a function hook's program (the verifier runs), unless it is loaded.
-    fn load_function(&mut self, backend: Backend, function: &str, entry: bool) -> Result<()> {
-        let name = function_program(backend, function, entry);
-        let (kind, _) = name.split_once('_').unwrap_or((&name, ""));
+    fn load_function(&mut self, function: &str, name: &str) -> Result<()> {
+        let (kind, _) = name.split_once('_').unwrap_or((name, ""));
         let (btf, verifier) = (self.btf, &mut self.times.verifier);
-        match program(&mut self.ebpf, &name)? {
+        match program(&mut self.ebpf, name)? {
             Program::FEntry(p) if p.fd().is_err() => timed(verifier, || p.load(function, btf)),
             Program::FExit(p) if p.fd().is_err() => timed(verifier, || p.load(function, btf)),
             Program::KProbe(p) if p.fd().is_err() => timed(verifier, || p.load()),
@@ -263,11 +255,10 @@ impl Attacher<'_> {
     }
 
     /// Attaches a loaded function hook.
-    fn attach_function(&mut self, backend: Backend, function: &str, entry: bool) -> Result<()> {
-        let name = function_program(backend, function, entry);
-        let (kind, _) = name.split_once('_').unwrap_or((&name, ""));
+    fn attach_function(&mut self, function: &str, name: &str) -> Result<()> {
+        let (kind, _) = name.split_once('_').unwrap_or((name, ""));
         let attach = &mut self.times.attach;
-        match program(&mut self.ebpf, &name)? {
+        match program(&mut self.ebpf, name)? {
             Program::FEntry(p) => timed(attach, || p.attach()).map(drop),
             Program::FExit(p) => timed(attach, || p.attach()).map(drop),
             Program::KProbe(p) => timed(attach, || p.attach(function, 0)).map(drop),
@@ -288,7 +279,8 @@ impl Attacher<'_> {
     }
 
     /// Attaches `tracepoint` as `tp_btf`, or else as `raw_tp`.
-    fn tracepoint(&mut self, tracepoint: &str) -> Result<()> {
+    fn tracepoint(&mut self, t: &Tracepoint) -> Result<()> {
+        let tracepoint = t.name;
         if withheld(tracepoint) {
             log::warn!("{tracepoint}: not attached ({WITHHOLD})");
             return Ok(());
@@ -296,7 +288,7 @@ impl Attacher<'_> {
         let btf_error = if self.raw_only {
             None
         } else {
-            match self.tp_btf(tracepoint) {
+            match self.tp_btf(t) {
                 Ok(()) => {
                     self.attached.tp_btf += 1;
                     return Ok(());
@@ -304,7 +296,7 @@ impl Attacher<'_> {
                 Err(err) => Some(err),
             }
         };
-        self.raw_tp(tracepoint).with_context(|| match &btf_error {
+        self.raw_tp(t).with_context(|| match &btf_error {
             Some(err) => format!("tp_btf failed too: {err:#}"),
             None => "tp_btf skipped".to_owned(),
         })?;
@@ -315,8 +307,9 @@ impl Attacher<'_> {
         Ok(())
     }
 
-    fn tp_btf(&mut self, tracepoint: &str) -> Result<()> {
-        let program: &mut BtfTracePoint = program(&mut self.ebpf, tracepoint)?.try_into()?;
+    fn tp_btf(&mut self, t: &Tracepoint) -> Result<()> {
+        let tracepoint = t.name;
+        let program: &mut BtfTracePoint = program(&mut self.ebpf, t.tp_btf)?.try_into()?;
         let btf = self.btf;
         timed(&mut self.times.verifier, || program.load(tracepoint, btf))
             .with_context(|| format!("loading tp_btf/{tracepoint}"))?;
@@ -325,24 +318,13 @@ impl Attacher<'_> {
         Ok(())
     }
 
-    fn raw_tp(&mut self, tracepoint: &str) -> Result<()> {
-        let name = format!("{tracepoint}_raw");
-        let program: &mut RawTracePoint = program(&mut self.ebpf, &name)?.try_into()?;
+    fn raw_tp(&mut self, t: &Tracepoint) -> Result<()> {
+        let tracepoint = t.name;
+        let program: &mut RawTracePoint = program(&mut self.ebpf, t.raw_tp)?.try_into()?;
         timed(&mut self.times.verifier, || program.load())
             .with_context(|| format!("loading raw_tp/{tracepoint}"))?;
         timed(&mut self.times.attach, || program.attach(tracepoint))
             .with_context(|| format!("attaching raw_tp/{tracepoint}"))?;
         Ok(())
     }
-}
-
-/// The program for a function hook: fentry/fexit, or kprobe/kretprobe.
-fn function_program(backend: Backend, function: &str, entry: bool) -> String {
-    let kind = match (backend, entry) {
-        (Backend::Fentry, true) => "fentry",
-        (Backend::Fentry, false) => "fexit",
-        (_, true) => "kprobe",
-        (_, false) => "kretprobe",
-    };
-    format!("{kind}_{function}")
 }

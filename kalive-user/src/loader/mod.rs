@@ -6,7 +6,7 @@
 //! - `fentry`: BPF trampolines on the kernel functions (cheapest);
 //! - `kprobe`: kprobes and kretprobes on the same functions, but the timer
 //!   callbacks' beginning and end, which must never go unseen, from the timer
-//!   tracepoints (see `backend::PIECES`);
+//!   tracepoints (see `hooks::PIECES`);
 //! - `tracepoint`: the timer tracepoints, which fire for every timer in the
 //!   system (works where neither of the others is allowed).
 //!
@@ -14,7 +14,8 @@
 //! compiler inlined cannot be hooked: that part falls back to the timer
 //! tracepoints, per hook, not all or nothing.
 //!
-//! - [`backend`]: which backend runs, and the hooks and programs each uses;
+//! - [`backend`]: which backend runs;
+//! - [`hooks`]: the hooks and programs each backend uses;
 //! - [`object`]: the embedded object, loaded with the layout and settings;
 //! - [`attach`]: loading and attaching one backend's programs;
 //! - [`tracer`]: the running programs and their counters;
@@ -23,10 +24,12 @@
 mod attach;
 mod backend;
 mod bpf_info;
+mod hooks;
 mod object;
 mod tracer;
 
 pub use attach::Config;
-pub use backend::{Choice, FUNCTIONS, check_release};
+pub use backend::{Choice, check_release};
+pub use hooks::FUNCTIONS;
 pub use object::Filters;
 pub use tracer::Tracer;

@@ -72,3 +72,31 @@ pub fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::progra
     ebpf.program_mut(name)
         .ok_or_else(|| anyhow!("program {name} missing from the BPF object"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loader::{backend::Backend, hooks};
+
+    /// A misspelt program name in the hook tables would fail only when that
+    /// backend, fallback or kernel came along: check them all here, no root
+    /// needed.
+    #[test]
+    fn every_program_the_hook_tables_name_is_in_the_object() {
+        let object = aya_obj::Object::parse(OBJECT).expect("kalive's BPF object parses");
+        let mut missing = Vec::new();
+        for backend in [Backend::Fentry, Backend::Kprobe, Backend::Tracepoint] {
+            for name in hooks::programs(backend) {
+                if !object.programs.contains_key(name) {
+                    missing.push(format!("{backend}: {name}"));
+                }
+            }
+        }
+        let mut have: Vec<&String> = object.programs.keys().collect();
+        have.sort();
+        assert!(
+            missing.is_empty(),
+            "not in the BPF object: {missing:?}; it has {have:?}"
+        );
+    }
+}
