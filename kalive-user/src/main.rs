@@ -16,9 +16,8 @@ mod kernel;
 mod layout;
 mod loader;
 mod output;
+mod owners;
 mod privs;
-mod procfs;
-mod sockets;
 mod timings;
 
 use std::{
@@ -185,7 +184,7 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
         ports: cli.ports,
     };
     // Sockets that exist already: their owners come from procfs.
-    let sockets = procfs::Sockets::scan();
+    let sockets = owners::Sockets::scan();
     timings.step("/proc scan");
     let config = loader::Config {
         layout: &layout,
@@ -297,7 +296,7 @@ struct Stream<W: Write> {
     writer: Writer<W>,
     tracer: Tracer,
     /// Who holds which socket, per the last `/proc` scan.
-    sockets: procfs::Sockets,
+    sockets: owners::Sockets,
     /// `--pid` values, for records the kernel could not filter.
     pids: HashSet<u32>,
     tally: Tally,
@@ -472,7 +471,7 @@ impl<W: Write> Stream<W> {
                 .map(|h| (h.pid, h.fd)),
         };
         if let Some((pid, fd)) = via {
-            match sockets::cookie_via_fd(pid, fd, record.ino) {
+            match owners::cookie_via_fd(pid, fd, record.ino) {
                 Ok(cookie) => record.cookie = cookie,
                 Err(err) => log::debug!("no cookie for socket {}: {err}", record.ino),
             }
