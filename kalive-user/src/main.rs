@@ -286,7 +286,7 @@ fn drop_privileges(user: Option<User>, root: bool) -> Result<()> {
 /// What kalive needs to run here, checked before anything is loaded: each
 /// failure is one line saying what is missing.
 fn preflight(root: bool, backend: Choice) -> Result<()> {
-    if let Some(why) = privs::missing_to_start(privs::effective()?, root) {
+    if let Some(why) = privs::missing_to_start(&privs::effective()?, root) {
         bail!(why);
     }
     loader::check_release(backend)
