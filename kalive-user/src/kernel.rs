@@ -12,6 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use nix::mount::{MsFlags, mount};
 
 /// Addresses of kernel symbols from `/proc/kallsyms`, read in one pass. A
 /// symbol that is missing there is not a function of its own: the compiler
@@ -140,21 +141,17 @@ pub fn tracefs() -> Result<PathBuf> {
             return Ok(PathBuf::from(path));
         }
     }
-    let target = c"/sys/kernel/tracing";
-    // SAFETY: NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            c"tracefs".as_ptr(),
-            target.as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
+    let mounted = mount(
+        Some("tracefs"),
+        "/sys/kernel/tracing",
+        Some("tracefs"),
+        MsFlags::empty(),
+        None::<&str>,
+    );
+    if let Err(errno) = mounted {
         bail!(
             "tracefs is not mounted and mounting it failed ({}): run `mount -t tracefs tracefs /sys/kernel/tracing`",
-            std::io::Error::last_os_error()
+            std::io::Error::from(errno)
         );
     }
     say!("mounted tracefs at /sys/kernel/tracing (it was not mounted)");

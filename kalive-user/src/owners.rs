@@ -11,6 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use nix::sys::stat::fstat;
+
 /// A process holding a socket, through descriptor `fd`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
@@ -128,7 +130,8 @@ fn socket_inode(link: &[u8]) -> Option<u64> {
 /// The cookie of the socket behind descriptor `fd` of process `pid`, checked to
 /// be socket inode `ino`. `SO_COOKIE` assigns a cookie when the socket has none
 /// yet, which a BPF program reading the socket cannot do; later records then
-/// carry it. Needs `CAP_SYS_PTRACE` over `pid` (`pidfd_getfd`).
+/// carry it. Needs `CAP_SYS_PTRACE` over `pid` (`pidfd_getfd`; nix has
+/// neither that nor `SO_COOKIE`, hence the raw calls).
 pub fn cookie_via_fd(pid: u32, fd: i32, ino: u64) -> io::Result<u64> {
     let pidfd = syscall_fd(
         // SAFETY: pidfd_open(pid, 0) has no memory arguments.
@@ -144,12 +147,7 @@ pub fn cookie_via_fd(pid: u32, fd: i32, ino: u64) -> io::Result<u64> {
         // SAFETY: pidfd_getfd(pidfd, fd, 0) has no memory arguments.
         unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) },
     )?;
-    // SAFETY: an all-zero stat is a valid value to be overwritten.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `dup` is open; `st` is writable.
-    if unsafe { libc::fstat(dup.as_raw_fd(), &raw mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let st = fstat(&dup)?;
     if st.st_ino != ino {
         return Err(io::Error::other(format!(
             "descriptor {fd} of {pid} is inode {}, not socket {ino}",
