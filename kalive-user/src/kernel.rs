@@ -12,6 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use nix::mount::{MsFlags, mount};
 
 /// Addresses of kernel symbols from `/proc/kallsyms`, read in one pass. A
 /// symbol that is missing there is not a function of its own: the compiler
@@ -140,21 +141,17 @@ pub fn tracefs() -> Result<PathBuf> {
             return Ok(PathBuf::from(path));
         }
     }
-    let target = c"/sys/kernel/tracing";
-    // SAFETY: NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            c"tracefs".as_ptr(),
-            target.as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
+    let mounted = mount(
+        Some("tracefs"),
+        "/sys/kernel/tracing",
+        Some("tracefs"),
+        MsFlags::empty(),
+        None::<&str>,
+    );
+    if let Err(errno) = mounted {
         bail!(
             "tracefs is not mounted and mounting it failed ({}): run `mount -t tracefs tracefs /sys/kernel/tracing`",
-            std::io::Error::last_os_error()
+            std::io::Error::from(errno)
         );
     }
     say!("mounted tracefs at /sys/kernel/tracing (it was not mounted)");
@@ -233,69 +230,5 @@ mod tests {
     fn finds_this_kernels_facts() {
         // Measured and configured HZ agree on the test machine.
         assert_eq!(hz().expect("hz"), measure_hz().expect("measured hz"));
-    }
-}
-
-/// The oldest kernel kalive runs on: BPF ring buffers arrived in 5.8 (fentry,
-/// `tp_btf` and BTF in `/sys` before that).
-pub const OLDEST: (u32, u32) = (5, 8);
-
-/// Refuses a kernel older than [`OLDEST`] before anything is loaded.
-///
-/// # Errors
-/// When the kernel is too old, or its release cannot be read.
-pub fn check_release(choice: crate::loader::Choice) -> Result<()> {
-    // SAFETY: uname fills the struct it is given.
-    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid struct to fill.
-    if unsafe { libc::uname(&raw mut uts) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("uname");
-    }
-    // SAFETY: uname NUL-terminates the release.
-    let release = unsafe { std::ffi::CStr::from_ptr(uts.release.as_ptr()) }.to_string_lossy();
-    let version = parse_release(&release)
-        .with_context(|| format!("cannot tell the kernel version from {release:?}"))?;
-    if version < OLDEST {
-        let who = match choice {
-            crate::loader::Choice::Auto => "kalive needs".to_owned(),
-            backend => format!(
-                "the {} backend needs",
-                format!("{backend:?}").to_lowercase()
-            ),
-        };
-        bail!(
-            "Linux {release} is too old: {who} {}.{} or newer (BPF ring buffer)",
-            OLDEST.0,
-            OLDEST.1
-        );
-    }
-    Ok(())
-}
-
-/// "6.18.44-fc" -> (6, 18).
-fn parse_release(release: &str) -> Option<(u32, u32)> {
-    let mut parts = release.split(['.', '-']);
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts
-        .next()?
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .ok()?;
-    Some((major, minor))
-}
-
-#[cfg(test)]
-mod release_tests {
-    use super::parse_release;
-
-    #[test]
-    fn reads_major_and_minor() {
-        assert_eq!(parse_release("6.18.44-fc-v769"), Some((6, 18)));
-        assert_eq!(parse_release("2.6.78-fc-v769"), Some((2, 6)));
-        assert_eq!(parse_release("5.8.0"), Some((5, 8)));
-        assert_eq!(parse_release("6.1"), Some((6, 1)));
-        assert_eq!(parse_release("junk"), None);
     }
 }

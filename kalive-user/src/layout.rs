@@ -16,6 +16,9 @@ const PTR: usize = size_of::<usize>();
 
 /// `hz` is the kernel's HZ.
 ///
+/// Longer than most functions on purpose: one line per field of [`Layout`],
+/// in its order, so that a field missing here fails to compile right here.
+///
 /// # Errors
 /// When the running kernel lacks a structure member, symbol or tracepoint kalive
 /// reads, or a member changed size.

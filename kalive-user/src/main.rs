@@ -17,10 +17,9 @@ mod kernel;
 mod layout;
 mod loader;
 mod output;
+mod owners;
 mod pipeline;
 mod privs;
-mod procfs;
-mod sockets;
 mod timings;
 
 use std::{
@@ -185,7 +184,7 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
         ports: cli.ports,
     };
     // Sockets that exist already: their owners come from procfs.
-    let sockets = procfs::Sockets::scan();
+    let sockets = owners::Sockets::scan();
     timings.step("/proc scan");
     let config = loader::Config {
         layout: &layout,
@@ -288,8 +287,8 @@ fn drop_privileges(user: Option<User>, root: bool) -> Result<()> {
 /// What kalive needs to run here, checked before anything is loaded: each
 /// failure is one line saying what is missing.
 fn preflight(root: bool, backend: Choice) -> Result<()> {
-    if let Some(why) = privs::missing_to_start(privs::effective()?, root) {
+    if let Some(why) = privs::missing_to_start(&privs::effective()?, root) {
         bail!(why);
     }
-    kernel::check_release(backend)
+    loader::check_release(backend)
 }

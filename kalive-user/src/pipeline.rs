@@ -12,16 +12,14 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use kalive_common::{FLAG_SHARED, Kind, OWNER_PROCFS, Owner, Record};
 
-use crate::{
-    clock::WallClock, event::Decoder, gaps, loader::Tracer, output::Writer, procfs, sockets,
-};
+use crate::{clock::WallClock, event::Decoder, gaps, loader::Tracer, output::Writer, owners};
 
 pub struct Stream<W: Write> {
     pub writer: Writer<W>,
     pub decoder: Decoder,
     pub tracer: Tracer,
     /// Who holds which socket, per the last `/proc` scan.
-    pub sockets: procfs::Sockets,
+    pub sockets: owners::Sockets,
     /// `--pid` values, for records the kernel could not filter.
     pub pids: HashSet<u32>,
     pub tally: Tally,
@@ -198,7 +196,7 @@ impl<W: Write> Stream<W> {
                 .map(|h| (h.pid, h.fd)),
         };
         if let Some((pid, fd)) = via {
-            match sockets::cookie_via_fd(pid, fd, record.ino) {
+            match owners::cookie_via_fd(pid, fd, record.ino) {
                 Ok(cookie) => record.cookie = cookie,
                 Err(err) => log::debug!("no cookie for socket {}: {err}", record.ino),
             }

@@ -1,0 +1,102 @@
+//! The BPF object `cargo xtask build-ebpf` built, embedded at compile time, and
+//! what is filled in before any of its programs runs: the kernel's layout and
+//! the user's settings in read-only globals, the filters in maps.
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{Btf, Ebpf, EbpfLoader, maps::HashMap};
+use kalive_common::{Layout, Settings};
+
+/// The object, as `cargo xtask build-ebpf` left it.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("KALIVE_BPF_OBJECT"));
+
+/// What the user filters on; empty means everything.
+#[derive(Debug, Default, Clone)]
+pub struct Filters {
+    pub pids: Vec<u32>,
+    pub ports: Vec<u16>,
+}
+
+/// The programs' settings: what to report, whether to filter, and what the
+/// `timer_start` tracepoint does for the function hooks that are missing.
+pub fn settings(filters: &Filters, state_changes: bool, timer_start_does: u8) -> Settings {
+    Settings {
+        state_changes: u8::from(state_changes),
+        filter_pids: u8::from(!filters.pids.is_empty()),
+        filter_ports: u8::from(!filters.ports.is_empty()),
+        timer_start_does,
+        pad: [0; 4],
+    }
+}
+
+/// The object, with the layout and settings in its read-only globals and a
+/// ring buffer of `ring_size` bytes.
+pub fn load(btf: &Btf, layout: &Layout, settings: Settings, ring_size: u32) -> Result<Ebpf> {
+    EbpfLoader::new()
+        .btf(Some(btf))
+        .override_global("LAYOUT", layout, true)
+        .override_global("SETTINGS", &settings, true)
+        .map_max_entries("EVENTS", ring_size)
+        .load(OBJECT)
+        .context("loading kalive's BPF object")
+}
+
+/// Fills the pid and port filter maps.
+pub fn fill_filters(ebpf: &mut Ebpf, filters: &Filters) -> Result<()> {
+    let pids = ebpf
+        .map_mut("PIDS")
+        .ok_or_else(|| anyhow!("map PIDS missing from the BPF object"))?;
+    let mut pids: HashMap<_, u32, u8> = HashMap::try_from(pids)?;
+    for &pid in &filters.pids {
+        pids.insert(pid, 1, 0).context("filling the pid filter")?;
+    }
+    let ports = ebpf
+        .map_mut("PORTS")
+        .ok_or_else(|| anyhow!("map PORTS missing from the BPF object"))?;
+    let mut ports: HashMap<_, u16, u8> = HashMap::try_from(ports)?;
+    for &port in &filters.ports {
+        ports
+            .insert(port, 1, 0)
+            .context("filling the port filter")?;
+    }
+    Ok(())
+}
+
+/// Takes map `name` out of the loaded object.
+pub fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the BPF object"))
+}
+
+/// Program `name` of the loaded object.
+pub fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the BPF object"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loader::{backend::Backend, hooks};
+
+    /// A misspelt program name in the hook tables would fail only when that
+    /// backend, fallback or kernel came along: check them all here, no root
+    /// needed.
+    #[test]
+    fn every_program_the_hook_tables_name_is_in_the_object() {
+        let object = aya_obj::Object::parse(OBJECT).expect("kalive's BPF object parses");
+        let mut missing = Vec::new();
+        for backend in [Backend::Fentry, Backend::Kprobe, Backend::Tracepoint] {
+            for name in hooks::programs(backend) {
+                if !object.programs.contains_key(name) {
+                    missing.push(format!("{backend}: {name}"));
+                }
+            }
+        }
+        let mut have: Vec<&String> = object.programs.keys().collect();
+        have.sort();
+        assert!(
+            missing.is_empty(),
+            "not in the BPF object: {missing:?}; it has {have:?}"
+        );
+    }
+}
