@@ -136,7 +136,7 @@ fn churn_leaves_memory_flat() {
     let pid = kalive.0.id();
 
     let owners = map_id(pid, "OWNERS");
-    let ns = Netns::new("churn");
+    let ns = Netns::new("churn").expect("a network namespace");
     let mut churn = Peer::spawn(&ns, &["churn", "127.0.0.1:7100", &churn_secs.to_string()]);
     // Samples from 10 s on, once the caches had their chance to fill.
     thread::sleep(Duration::from_secs(10));

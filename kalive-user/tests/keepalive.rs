@@ -57,7 +57,11 @@ fn assert_identity(records: &[&Value], c: &Connection, family: Family) {
         assert_eq!(r["sport"], c.info.local.port(), "{r}");
         assert_eq!(r["daddr"], c.info.peer.ip().to_string(), "{r}");
         assert_eq!(r["dport"], c.info.peer.port(), "{r}");
-        assert_eq!(r["netns"], c.net.client.inode(), "{r}");
+        assert_eq!(
+            r["netns"],
+            c.net.client.inode().expect("the namespace inode"),
+            "{r}"
+        );
         assert_eq!(r["pid"], c.info.pid, "{r}");
         assert_eq!(r["comm"], "tcp_peer", "{r}");
         assert_eq!(r["owner"], "kernel", "{r}");
@@ -70,7 +74,7 @@ fn assert_identity(records: &[&Value], c: &Connection, family: Family) {
 /// each with the configuration after it.
 fn assert_configuration(sets: &[&Value], c: &Connection, cnt: u64) {
     let ns = &c.net.client;
-    let sysctl = |key: &str| -> u64 { ns.sysctl(key).parse().expect("number") };
+    let sysctl = |key: &str| -> u64 { ns.sysctl(key).expect("sysctl").parse().expect("number") };
     let default_idle = sysctl("net.ipv4.tcp_keepalive_time") * 1000;
     let default_intvl = sysctl("net.ipv4.tcp_keepalive_intvl") * 1000;
     let default_cnt = sysctl("net.ipv4.tcp_keepalive_probes");
@@ -105,8 +109,8 @@ fn dead_peer(tag: &str, family: Family, env: &[(&str, &str)]) {
     let mut c = connect(tag, family, &["--idle", "1", "--intvl", "1", "--cnt", "2"]);
     let ns = &c.net.client;
     let (probes0, aborts0) = (
-        ns.counter("TcpExtTCPKeepAlive"),
-        ns.counter("TcpExtTCPAbortOnTimeout"),
+        ns.counter("TcpExtTCPKeepAlive").expect("nstat"),
+        ns.counter("TcpExtTCPAbortOnTimeout").expect("nstat"),
     );
     c.net.kill_server();
     c.client.send("go");
@@ -159,9 +163,13 @@ fn dead_peer(tag: &str, family: Family, env: &[(&str, &str)]) {
     assert!(ms(timeout, "idle_ms") >= 2900, "{timeout}");
 
     // The kernel's own counters agree.
-    assert_eq!(ns.counter("TcpExtTCPKeepAlive") - probes0, 2, "probes sent");
     assert_eq!(
-        ns.counter("TcpExtTCPAbortOnTimeout") - aborts0,
+        ns.counter("TcpExtTCPKeepAlive").expect("nstat") - probes0,
+        2,
+        "probes sent"
+    );
+    assert_eq!(
+        ns.counter("TcpExtTCPAbortOnTimeout").expect("nstat") - aborts0,
         1,
         "aborts on timeout"
     );
@@ -174,7 +182,7 @@ fn answered(tag: &str, family: Family) {
     let mut kalive = Kalive::shared();
     let mut c = connect(tag, family, &["--idle", "1", "--intvl", "1", "--cnt", "2"]);
     let ns = &c.net.client;
-    let probes0 = ns.counter("TcpExtTCPKeepAlive");
+    let probes0 = ns.counter("TcpExtTCPKeepAlive").expect("nstat");
     c.client.send("go");
     c.client.expect("configured");
 
@@ -193,7 +201,7 @@ fn answered(tag: &str, family: Family) {
         })
     });
     // Keepalive is off: the counter stops, and kalive reports exactly what it counted.
-    let probes = ns.counter("TcpExtTCPKeepAlive") - probes0;
+    let probes = ns.counter("TcpExtTCPKeepAlive").expect("nstat") - probes0;
     kalive.wait_until(DEADLINE, |rs| {
         let sent = rs
             .iter()
@@ -203,7 +211,7 @@ fn answered(tag: &str, family: Family) {
     });
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
-        ns.counter("TcpExtTCPKeepAlive") - probes0,
+        ns.counter("TcpExtTCPKeepAlive").expect("nstat") - probes0,
         probes,
         "no probes once disabled"
     );
@@ -255,8 +263,8 @@ fn user_timeout(tag: &str, family: Family, env: &[(&str, &str)]) {
     );
     let ns = &c.net.client;
     let (probes0, aborts0) = (
-        ns.counter("TcpExtTCPKeepAlive"),
-        ns.counter("TcpExtTCPAbortOnTimeout"),
+        ns.counter("TcpExtTCPKeepAlive").expect("nstat"),
+        ns.counter("TcpExtTCPAbortOnTimeout").expect("nstat"),
     );
     c.net.kill_server();
     c.client.send("go");
@@ -295,8 +303,14 @@ fn user_timeout(tag: &str, family: Family, env: &[(&str, &str)]) {
     assert_eq!(timeout["error"], "ETIMEDOUT");
     assert_eq!(timeout["cause"], "user_timeout");
     assert!(ms(timeout, "idle_ms") >= 2500, "{timeout}");
-    assert_eq!(ns.counter("TcpExtTCPKeepAlive") - probes0, sent as u64);
-    assert_eq!(ns.counter("TcpExtTCPAbortOnTimeout") - aborts0, 1);
+    assert_eq!(
+        ns.counter("TcpExtTCPKeepAlive").expect("nstat") - probes0,
+        sent as u64
+    );
+    assert_eq!(
+        ns.counter("TcpExtTCPAbortOnTimeout").expect("nstat") - aborts0,
+        1
+    );
     c.server.close_stdin();
 }
 
@@ -528,8 +542,8 @@ fn peer_reset_answers_probe() {
     );
     let ns = &c.net.client;
     let (probes0, aborts0) = (
-        ns.counter("TcpExtTCPKeepAlive"),
-        ns.counter("TcpExtTCPAbortOnTimeout"),
+        ns.counter("TcpExtTCPKeepAlive").expect("nstat"),
+        ns.counter("TcpExtTCPAbortOnTimeout").expect("nstat"),
     );
     c.client.send("go");
     let cookie = c.info.cookie;
@@ -567,9 +581,12 @@ fn peer_reset_answers_probe() {
         .iter()
         .filter(|r| r["event"] == "probe_sent")
         .count() as u64;
-    assert_eq!(ns.counter("TcpExtTCPKeepAlive") - probes0, sent);
     assert_eq!(
-        ns.counter("TcpExtTCPAbortOnTimeout") - aborts0,
+        ns.counter("TcpExtTCPKeepAlive").expect("nstat") - probes0,
+        sent
+    );
+    assert_eq!(
+        ns.counter("TcpExtTCPAbortOnTimeout").expect("nstat") - aborts0,
         0,
         "a reset, not a timeout"
     );

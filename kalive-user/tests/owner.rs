@@ -105,7 +105,7 @@ fn socket_from_before_kalive_started() {
     // A kalive of its own, started after the socket was configured.
     let mut kalive = Kalive::start(&[]);
     let port = c.info.local.port();
-    let netns = c.net.client.inode();
+    let netns = c.net.client.inode().expect("the namespace inode");
     let mine = |r: &&Value| r["sport"] == port && r["netns"] == netns;
     kalive.wait_until(DEADLINE, |rs| {
         rs.iter()

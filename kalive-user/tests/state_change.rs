@@ -28,7 +28,7 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 fn connection_lifecycle(addr: &str, family: &str) {
-    let ns = Netns::new("state");
+    let ns = Netns::new("state").expect("a network namespace");
     let mut kalive = Kalive::start(&["--state-changes"]);
     let mut peer = Peer::spawn(&ns, &["pair", addr]);
     let client = peer.socket("client");
@@ -72,7 +72,9 @@ fn connection_lifecycle(addr: &str, family: &str) {
         .iter()
         .find(|r| {
             // Some kernels (6.1) set its remote end only after this, too.
-            r["old_state"] == "LISTEN" && r["state"] == "SYN_RECV" && r["netns"] == ns.inode()
+            r["old_state"] == "LISTEN"
+                && r["state"] == "SYN_RECV"
+                && r["netns"] == ns.inode().expect("the namespace inode")
         })
         .expect("the clone's state change");
     assert!(clone["cookie"].is_null(), "{clone}");
@@ -103,7 +105,10 @@ fn connection_lifecycle(addr: &str, family: &str) {
     assert_eq!(established["sport"], client.local.port());
     assert_eq!(established["daddr"], client.peer.ip().to_string());
     assert_eq!(established["dport"], client.peer.port());
-    assert_eq!(established["netns"], ns.inode());
+    assert_eq!(
+        established["netns"],
+        ns.inode().expect("the namespace inode")
+    );
     assert_eq!(established["pid"], client.pid);
     assert_eq!(established["comm"], "tcp_peer");
     let ts = established["ts"].as_str().expect("ts");
@@ -120,7 +125,7 @@ fn connection_lifecycle(addr: &str, family: &str) {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn no_state_changes_by_default() {
-    let ns = Netns::new("quiet");
+    let ns = Netns::new("quiet").expect("a network namespace");
     let mut kalive = Kalive::start(&[]);
     let mut pair = Peer::spawn(&ns, &["pair", "127.0.0.1:0"]);
     let quiet = [pair.socket("client").cookie, pair.socket("server").cookie];

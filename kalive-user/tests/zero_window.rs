@@ -51,7 +51,7 @@ fn stuck(
     client.send("go");
     client.expect("configured");
     before_fill(&net);
-    let winprobes0 = net.client.counter("TcpExtTCPWinProbe");
+    let winprobes0 = net.client.counter("TcpExtTCPWinProbe").expect("nstat");
     client.send("fill");
     assert!(
         client.expect("filled").ends_with("until=11"),
@@ -158,12 +158,12 @@ fn settle(kalive: &mut Kalive, s: &Stuck) {
     let cookie = s.info.cookie;
     let deadline = std::time::Instant::now() + DEADLINE;
     loop {
-        let counted = s.net.client.counter("TcpExtTCPWinProbe") - s.winprobes0;
+        let counted = s.net.client.counter("TcpExtTCPWinProbe").expect("nstat") - s.winprobes0;
         kalive.wait_until(DEADLINE, |rs| {
             of(rs, cookie, "zero_window_probe_sent").len() as u64 >= counted
         });
         std::thread::sleep(Duration::from_millis(500));
-        let again = s.net.client.counter("TcpExtTCPWinProbe") - s.winprobes0;
+        let again = s.net.client.counter("TcpExtTCPWinProbe").expect("nstat") - s.winprobes0;
         if again == counted {
             let reported = of(&kalive.records, cookie, "zero_window_probe_sent").len();
             assert_eq!(reported as u64, counted, "records:\n{}", kalive.dump());
@@ -197,7 +197,7 @@ fn user_timeout_while_probing() {
     let mut s = stuck("zwut", Family::V4, &["--user-timeout", "3000"], |_| {});
     let ns = &s.net.client;
     let winprobes0 = s.winprobes0;
-    let aborts0 = ns.counter("TcpExtTCPAbortOnTimeout");
+    let aborts0 = ns.counter("TcpExtTCPAbortOnTimeout").expect("nstat");
     assert_eq!(s.client.expect("recv_error"), "recv_error errno=110");
     let cookie = s.info.cookie;
     kalive.wait_until(DEADLINE, |rs| {
@@ -226,12 +226,15 @@ fn user_timeout_while_probing() {
         "killed {waited} us after the first probe"
     );
     assert_eq!(
-        ns.counter("TcpExtTCPWinProbe") - winprobes0,
+        ns.counter("TcpExtTCPWinProbe").expect("nstat") - winprobes0,
         probes.len() as u64,
         "records:\n{}",
         kalive.dump()
     );
-    assert_eq!(ns.counter("TcpExtTCPAbortOnTimeout") - aborts0, 1);
+    assert_eq!(
+        ns.counter("TcpExtTCPAbortOnTimeout").expect("nstat") - aborts0,
+        1
+    );
 }
 
 /// The peer dies while its window is shut: `tcp_retries2` unanswered probes,
@@ -245,7 +248,7 @@ fn dead_peer_exhausts_retries() {
     });
     let ns = &s.net.client;
     let winprobes0 = s.winprobes0;
-    let aborts0 = ns.counter("TcpExtTCPAbortOnTimeout");
+    let aborts0 = ns.counter("TcpExtTCPAbortOnTimeout").expect("nstat");
     // Probing has started (the peer advertised its zero window); then it dies.
     let cookie = s.info.cookie;
     kalive.wait_until(DEADLINE, |rs| {
@@ -280,10 +283,13 @@ fn dead_peer_exhausts_retries() {
     assert_eq!(last["cause"], "retries_exhausted");
     let sent = records.len() as u64 - 1;
     assert_eq!(
-        ns.counter("TcpExtTCPWinProbe") - winprobes0,
+        ns.counter("TcpExtTCPWinProbe").expect("nstat") - winprobes0,
         sent,
         "records:\n{}",
         kalive.dump()
     );
-    assert_eq!(ns.counter("TcpExtTCPAbortOnTimeout") - aborts0, 1);
+    assert_eq!(
+        ns.counter("TcpExtTCPAbortOnTimeout").expect("nstat") - aborts0,
+        1
+    );
 }

@@ -15,6 +15,8 @@ pub fn run(root: &Path, args: &[OsString]) -> Result<()> {
         "--package",
         "kalive-common",
         "--package",
+        "kalive-testkit",
+        "--package",
         "kalive-user",
         "--package",
         "xtask",

@@ -11,12 +11,11 @@ mod peer;
 use std::{
     cell::RefCell,
     io::{BufRead as _, BufReader, Write as _},
-    os::unix::fs::MetadataExt as _,
     process::{Child, ChildStdin, Command, ExitStatus, Stdio},
     rc::{Rc, Weak},
     sync::{
         Arc, Condvar, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicBool, Ordering},
         mpsc::{self, Receiver, RecvTimeoutError},
     },
     thread,
@@ -28,93 +27,18 @@ use serde_json::Value;
 
 /// Runs a command and panics with its output when it fails.
 pub fn sh(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|err| panic!("running {program} {args:?}: {err}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    kalive_testkit::output(Command::new(program).args(args)).unwrap_or_else(|err| panic!("{err:#}"))
 }
 
-/// A network namespace, deleted on drop.
-pub struct Netns {
-    name: String,
-}
-
-impl Netns {
-    /// A fresh namespace with loopback up.
-    pub fn new(tag: &str) -> Self {
-        static COUNT: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "kalive-{tag}-{}-{}",
-            std::process::id(),
-            COUNT.fetch_add(1, Ordering::Relaxed)
-        );
-        sh("ip", &["netns", "add", &name]);
-        let ns = Self { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The namespace's inode number, as the kernel reports it (`net->ns.inum`).
-    pub fn inode(&self) -> u64 {
-        std::fs::metadata(format!("/run/netns/{}", self.name))
-            .expect("netns file")
-            .ino()
-    }
-
-    /// `ip -n NS ARGS`
-    pub fn ip(&self, args: &[&str]) -> String {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        sh("ip", &all)
-    }
-
-    /// A command that runs inside the namespace.
-    pub fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]);
-        cmd
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
+pub use kalive_testkit::Netns;
 
 /// Microseconds since the Unix epoch of a record's `ts`
 /// (`2026-11-22T00:51:22.893509Z`).
 pub fn ts_micros(record: &Value) -> i64 {
     let ts = record["ts"].as_str().expect("ts");
-    let num = |range: std::ops::Range<usize>| -> i64 {
-        ts.get(range)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("ts {ts}"))
-    };
-    let (year, month, day) = (num(0..4), num(5..7), num(8..10));
-    // Days from civil (H. Hinnant), for March-based years.
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
-    let secs = days * 86_400 + num(11..13) * 3600 + num(14..16) * 60 + num(17..19);
-    secs * 1_000_000 + num(20..26)
+    ts.parse::<jiff::Timestamp>()
+        .unwrap_or_else(|err| panic!("ts {ts}: {err}"))
+        .as_microsecond()
 }
 
 /// Two namespaces, a client and a server, joined by a veth pair, with IPv4 and
@@ -131,8 +55,8 @@ impl Topology {
     pub const SERVER_V6: &str = "fd77::2";
 
     pub fn new(tag: &str) -> Self {
-        let client = Netns::new(&format!("{tag}-c"));
-        let server = Netns::new(&format!("{tag}-s"));
+        let client = Netns::new(&format!("{tag}-c")).expect("a network namespace");
+        let server = Netns::new(&format!("{tag}-s")).expect("a network namespace");
         // Created directly inside the namespaces: no name clash between tests.
         sh(
             "ip",
@@ -155,14 +79,16 @@ impl Topology {
             (&client, Self::CLIENT_V4, Self::CLIENT_V6),
             (&server, Self::SERVER_V4, Self::SERVER_V6),
         ] {
-            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "veth0"]);
-            ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "veth0", "nodad"]);
-            ns.ip(&["link", "set", "veth0", "up"]);
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "veth0"])
+                .expect("ip");
+            ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "veth0", "nodad"])
+                .expect("ip");
+            ns.ip(&["link", "set", "veth0", "up"]).expect("ip");
         }
         // Static neighbours: no neighbour discovery, which right after the link
         // comes up can hold the first IPv6 packets back for a second.
         let mac = |ns: &Netns| {
-            let line = ns.ip(&["-br", "link", "show", "veth0"]);
+            let line = ns.ip(&["-br", "link", "show", "veth0"]).expect("ip");
             line.split_whitespace()
                 .nth(2)
                 .expect("MAC address")
@@ -184,7 +110,8 @@ impl Topology {
                     "veth0",
                     "nud",
                     "permanent",
-                ]);
+                ])
+                .expect("ip");
             }
         }
         Self { client, server }
@@ -192,13 +119,16 @@ impl Topology {
 
     /// Lets the server's packets through again.
     pub fn revive_server(&self) {
-        self.client.nft(&["delete", "table", "inet", "kalive_test"]);
+        self.client
+            .nft(&["delete", "table", "inet", "kalive_test"])
+            .expect("nft");
     }
 
     /// Drops every packet the server sends to the client.
     pub fn mute_server(&self) {
         let ns = &self.server;
-        ns.nft(&["add", "table", "inet", "kalive_test"]);
+        ns.nft(&["add", "table", "inet", "kalive_test"])
+            .expect("nft");
         ns.nft(&[
             "add",
             "chain",
@@ -206,7 +136,8 @@ impl Topology {
             "kalive_test",
             "output",
             "{ type filter hook output priority 0; policy accept; }",
-        ]);
+        ])
+        .expect("nft");
         ns.nft(&[
             "add",
             "rule",
@@ -217,7 +148,8 @@ impl Topology {
             "daddr",
             Self::CLIENT_V4,
             "drop",
-        ]);
+        ])
+        .expect("nft");
         ns.nft(&[
             "add",
             "rule",
@@ -228,18 +160,22 @@ impl Topology {
             "daddr",
             Self::CLIENT_V6,
             "drop",
-        ]);
+        ])
+        .expect("nft");
     }
 
     pub fn unmute_server(&self) {
-        self.server.nft(&["delete", "table", "inet", "kalive_test"]);
+        self.server
+            .nft(&["delete", "table", "inet", "kalive_test"])
+            .expect("nft");
     }
 
     /// Drops every packet the client receives from the server: a dead peer, as
     /// far as the client can tell.
     pub fn kill_server(&self) {
         let ns = &self.client;
-        ns.nft(&["add", "table", "inet", "kalive_test"]);
+        ns.nft(&["add", "table", "inet", "kalive_test"])
+            .expect("nft");
         ns.nft(&[
             "add",
             "chain",
@@ -247,7 +183,8 @@ impl Topology {
             "kalive_test",
             "input",
             "{ type filter hook input priority 0; policy accept; }",
-        ]);
+        ])
+        .expect("nft");
         ns.nft(&[
             "add",
             "rule",
@@ -258,7 +195,8 @@ impl Topology {
             "saddr",
             Self::SERVER_V4,
             "drop",
-        ]);
+        ])
+        .expect("nft");
         ns.nft(&[
             "add",
             "rule",
@@ -269,36 +207,8 @@ impl Topology {
             "saddr",
             Self::SERVER_V6,
             "drop",
-        ]);
-    }
-}
-
-impl Netns {
-    /// `nft ARGS` inside the namespace.
-    pub fn nft(&self, args: &[&str]) -> String {
-        let mut all = vec!["netns", "exec", self.name.as_str(), "nft"];
-        all.extend_from_slice(args);
-        sh("ip", &all)
-    }
-
-    /// A kernel SNMP/netstat counter of this namespace (`nstat`), e.g.
-    /// `TcpExtTCPKeepAlive`.
-    pub fn counter(&self, name: &str) -> u64 {
-        // -a: absolute values, -s: leave nstat's history alone, -z: print zeros.
-        let out = sh("ip", &["netns", "exec", &self.name, "nstat", "-asz", name]);
-        out.lines()
-            .find_map(|line| {
-                let mut fields = line.split_whitespace();
-                (fields.next()? == name).then(|| fields.next()?.parse().ok())?
-            })
-            .unwrap_or_else(|| panic!("no {name} in nstat output:\n{out}"))
-    }
-
-    /// A sysctl of this namespace, e.g. `net.ipv4.tcp_keepalive_time`.
-    pub fn sysctl(&self, key: &str) -> String {
-        sh("ip", &["netns", "exec", &self.name, "sysctl", "-n", key])
-            .trim()
-            .to_owned()
+        ])
+        .expect("nft");
     }
 }
 
@@ -655,11 +565,7 @@ fn shared_kalive() -> &'static SharedKalive {
 /// A line kalive wrote, read as the typed record it must be (kalive's own
 /// `Event`) and as JSON for the tests to look into; or why it is neither.
 pub fn record(line: &str) -> Result<(Event, Value), String> {
-    let event = serde_json::from_str(line)
-        .map_err(|err| format!("kalive wrote a line that is not a record ({err}): {line}"))?;
-    let value = serde_json::from_str(line)
-        .map_err(|err| format!("kalive wrote invalid JSON ({err}): {line}"))?;
-    Ok((event, value))
+    kalive_testkit::records::parse_with_json(line).map_err(|err| format!("{err:#}"))
 }
 
 /// Files the shared kalive's records as they come, for every view to read.

@@ -528,31 +528,16 @@ fn set_comm(name: &[u8]) {
 /// force at that moment. Set before the interval, that would be the default
 /// 75 s, which setting the interval afterwards does not shorten.
 fn configure(fd: RawFd, ka: &Keepalive, keepalive: bool) -> io::Result<()> {
-    if keepalive {
-        setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    kalive_testkit::sockopt::Keepalive {
+        idle: ka.idle,
+        intvl: ka.intvl,
+        cnt: ka.cnt,
+        user_timeout: ka.user_timeout,
     }
-    for (opt, value) in [
-        (libc::TCP_KEEPINTVL, ka.intvl),
-        (libc::TCP_KEEPCNT, ka.cnt),
-        (libc::TCP_USER_TIMEOUT, ka.user_timeout),
-        (libc::TCP_KEEPIDLE, ka.idle),
-    ] {
-        if let Some(value) = value {
-            setsockopt(fd, libc::IPPROTO_TCP, opt, value)?;
-        }
-    }
-    Ok(())
+    .apply(fd, keepalive)
 }
 
-fn setsockopt(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
-    // SAFETY: `value` is a valid int for the duration of the call.
-    let rc = unsafe { libc::setsockopt(fd, level, name, (&raw const value).cast(), 4) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
+use kalive_testkit::sockopt::set_int as setsockopt;
 
 fn connect(fd: RawFd, peer: SocketAddr) -> io::Result<()> {
     // SAFETY: all-zero is a valid sockaddr_storage.

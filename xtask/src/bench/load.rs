@@ -3,10 +3,9 @@
 //! keepalive connections to a peer that stops answering.
 
 use std::{
-    fs::File,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::{AsRawFd as _, RawFd},
+    os::fd::AsRawFd as _,
     process::{Child, Command, Stdio},
     sync::{
         Arc,
@@ -19,86 +18,9 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use crate::cmd;
+use kalive_testkit::sockopt::Keepalive;
 
-/// A network namespace, deleted on drop (with every socket still in it).
-pub struct Netns {
-    name: String,
-}
-
-impl Netns {
-    pub fn new(tag: &str) -> Result<Self> {
-        let name = format!("kbench-{tag}-{}", std::process::id());
-        // Left over from a run that was killed.
-        let _ = cmd::output(Command::new("ip").args(["netns", "del", &name]));
-        cmd::output(Command::new("ip").args(["netns", "add", &name]))?;
-        let ns = Self { name };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn ip(&self, args: &[&str]) -> Result<()> {
-        cmd::output(Command::new("ip").args(["-n", &self.name]).args(args)).map(drop)
-    }
-
-    pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
-        cmd::output(
-            Command::new("ip")
-                .args(["netns", "exec", &self.name, program])
-                .args(args),
-        )
-    }
-
-    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        self.exec("sysctl", &["-q", "-w", &format!("{key}={value}")])
-            .map(drop)
-    }
-
-    /// A `TcpExt` counter of this namespace (`/proc/net/netstat`), as nstat
-    /// names it without the prefix.
-    pub fn tcp_ext(&self, name: &str) -> Result<u64> {
-        let text = self.exec("cat", &["/proc/net/netstat"])?;
-        let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
-        let (Some(keys), Some(values)) = (lines.next(), lines.next()) else {
-            bail!("no TcpExt lines in /proc/net/netstat");
-        };
-        keys.split_whitespace()
-            .zip(values.split_whitespace())
-            .find(|&(k, _)| k == name)
-            .ok_or_else(|| anyhow!("no TcpExt counter {name}"))?
-            .1
-            .parse()
-            .with_context(|| format!("TcpExt {name}"))
-    }
-
-    /// Runs `f` on a thread inside this namespace; threads it spawns are inside
-    /// too, and so are the sockets they create.
-    pub fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> Result<T> + Send + 'static,
-    ) -> thread::JoinHandle<Result<T>> {
-        let path = format!("/var/run/netns/{}", self.name);
-        thread::spawn(move || {
-            let ns = File::open(&path).with_context(|| format!("opening {path}"))?;
-            // SAFETY: a plain syscall on a descriptor we own; it changes only
-            // this thread's network namespace.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error()).context("setns");
-            }
-            f()
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = cmd::output(Command::new("ip").args(["netns", "del", &self.name]));
-    }
-}
+pub use kalive_testkit::Netns;
 
 /// A global sysctl raised for a while, restored on drop.
 pub struct Sysctl {
@@ -218,9 +140,9 @@ impl Pair {
         client.ip(&["link", "set", "eth0", "up"])?;
         server.ip(&["link", "set", "eth0", "up"])?;
         // Room for 50k connections from one address, and for their handshakes.
-        client.sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
-        server.sysctl("net.core.somaxconn", "65535")?;
-        server.sysctl("net.ipv4.tcp_max_syn_backlog", "65535")?;
+        client.set_sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
+        server.set_sysctl("net.core.somaxconn", "65535")?;
+        server.set_sysctl("net.ipv4.tcp_max_syn_backlog", "65535")?;
         Ok(Self {
             client,
             server,
@@ -371,10 +293,14 @@ pub fn hold(addr: SocketAddr, n: usize, idle: i32, intvl: i32, cnt: i32) -> Resu
     for _ in 0..n {
         let s = TcpStream::connect(addr).context("connecting")?;
         let fd = s.as_raw_fd();
-        setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
-        setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle)?;
-        setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, intvl)?;
-        setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, cnt)?;
+        Keepalive {
+            idle: Some(idle),
+            intvl: Some(intvl),
+            cnt: Some(cnt),
+            user_timeout: None,
+        }
+        .apply(fd, true)
+        .context("setting keepalive")?;
         clients.push(s);
     }
     println!("ready");
@@ -411,17 +337,6 @@ fn listen(port: u16) -> Result<TcpListener> {
         return Err(std::io::Error::last_os_error()).context("listen");
     }
     Ok(listener)
-}
-
-fn setsockopt(fd: RawFd, level: i32, name: i32, value: i32) -> Result<()> {
-    // SAFETY: a valid descriptor and a correctly sized option value.
-    let rc =
-        unsafe { libc::setsockopt(fd, level, name, (&raw const value).cast(), socklen::<i32>()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("setsockopt({level}, {name})"));
-    }
-    Ok(())
 }
 
 fn socklen<T>() -> libc::socklen_t {

@@ -391,14 +391,14 @@ fn capacity_run(kalive: &Path, backend: &str, n: usize, secs: Duration) -> Resul
         let probes = Arc::clone(&probes);
         thread::spawn(move || tally(BufReader::new(stdout), &probes))
     };
-    let kernel_before = pair.client.tcp_ext("TCPKeepAlive")?;
+    let kernel_before = pair.client.counter("TcpExtTCPKeepAlive")?;
     let cpu_before = running.cpu()?;
     // Probes far longer than the run: no connection times out.
     let conns = Connections::open(&pair, n, 1, 1, 120)?;
     pair.mute_server()?;
     thread::sleep(secs);
     conns.close()?;
-    let kernel_probes = pair.client.tcp_ext("TCPKeepAlive")? - kernel_before;
+    let kernel_probes = pair.client.counter("TcpExtTCPKeepAlive")? - kernel_before;
     let veth_drops = pair.client_tx_dropped()?;
     // Until kalive has written every probe (or stops making progress).
     let mut last = (probes.load(Ordering::Relaxed), Instant::now());
@@ -443,7 +443,11 @@ fn capacity_run(kalive: &Path, backend: &str, n: usize, secs: Duration) -> Resul
         veth_drops,
         recursion_misses,
         unreported,
-        delivered_probes: tally.events.get(Kind::ProbeSent.name()).copied().unwrap_or(0),
+        delivered_probes: tally
+            .events
+            .get(Kind::ProbeSent.name())
+            .copied()
+            .unwrap_or(0),
         records: tally.events.values().sum(),
         lost: tally.lost,
         cpu,
