@@ -20,6 +20,7 @@ mod output;
 mod owners;
 mod pipeline;
 mod privs;
+mod text;
 mod timings;
 
 use std::{

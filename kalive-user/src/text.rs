@@ -1,0 +1,109 @@
+//! The text format: aligned columns under a header, one line per event, for
+//! a terminal.
+
+use std::{fmt::Write as _, net::IpAddr};
+
+use kalive_common::event::{Event, What};
+
+/// The text format's columns.
+pub static HEADER: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{:<15} {:<17} {:>7} {:<15} {:<21} {:<21} {:<11} {:>6} {:>7} {:<14} DETAIL",
+        "TIME", "EVENT", "PID", "COMM", "LOCAL", "REMOTE", "STATE", "PROBES", "IDLE", "KEEPALIVE"
+    )
+});
+
+/// One event as a line of text under [`HEADER`].
+pub fn line(event: &Event) -> String {
+    // RFC 3339 with microseconds; HH:MM:SS.micros is enough on a terminal.
+    let ts = format!("{:.6}", event.ts);
+    let time = ts.get(11..26).unwrap_or(&ts);
+    let name = event.kind().name();
+    let detail = detail(event);
+    let Some(s) = &event.socket else {
+        return format!(
+            "{time:<15} {name:<17} {:>7} {:<15} {:<21} {:<21} {:<11} {:>6} {:>7} {:<14} {detail}",
+            "-", "-", "-", "-", "-", "-", "-", "-"
+        );
+    };
+    let pid = s.pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
+    let comm = s
+        .comm
+        .as_deref()
+        .map_or_else(|| "-".to_owned(), |c| text_safe(c.as_bytes()));
+    let local = endpoint(s.saddr, s.sport);
+    let remote = endpoint(s.daddr, s.dport);
+    let idle = s.idle_ms.map_or_else(|| "-".to_owned(), seconds);
+    let mut keepalive = format!(
+        "{}/{}/{}",
+        seconds(s.keepidle_ms),
+        seconds(s.keepintvl_ms),
+        s.keepcnt
+    );
+    if s.user_timeout_ms != 0 {
+        let _ = write!(keepalive, " ut={}", seconds(u64::from(s.user_timeout_ms)));
+    }
+    format!(
+        "{time:<15} {name:<17} {pid:>7} {comm:<15} {local:<21} {remote:<21} {:<11} {:>6} {idle:>7} {keepalive:<14} {detail}",
+        s.state.name(),
+        s.probes,
+    )
+}
+
+/// The text format's last column: what only this kind says.
+fn detail(event: &Event) -> String {
+    match &event.what {
+        What::KeepaliveSet { enabled: true } => "enabled".to_owned(),
+        What::KeepaliveSet { enabled: false } => "disabled".to_owned(),
+        What::ProbeSent { next_ms } => format!("next in {}", seconds(*next_ms)),
+        What::ProbeAcked {} => "peer answered".to_owned(),
+        What::KeepaliveTimeout { error, cause } | What::ZeroWindowTimeout { error, cause } => {
+            format!("{error} ({})", cause.name())
+        }
+        What::StateChange { old_state } => {
+            let new = event.socket.as_ref().map_or("-", |s| s.state.name());
+            format!("{} -> {new}", old_state.name())
+        }
+        What::EventsLost { count } => format!("{count} records lost"),
+        What::ZeroWindowProbeSent {
+            backoff, next_ms, ..
+        } => format!("window 0, backoff {backoff}, next in {}", seconds(*next_ms)),
+        What::ZeroWindowOpen { snd_wnd } => format!("window {snd_wnd}"),
+    }
+}
+
+/// Milliseconds as a short duration: `1s`, `2.5s`, `0.25s`.
+pub fn seconds(ms: u64) -> String {
+    let (s, frac) = (ms / 1000, ms % 1000);
+    if frac == 0 {
+        format!("{s}s")
+    } else {
+        let frac = format!("{frac:03}");
+        format!("{s}.{}s", frac.trim_end_matches('0'))
+    }
+}
+
+fn endpoint(addr: IpAddr, port: u16) -> String {
+    match addr {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+/// Kernel strings for a terminal: control characters and invalid UTF-8 escaped.
+pub fn text_safe(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
+}
