@@ -27,15 +27,11 @@ use std::{
     io::{self, IsTerminal as _},
     path::Path,
     process::ExitCode,
-    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    signal::unix::{SignalKind, signal},
-};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     clock::WallClock,
@@ -116,8 +112,11 @@ fn parse_ring_size(value: &str) -> Result<u32, String> {
     let size: u32 = value
         .parse()
         .map_err(|_| format!("{value:?} is not a number of bytes"))?;
-    // SAFETY: sysconf has no preconditions.
-    let page = u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|p| u32::try_from(p).ok())
+        .unwrap_or(4096);
     if !size.is_power_of_two() || size < page {
         return Err(format!(
             "{size} is not a power of two of at least {page} (the page size)"
@@ -153,8 +152,8 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
     // Before anything else: a signal during start-up is a clean stop too.
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
+    let sigint = signal(SignalKind::interrupt())?;
+    let sigterm = signal(SignalKind::terminate())?;
     let stdout = io::stdout();
     let format = cli.format.unwrap_or(if stdout.is_terminal() {
         Format::Text
@@ -162,8 +161,7 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
         Format::Json
     });
 
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = nix::unistd::geteuid().is_root();
     preflight(root, cli.backend)?;
     timings.step("arguments");
     let kernel_btf = btf::KernelBtf::open(Path::new(btf::VMLINUX))?;
@@ -214,7 +212,7 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
         tracer.attached
     );
 
-    let mut stream = Stream {
+    let stream = Stream {
         writer: Writer::new(stdout.lock(), format),
         decoder: Decoder::new(WallClock::now(), hz),
         tracer,
@@ -223,39 +221,7 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
         tally: Tally::default(),
         owners_full_reported: false,
     };
-    // SAFETY: the ring buffer owns its map fd, which stays open and unchanged
-    // until the `AsyncFd` (and with it the ring buffer) is dropped.
-    let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
-        .map_err(|err| err.into_parts().1)
-        .context("polling the ring buffer")?;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-
-    let result = loop {
-        let step = tokio::select! {
-            guard = events.readable_mut() => {
-                let mut guard = guard?;
-                let step = stream.drain(guard.get_inner_mut());
-                guard.clear_ready();
-                step
-            }
-            _ = tick.tick() => Ok(()),
-            _ = sigint.recv() => break Ok(()),
-            _ = sigterm.recv() => break Ok(()),
-        };
-        if let Err(err) = step.and_then(|()| stream.check_counters()) {
-            break Err(err);
-        }
-    };
-    // Deliver what the kernel already produced, then stop.
-    let result = result
-        .and_then(|()| stream.drain(events.get_mut()))
-        .and_then(|()| stream.check_counters());
-    say!("{}", stream.tally.summary());
-    match result {
-        // A closed stdout (`kalive | head -1`) is a clean stop, not an error.
-        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        other => other.context("writing records"),
-    }
+    stream.follow(events, sigint, sigterm).await
 }
 
 /// Says which backends were passed over, and what falls back or is missing.

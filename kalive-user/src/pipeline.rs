@@ -7,10 +7,16 @@ use std::{
     collections::HashSet,
     fmt::Write as _,
     io::{self, Write},
+    time::Duration,
 };
 
+use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use kalive_common::{FLAG_SHARED, Kind, OWNER_PROCFS, Owner, Record};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::Signal,
+};
 
 use crate::{clock::WallClock, event::Decoder, gaps, loader::Tracer, output::Writer, owners};
 
@@ -94,6 +100,52 @@ impl Tally {
 }
 
 impl<W: Write> Stream<W> {
+    /// Writes records as the kernel makes them until SIGINT or SIGTERM (or a
+    /// closed stdout), then what the kernel already made, and the summary.
+    ///
+    /// # Errors
+    /// When the ring buffer cannot be polled or the output fails otherwise
+    /// than by closing.
+    pub async fn follow(
+        mut self,
+        events: RingBuf<MapData>,
+        mut sigint: Signal,
+        mut sigterm: Signal,
+    ) -> anyhow::Result<()> {
+        // SAFETY: the ring buffer owns its map fd, which stays open and
+        // unchanged until the `AsyncFd` (and with it the ring buffer) is dropped.
+        let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+            .map_err(|err| err.into_parts().1)
+            .context("polling the ring buffer")?;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let result = loop {
+            let step = tokio::select! {
+                guard = events.readable_mut() => {
+                    let mut guard = guard?;
+                    let step = self.drain(guard.get_inner_mut());
+                    guard.clear_ready();
+                    step
+                }
+                _ = tick.tick() => Ok(()),
+                _ = sigint.recv() => break Ok(()),
+                _ = sigterm.recv() => break Ok(()),
+            };
+            if let Err(err) = step.and_then(|()| self.check_counters()) {
+                break Err(err);
+            }
+        };
+        // Deliver what the kernel already produced, then stop.
+        let result = result
+            .and_then(|()| self.drain(events.get_mut()))
+            .and_then(|()| self.check_counters());
+        say!("{}", self.tally.summary());
+        match result {
+            // A closed stdout (`kalive | head -1`) is a clean stop, not an error.
+            Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+            other => other.context("writing records"),
+        }
+    }
+
     /// Writes every record waiting in the ring buffer.
     pub fn drain(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<()> {
         while let Some(item) = ring.next() {
