@@ -3,13 +3,14 @@
 
 use std::{
     fs::File,
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    os::unix::fs::MetadataExt as _,
     process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
 };
 
 use anyhow::{Context as _, Result, anyhow};
+use nix::sched::{CloneFlags, setns};
 
 use crate::output;
 
@@ -126,11 +127,8 @@ impl Netns {
         let path = format!("/run/netns/{}", self.name);
         thread::spawn(move || {
             let ns = File::open(&path).with_context(|| format!("opening {path}"))?;
-            // SAFETY: a plain syscall on a descriptor we own; it changes only
-            // this thread's network namespace.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error()).context("setns");
-            }
+            // Only this thread's network namespace changes.
+            setns(ns, CloneFlags::CLONE_NEWNET).context("setns")?;
             f()
         })
     }
@@ -164,6 +162,12 @@ mod tests {
         );
         assert_ne!(ns.inode().expect("inode"), 0);
         assert!(ns.counter("NoSuchCounter").is_err());
+        let inside = ns
+            .run(|| Ok(std::fs::metadata("/proc/thread-self/ns/net")?.ino()))
+            .join()
+            .expect("the thread")
+            .expect("its namespace");
+        assert_eq!(inside, ns.inode().expect("inode"));
         drop(ns);
         let list = output(Command::new("ip").args(["netns", "list"])).expect("ip");
         assert!(!list.contains(&name), "{list}");
