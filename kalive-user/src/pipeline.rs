@@ -50,16 +50,16 @@ impl Tally {
     /// The record in `bytes`; one that cannot be decoded is counted (the
     /// first is said on stderr), never fatal.
     fn decode(&mut self, bytes: &[u8]) -> Option<Record> {
-        match Record::decode(bytes) {
-            Ok(record) => Some(record),
-            Err(err) => {
-                if self.undecodable == 0 {
-                    say!("skipping records it cannot decode: {err}");
-                }
-                self.undecodable += 1;
-                None
-            }
+        let why = match Record::decode(bytes) {
+            Ok(record) if record.kind().is_some() => return Some(record),
+            Ok(record) => format!("record of unknown kind {}", record.kind),
+            Err(err) => err.to_string(),
+        };
+        if self.undecodable == 0 {
+            say!("skipping records it cannot decode: {why}");
         }
+        self.undecodable += 1;
+        None
     }
 
     /// The line kalive ends with.
@@ -291,6 +291,8 @@ impl<W: Write> Stream<W> {
 
 #[cfg(test)]
 mod tests {
+    use kalive_common::Record;
+
     use super::Tally;
 
     #[test]
@@ -298,13 +300,16 @@ mod tests {
         let mut tally = Tally::default();
         assert!(tally.decode(&[0u8; 7]).is_none());
         assert!(tally.decode(&[0xffu8; 4096]).is_none());
-        assert_eq!(tally.undecodable, 2);
+        let mut unknown = Record::zeroed(kalive_common::Kind::ProbeSent);
+        unknown.kind = 200;
+        assert!(tally.decode(unknown.as_bytes()).is_none());
+        assert_eq!(tally.undecodable, 3);
         tally.written = 10;
         tally.lost = 3;
         assert_eq!(
             tally.summary(),
             "stopped: 10 records written, 3 lost (the ring buffer was full at times: a larger \
-             --ring-size rides out bursts), 2 skipped as undecodable (kalive's BPF object and \
+             --ring-size rides out bursts), 3 skipped as undecodable (kalive's BPF object and \
              binary disagree)"
         );
         assert_eq!(

@@ -54,15 +54,38 @@ const OLDEST: (u8, u8) = (5, 8);
 /// # Errors
 /// When the kernel is too old, or its version cannot be told.
 pub fn check_release(choice: Choice) -> Result<()> {
-    let version = KernelVersion::current().context("cannot tell the kernel version")?;
-    if version >= KernelVersion::new(OLDEST.0, OLDEST.1, 0) {
+    // The release the kernel names itself by (`uname -r`): its major and minor
+    // are the version on distribution kernels too, and it is what a user sees.
+    // aya's reading (which prefers the distribution's patch level) only where
+    // the release says nothing.
+    let release = uname()
+        .map(|uts| uts.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let version = match parse_release(&release) {
+        Some(version) => version,
+        None => KernelVersion::current()
+            .ok()
+            .and_then(|v| parse_release(&v.to_string()))
+            .context("cannot tell the kernel version")?,
+    };
+    if version >= (u32::from(OLDEST.0), u32::from(OLDEST.1)) {
         return Ok(());
     }
-    let release = uname().map_or_else(
-        |_| version.to_string(),
-        |uts| uts.release().to_string_lossy().into_owned(),
-    );
     bail!(too_old(&release, choice))
+}
+
+/// "6.18.44-fc-v769" as (6, 18).
+fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts
+        .next()?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()?;
+    Some((major, minor))
 }
 
 fn too_old(release: &str, choice: Choice) -> String {
@@ -92,5 +115,10 @@ mod tests {
         );
         // The machine running the tests runs kalive.
         check_release(Choice::Auto).expect("a kernel kalive runs on");
+        assert_eq!(parse_release("6.18.44-fc-v769"), Some((6, 18)));
+        assert_eq!(parse_release("2.6.78-fc-v769"), Some((2, 6)));
+        assert_eq!(parse_release("6.1.0-57-cloud-amd64"), Some((6, 1)));
+        assert_eq!(parse_release("6.1"), Some((6, 1)));
+        assert_eq!(parse_release("junk"), None);
     }
 }
