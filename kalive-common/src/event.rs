@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 pub use crate::what::What;
-pub use crate::{Cause, Kind, OwnerSource, TcpState};
+pub use crate::{AckSeen, Cause, Kind, OwnerSource, TcpState};
 
 /// One record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -32,6 +32,13 @@ impl Event {
     #[must_use]
     pub const fn kind(&self) -> Kind {
         self.what.kind()
+    }
+
+    /// Whether the record is whole: every kind but `events_lost` is about a
+    /// socket. (Reading a record, serde takes a socket it cannot read as none.)
+    #[must_use]
+    pub const fn is_whole(&self) -> bool {
+        self.socket.is_some() != matches!(self.what, What::EventsLost { .. })
     }
 }
 
@@ -105,11 +112,22 @@ impl Serialize for Errno {
 
 impl<'de> Deserialize<'de> for Errno {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// Name -> number, for every number the C library names (Linux's stay
+        /// below 4096, `MAX_ERRNO`).
+        static NAMES: LazyLock<std::collections::HashMap<String, u32>> = LazyLock::new(|| {
+            (1..4096)
+                .map(Errno)
+                .filter(|e| e.named().is_some())
+                .map(|e| (e.to_string(), e.0))
+                .collect()
+        });
         let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        // Errno numbers on Linux stay below 4096 (`MAX_ERRNO`).
-        (1..4096)
+        if let Some(&number) = NAMES.get(name.as_ref()) {
+            return Ok(Self(number));
+        }
+        name.strip_prefix('E')
+            .and_then(|n| n.parse().ok())
             .map(Self)
-            .find(|e| e.to_string() == name)
             .ok_or_else(|| de::Error::custom(format!("{name:?} is not an errno name")))
     }
 }
@@ -203,7 +221,9 @@ mod tests {
             },
             Kind::KeepaliveSet => What::KeepaliveSet { enabled: true },
             Kind::ProbeSent => What::ProbeSent { next_ms: 1000 },
-            Kind::ProbeAcked => What::ProbeAcked {},
+            Kind::ProbeAcked => What::ProbeAcked {
+                seen_at: AckSeen::KeepaliveTimer,
+            },
             Kind::KeepaliveTimeout => What::KeepaliveTimeout {
                 error: Errno(110),
                 cause: Cause::ProbesExhausted,
@@ -241,7 +261,43 @@ mod tests {
             );
             let back: Event = serde_json::from_str(&json).expect(&json);
             assert_eq!(back, event, "{json}");
+            assert!(back.is_whole(), "{json}");
         }
+    }
+
+    #[test]
+    fn socket_keys_keep_their_order() {
+        let value = serde_json::to_value(socket()).expect("serialises");
+        let keys: Vec<&str> = value
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "pid",
+                "comm",
+                "owner",
+                "shared",
+                "family",
+                "saddr",
+                "sport",
+                "daddr",
+                "dport",
+                "netns",
+                "cookie",
+                "state",
+                "probes",
+                "idle_ms",
+                "keepidle_ms",
+                "keepintvl_ms",
+                "keepcnt",
+                "user_timeout_ms"
+            ]
+        );
+        assert_eq!(*SOCKET_KEYS, keys);
     }
 
     #[test]
@@ -266,6 +322,10 @@ mod tests {
         assert_eq!(Errno(4000).to_string(), "E4000");
         let e: Errno = serde_json::from_str("\"ECONNRESET\"").expect("a name");
         assert_eq!(e, Errno(104));
+        for e in [Errno(0), Errno(110), Errno(4000), Errno(70000)] {
+            let json = serde_json::to_string(&e).expect("serialises");
+            assert_eq!(serde_json::from_str::<Errno>(&json).expect(&json), e);
+        }
         assert!(serde_json::from_str::<Errno>("\"ENOTANERRNO\"").is_err());
     }
 }

@@ -30,7 +30,7 @@ kinds! {
         /// The keepalive timer sent a probe.
         ProbeSent = 3 => "probe_sent" { next_ms: u64 },
         /// The peer answered while keepalive probes were out.
-        ProbeAcked = 4 => "probe_acked" {},
+        ProbeAcked = 4 => "probe_acked" { seen_at: AckSeen },
         /// The keepalive timer killed the connection.
         KeepaliveTimeout = 5 => "keepalive_timeout" { error: Errno, cause: Cause },
         /// Records the kernel could not deliver; made by userspace from the
@@ -110,6 +110,24 @@ numbered! {
 }
 
 numbered! {
+    /// [`Kind::ProbeAcked`] (in [`Record::cause`]): where kalive noticed that
+    /// the kernel took an ACK as the answer to its probes (`icsk_probes_out`
+    /// back to 0).
+    pub enum AckSeen {
+        /// Not said (an older producer).
+        Unknown = 0 => "unknown",
+        /// The segment itself, as it arrived (`--live-acks`).
+        Segment = 1 => "segment",
+        /// The socket's next keepalive timer: up to one `keepintvl` later.
+        KeepaliveTimer = 2 => "keepalive_timer",
+        /// The socket closing or being destroyed.
+        Close = 3 => "close",
+        /// A keepalive `setsockopt()` on the socket (which may stop the timer).
+        Setsockopt = 4 => "setsockopt",
+    }
+}
+
+numbered! {
     /// [`Owner::source`] and [`Record::owner`]: how a socket's owner was learned.
     pub enum OwnerSource {
         /// No owner known.
@@ -184,7 +202,8 @@ pub struct Record {
     pub keepcnt: u8,
     /// `icsk_backoff`.
     pub backoff: u8,
-    /// A `CAUSE_*` value: why a connection was killed.
+    /// A `CAUSE_*` value: why a connection was killed; for
+    /// [`Kind::ProbeAcked`], an [`AckSeen`].
     pub cause: u8,
     /// An `OWNER_*` value: how `pid`/`comm` were learned.
     pub owner: u8,
@@ -402,7 +421,10 @@ pub struct Settings {
     /// `TIMER_START_*` bits: what the `timer:timer_start` tracepoint detects,
     /// because the backend has no function hook for it.
     pub timer_start_does: u8,
-    pub pad: [u8; 4],
+    /// `--live-acks`: the per-segment hook (`tcp_probe`) reports answers as
+    /// they arrive; otherwise they are noticed at the next keepalive timer.
+    pub live_acks: u8,
+    pub pad: [u8; 3],
 }
 
 /// [`Settings::timer_start_does`]: keepalive probes (else: `tcp_write_wakeup` returns).

@@ -3,13 +3,16 @@
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_boot_ns};
 use kalive_common::{
-    FLAG_KEEPALIVE, FLAG_SHARED, FLAG_UNFILTERED, FLAG_USER_TIMEOUT, IDLE_NONE, Kind, OWNER_KERNEL,
-    Owner, RECORD_VERSION, Record, TcpState,
+    AckSeen, FLAG_KEEPALIVE, FLAG_SHARED, FLAG_UNFILTERED, FLAG_USER_TIMEOUT, IDLE_NONE, Kind,
+    OWNER_KERNEL, Owner, RECORD_VERSION, Record, TcpState,
 };
 
 use crate::{
     kernel::{Sock, current_process_comm, layout, netns_ino, setting},
-    maps::{EVENTS, EXITED, LOST, OWNERS, OWNERS_FULL, PIDS, PORTS, ZERO_WINDOW, ZERO_WINDOW_LAST},
+    maps::{
+        EVENTS, EXITED, LOST, OWNERS, OWNERS_FULL, PIDS, PORTS, PROBING, ZERO_WINDOW,
+        ZERO_WINDOW_LAST,
+    },
 };
 
 /// Jiffies now, truncated like the kernel's `tcp_jiffies32`.
@@ -75,6 +78,44 @@ pub(crate) fn forget_owner(sk: Sock) {
 pub(crate) fn process_exited() {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let _ = EXITED.insert(&pid, &now_ns(), 0);
+}
+
+/// Notes that keepalive probe number `probes` left `sk`, to tell an answer
+/// later (see [`PROBING`]).
+pub(crate) fn probing(sk: Sock, probes: u8) {
+    let value = u64::from(probes) | u64::from(sk.rcv_tstamp()) << 32;
+    let _ = PROBING.insert(&sk.0, &value, 0);
+}
+
+/// Reports an answer to `sk`'s keepalive probes if the kernel took one since
+/// the last probe kalive reported (`icsk_probes_out` went down), noticed at
+/// `seen_at`. The record's time is the kernel's of the last ACK
+/// (`rcv_tstamp`, to the jiffy), and `idle` how long the peer had been silent
+/// before it.
+pub(crate) fn answered(sk: Sock, seen_at: AckSeen) {
+    // SAFETY: the value is copied out at once.
+    let Some(&value) = (unsafe { PROBING.get(&sk.0) }) else {
+        return;
+    };
+    if sk.probes_out() >= value as u8 {
+        return;
+    }
+    let _ = PROBING.remove(&sk.0);
+    let silent_since = (value >> 32) as u32;
+    let answer = sk.rcv_tstamp();
+    let ago = u64::from(jiffies32().wrapping_sub(answer));
+    let hz = u64::from(layout!(hz)).max(1);
+    emit(Kind::ProbeAcked, sk, 0, None, |r| {
+        r.ts_ns = r.ts_ns.saturating_sub(ago * 1_000_000_000 / hz);
+        r.idle = answer.wrapping_sub(silent_since);
+        r.cause = seen_at as u8;
+    });
+}
+
+/// Forgets the probes of a socket that closes, is destroyed, or whose answer
+/// was reported as it arrived.
+pub(crate) fn forget_probing(sk: Sock) {
+    let _ = PROBING.remove(&sk.0);
 }
 
 /// Notes that `sk` probes a zero window.

@@ -21,7 +21,8 @@ pub(crate) static SETTINGS: Settings = Settings {
     filter_pids: 0,
     filter_ports: 0,
     timer_start_does: 0,
-    pad: [0; 4],
+    live_acks: 0,
+    pad: [0; 3],
 };
 
 /// The placeholder the loader always overrides.

@@ -75,6 +75,13 @@ pub(crate) const WRITE: u8 = 2;
 #[map]
 pub(crate) static CALLBACK: PerCpuArray<Callback> = PerCpuArray::with_max_entries(1, 0);
 
+/// Socket (`struct sock *`) -> the keepalive probe kalive last reported for it
+/// and when the peer was last heard from then: `probes | rcv_tstamp << 32`. A
+/// lower `icsk_probes_out` later means the kernel took an ACK as the answer
+/// (`tcp_ack()` resets it). LRU: an entry lost to eviction loses one answer.
+#[map]
+pub(crate) static PROBING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+
 /// Sockets probing a zero window (`struct sock *`), to report when it opens.
 #[map]
 /// The value is `icsk_probes_out | icsk_backoff << 8` at its last probe.

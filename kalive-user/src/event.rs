@@ -4,7 +4,7 @@
 
 use kalive_common::{
     Record,
-    event::{Cause, Errno, Event, Family, Kind, OwnerSource, Socket, TcpState, What},
+    event::{AckSeen, Cause, Errno, Event, Family, Kind, OwnerSource, Socket, TcpState, What},
 };
 
 use crate::clock::WallClock;
@@ -28,7 +28,7 @@ impl Decoder {
     }
 
     /// The event a program's record reports; `None` for a kind this kalive does
-    /// not know (the decoder of ring buffer bytes counts those).
+    /// not know (the pipeline counts those as undecodable before they get here).
     #[must_use]
     pub fn event(&self, r: &Record) -> Option<Event> {
         let what = self.what(r.kind()?, r);
@@ -70,7 +70,9 @@ impl Decoder {
             Kind::ProbeSent => What::ProbeSent {
                 next_ms: self.ms(r.next),
             },
-            Kind::ProbeAcked => What::ProbeAcked {},
+            Kind::ProbeAcked => What::ProbeAcked {
+                seen_at: AckSeen::from_u8(r.cause).unwrap_or(AckSeen::Unknown),
+            },
             Kind::KeepaliveTimeout => {
                 let (error, cause) = kill();
                 What::KeepaliveTimeout { error, cause }

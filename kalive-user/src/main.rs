@@ -51,6 +51,7 @@ EXAMPLES:
     sudo kalive -p 1234 -p 5678      # sockets of these processes only
     sudo kalive --port 5432          # sockets with local or remote port 5432
     sudo kalive --state-changes      # also every TCP state change
+    sudo kalive --live-acks          # answers to probes at once (costs per segment)
     sudo kalive --ring-size 8388608  # more room for bursts of records
     sudo kalive --user kalive        # run as this user once attached (default: nobody)";
 
@@ -79,6 +80,16 @@ struct Cli {
     /// Also report every TCP state change (`state_change` records; noisy on busy hosts)
     #[arg(long)]
     state_changes: bool,
+
+    /// Report an answer to a keepalive probe the moment it arrives, and a shared
+    /// socket's owner as the last process that sent or received on it. Costs a
+    /// program run for every TCP segment received and every send and receive
+    /// (about 5% of a busy loopback request/response loop's throughput; see
+    /// BENCHMARKS.md). Without it answers come at the socket's next keepalive
+    /// timer (up to one keepalive interval later), with `ts` the kernel's time
+    /// of the answer.
+    #[arg(long)]
+    live_acks: bool,
 
     /// Size of the kernel's ring buffer for records, in bytes: a power of two, at
     /// least the page size. Larger rides out bigger bursts.
@@ -191,6 +202,7 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
         symbols: &symbols,
         filters: &filters,
         state_changes: cli.state_changes,
+        live_acks: cli.live_acks,
         ring_size: cli.ring_size,
         // Undocumented: exercise the raw_tp fallback (tests).
         raw_only: std::env::var_os("KALIVE_RAW_TRACEPOINTS").is_some_and(|v| v == "1"),

@@ -44,13 +44,21 @@ impl Sockets {
         sockets
     }
 
-    /// Who holds socket `ino`. On a miss, rescans `/proc` unless the last scan is
-    /// recent (scans are rate limited to at most 10% of a CPU).
+    /// Who holds socket `ino`, among live processes. On a miss, or when a
+    /// holder the last scan found has exited since (a parent that handed the
+    /// socket to a child), rescans `/proc` unless the last scan is recent
+    /// (scans are rate limited to at most 10% of a CPU).
     pub fn holders(&mut self, ino: u64) -> Option<&[Holder]> {
-        if !self.holders.contains_key(&ino) && self.may_rescan() {
+        let stale = self
+            .holders
+            .get(&ino)
+            .is_none_or(|list| list.iter().any(|h| !alive(h.pid)));
+        if stale && self.may_rescan() {
             self.rescan();
         }
-        self.holders.get(&ino).map(Vec::as_slice)
+        let list = self.holders.get_mut(&ino)?;
+        list.retain(|h| alive(h.pid));
+        (!list.is_empty()).then_some(list.as_slice())
     }
 
     /// Number of scans so far.
@@ -71,6 +79,10 @@ impl Sockets {
         self.scanned_at = Some(Instant::now());
         self.scans += 1;
     }
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Every `socket:[N]` link under `root/PID/fd/`.
@@ -235,6 +247,31 @@ mod tests {
             .ino();
         assert!(sockets.holders(ino).is_some());
         assert_eq!(sockets.scans(), 3);
+    }
+
+    #[test]
+    fn a_holder_that_exited_is_not_named_and_sends_for_a_rescan() {
+        let mut sockets = Sockets::scan();
+        // No process has this pid (above the kernel's PID_MAX_LIMIT).
+        let gone = Holder {
+            pid: 4_194_305,
+            fd: 3,
+            comm: b"parent".to_vec(),
+        };
+        let me = Holder {
+            pid: std::process::id(),
+            fd: 4,
+            comm: b"child".to_vec(),
+        };
+        sockets.holders.insert(1, vec![gone.clone(), me.clone()]);
+        // Too soon to rescan: the dead holder is only left out.
+        assert_eq!(sockets.holders(1), Some(&[me][..]));
+        assert_eq!(sockets.scans(), 1);
+        sockets.holders.insert(1, vec![gone]);
+        std::thread::sleep(MIN_INTERVAL.max(sockets.last_cost * 10));
+        // Rescanned: inode 1 is no socket, and nobody is named.
+        assert_eq!(sockets.holders(1), None);
+        assert_eq!(sockets.scans(), 2);
     }
 
     #[test]

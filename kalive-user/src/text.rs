@@ -3,7 +3,7 @@
 
 use std::{fmt::Write as _, net::IpAddr};
 
-use kalive_common::event::{Event, What};
+use kalive_common::event::{AckSeen, Event, What};
 
 /// The text format's columns.
 pub static HEADER: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -56,7 +56,10 @@ fn detail(event: &Event) -> String {
         What::KeepaliveSet { enabled: true } => "enabled".to_owned(),
         What::KeepaliveSet { enabled: false } => "disabled".to_owned(),
         What::ProbeSent { next_ms } => format!("next in {}", seconds(*next_ms)),
-        What::ProbeAcked {} => "peer answered".to_owned(),
+        What::ProbeAcked {
+            seen_at: AckSeen::Segment | AckSeen::Unknown,
+        } => "peer answered".to_owned(),
+        What::ProbeAcked { seen_at } => format!("peer answered (seen at {})", seen_at.name()),
         What::KeepaliveTimeout { error, cause } | What::ZeroWindowTimeout { error, cause } => {
             format!("{error} ({})", cause.name())
         }

@@ -228,3 +228,55 @@ fn start_up_says_where_the_time_goes() {
     assert!((sum - total).abs() <= rounding + 0.1, "{line}");
     assert!(total > 0.0, "{line}");
 }
+
+/// Every BPF program loaded in the kernel: id -> name, as bpftool lists them.
+fn programs() -> std::collections::HashMap<u64, String> {
+    let out = support::sh("bpftool", &["-j", "prog", "show"]);
+    let list: serde_json::Value = serde_json::from_str(&out).expect("bpftool's JSON");
+    list.as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|p| Some((p["id"].as_u64()?, p["name"].as_str()?.to_owned())))
+        .collect()
+}
+
+/// The programs a kalive started with `args` loads (it runs alone: no other
+/// kalive loads any meanwhile).
+fn programs_of_kalive(args: &[&str]) -> Vec<String> {
+    let before = programs();
+    let kalive = support::Kalive::start(args);
+    let mine = programs()
+        .into_iter()
+        .filter(|(id, _)| !before.contains_key(id))
+        .map(|(_, name)| name)
+        .collect();
+    drop(kalive);
+    mine
+}
+
+/// By default no program of kalive's runs per segment received or per send or
+/// receive (`tcp_probe`, `sock_send_length`/`sock_recv_length`,
+/// `tcp_sendmsg`/`tcp_recvmsg`); `--live-acks` adds them.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn no_program_runs_per_segment_unless_asked() {
+    // bpftool truncates names to 15 characters.
+    let per_packet = |name: &str| {
+        ["tcp_probe", "sock_send_lengt", "sock_recv_lengt"]
+            .iter()
+            .any(|p| name.starts_with(p))
+            || name.contains("tcp_sendmsg")
+            || name.contains("tcp_recvmsg")
+    };
+    let default = programs_of_kalive(&[]);
+    assert!(!default.is_empty(), "no programs found for kalive");
+    assert!(
+        !default.iter().any(|p| per_packet(p)),
+        "per-packet programs by default: {default:?}"
+    );
+    let live = programs_of_kalive(&["--live-acks"]);
+    assert!(
+        live.iter().any(|p| p.starts_with("tcp_probe")),
+        "--live-acks without tcp_probe: {live:?}"
+    );
+}

@@ -592,12 +592,14 @@ fn peer_reset_answers_probe() {
     );
 }
 
-/// Data from the peer while probes are out is not an answer to them (a bare ACK
-/// is): the kernel's fast path may skip `tcp_ack()` for such a segment and keep
-/// counting the probes, and one `probe_acked` per segment would flood the output.
+/// Data from the peer while probes are out answers them if, and only if, the
+/// kernel takes it as an ACK (`tcp_ack()` resets `icsk_probes_out`; its fast
+/// path may skip that for a segment that acks nothing new): kalive follows the
+/// kernel's count, so every time the probes start over from 1 an answer was
+/// reported in between, and no answer is reported while they keep counting.
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
-fn data_while_probing_is_not_an_answer() {
+fn data_while_probing_answers_as_the_kernel_counts() {
     let mut kalive = Kalive::shared();
     let mut c = connect(
         "data",
@@ -614,33 +616,192 @@ fn data_while_probing_is_not_an_answer() {
     c.net.revive_server();
     c.server.send("send 5");
     c.server.expect("sent");
-    // Once the peer has been silent for an interval again, the next probe is
-    // answered by a bare ACK.
+    // Whether the data reset the count or not, the next bare ACK does: wait
+    // for probes numbered 1 again, answered.
+    kalive.wait_until(DEADLINE, |rs| {
+        let mine: Vec<&Value> = rs.iter().filter(|r| r["cookie"] == cookie).collect();
+        mine.windows(2).any(|w| {
+            w[0]["event"] == "probe_sent" && w[0]["probes"] == 1 && w[1]["event"] == "probe_acked"
+        }) && mine.iter().filter(|r| r["event"] == "probe_sent").count() >= 3
+    });
+    let records = kalive.socket(cookie);
+    let (_, rest) = sets_and_rest(&records);
+    let mut last_probe = 0;
+    for r in &rest {
+        match r["event"].as_str() {
+            Some("probe_sent") => {
+                let n = ms(r, "probes");
+                assert!(
+                    n == last_probe + 1,
+                    "probe {n} after probe {last_probe} with no answer between: records:\n{}",
+                    kalive.dump()
+                );
+                last_probe = n;
+            }
+            Some("probe_acked") => {
+                assert!(last_probe > 0, "an answer to no probe: {}", kalive.dump());
+                last_probe = 0;
+            }
+            _ => {}
+        }
+    }
+    c.server.close_stdin();
+}
+
+/// The kernel's HZ, from kalive's start-up line (`...; HZ=250).`).
+fn hz(kalive: &Kalive) -> i64 {
+    let said = kalive.stderr();
+    said.split("HZ=")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no HZ in kalive's start-up lines:\n{said}"))
+}
+
+/// The probe an answer answers: the last `probe_sent` before it in the stream.
+fn answered_probe<'a>(records: &[&'a Value], ack: usize) -> &'a Value {
+    records[..ack]
+        .iter()
+        .rev()
+        .find(|r| r["event"] == "probe_sent")
+        .copied()
+        .expect("a probe before the answer")
+}
+
+/// By default no program runs per segment: an answer is noticed at the
+/// socket's next keepalive timer, and its `ts` is the kernel's time of the ACK
+/// (`rcv_tstamp`), which followed the probe by a round trip on a veth: within a
+/// jiffy of the probe's own time.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn answers_come_at_the_next_timer_with_the_kernels_time() {
+    let mut kalive = Kalive::shared();
+    let mut c = connect(
+        "late",
+        Family::V4,
+        &["--idle", "1", "--intvl", "2", "--cnt", "5"],
+    );
+    c.client.send("go");
+    let cookie = c.info.cookie;
+    kalive.wait_until(DEADLINE, |rs| {
+        rs.iter()
+            .filter(|r| r["cookie"] == cookie && r["event"] == "probe_acked")
+            .count()
+            >= 2
+    });
+    let jiffy_us = 1_000_000 / hz(&kalive);
+    let records = kalive.socket(cookie);
+    for (i, ack) in records.iter().enumerate() {
+        if ack["event"] != "probe_acked" {
+            continue;
+        }
+        assert_eq!(ack["seen_at"], "keepalive_timer", "{ack}");
+        assert_eq!(ack["probes"], 0, "{ack}");
+        let probe = answered_probe(&records, i);
+        let after_us = support::ts_micros(ack) - support::ts_micros(probe);
+        assert!(
+            (-jiffy_us..=jiffy_us + 2000).contains(&after_us),
+            "answer {after_us} us after the probe: records:\n{}",
+            kalive.dump()
+        );
+        // Silent from the last answer (or the start) until this one: at least
+        // the idle time that made the kernel probe.
+        assert!(ms(ack, "idle_ms") >= 1000, "{ack}");
+    }
+    c.server.close_stdin();
+}
+
+/// An answer the timer has not noticed yet is reported when the connection
+/// closes, before its close; and a reset after an answer is not a keepalive
+/// verdict.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn an_answer_then_a_close_is_reported() {
+    let mut kalive = Kalive::shared();
+    let mut c = connect(
+        "ackclose",
+        Family::V4,
+        &["--idle", "1", "--intvl", "60", "--cnt", "5"],
+    );
+    let ns = &c.net.client;
+    let probes0 = ns.counter("TcpExtTCPKeepAlive").expect("nstat");
+    c.client.send("go");
+    let cookie = c.info.cookie;
+    kalive.wait_until(DEADLINE, |rs| {
+        rs.iter()
+            .any(|r| r["cookie"] == cookie && r["event"] == "probe_sent")
+    });
+    // The answer is back within a round trip; the timer would notice it only
+    // a minute later. The peer resets the connection now.
+    std::thread::sleep(Duration::from_millis(300));
+    c.server.send("abort");
+    c.server.expect("aborted");
+    assert_eq!(c.client.expect("recv_error"), "recv_error errno=104");
     kalive.wait_until(DEADLINE, |rs| {
         rs.iter()
             .any(|r| r["cookie"] == cookie && r["event"] == "probe_acked")
     });
+    assert_eq!(
+        ns.counter("TcpExtTCPKeepAlive").expect("nstat") - probes0,
+        1,
+        "one probe"
+    );
     let records = kalive.socket(cookie);
-    let acks = records
-        .iter()
-        .filter(|r| r["event"] == "probe_acked")
-        .count();
-    assert_eq!(acks, 1, "records:\n{}", kalive.dump());
-    let second = records
-        .iter()
-        .position(|r| r["event"] == "probe_sent" && r["probes"] == 2)
-        .expect("second probe");
-    let ack = records
-        .iter()
-        .position(|r| r["event"] == "probe_acked")
-        .expect("ack");
-    assert!(
-        records[second + 1..ack]
-            .iter()
-            .any(|r| r["event"] == "probe_sent"),
-        "the data did not answer the probes; a later probe was: records:\n{}",
+    let (_, rest) = sets_and_rest(&records);
+    assert_eq!(
+        summary(&rest),
+        expect(&[("probe_sent", 1), ("probe_acked", 0)]),
+        "an answer, no keepalive verdict: records:\n{}",
         kalive.dump()
     );
-    assert_eq!(records[ack - 1]["event"], "probe_sent");
+    let ack = rest[1];
+    assert_eq!(ack["seen_at"], "close", "{ack}");
+    let after_us = support::ts_micros(ack) - support::ts_micros(rest[0]);
+    let jiffy_us = 1_000_000 / hz(&kalive);
+    assert!(
+        (-jiffy_us..=jiffy_us + 2000).contains(&after_us),
+        "answer {after_us} us after the probe: {ack}"
+    );
+}
+
+/// `--live-acks`: the answer is reported as the segment arrives, before the
+/// socket's next probe.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn live_acks_report_at_once() {
+    let mut kalive = Kalive::start(&["--live-acks"]);
+    let mut c = connect(
+        "live",
+        Family::V4,
+        &["--idle", "1", "--intvl", "1", "--cnt", "5"],
+    );
+    c.client.send("go");
+    let cookie = c.info.cookie;
+    kalive.wait_until(DEADLINE, |rs| {
+        rs.iter()
+            .filter(|r| r["cookie"] == cookie && r["event"] == "probe_sent")
+            .count()
+            >= 3
+    });
+    let records = kalive.socket(cookie);
+    let (_, rest) = sets_and_rest(&records);
+    let summary = summary(&rest);
+    assert_eq!(
+        summary[..4],
+        expect(&[
+            ("probe_sent", 1),
+            ("probe_acked", 0),
+            ("probe_sent", 1),
+            ("probe_acked", 0)
+        ])[..],
+        "records:\n{}",
+        kalive.dump()
+    );
+    for (i, ack) in rest.iter().enumerate() {
+        if ack["event"] == "probe_acked" {
+            assert_eq!(ack["seen_at"], "segment", "{ack}");
+            assert!(gap_ms(rest[i - 1], ack) < 100, "{ack}");
+        }
+    }
     c.server.close_stdin();
 }

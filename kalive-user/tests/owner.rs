@@ -161,12 +161,13 @@ fn child_keeps_socket_after_parent_exits() {
     c.server.close_stdin();
 }
 
-/// Parent and child both hold the socket: the owner is the last that used it,
-/// and the records say the socket is shared.
+/// Parent and child both hold the socket: with `--live-acks` (which watches
+/// sends and receives), the owner is the last that used it, and the records
+/// say the socket is shared.
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn shared_socket_is_the_last_users() {
-    let mut kalive = Kalive::shared();
+    let mut kalive = Kalive::start(&["--live-acks"]);
     let mut c = client("share", &["--fork", "share"]);
     c.client.send("go");
     c.client.expect("configured");

@@ -5,10 +5,10 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
-use kalive_common::Kind;
+use kalive_common::{AckSeen, Kind};
 
 use crate::{
-    emit::{emit, learn_owner},
+    emit::{answered, emit, learn_owner},
     kernel::{layout, sock_of_fd},
     maps::SETSOCKOPT,
 };
@@ -65,6 +65,9 @@ pub fn sys_exit_setsockopt(ctx: TracePointContext) -> u32 {
     // The caller owns the socket; the record names the caller even if the map
     // of owners is full.
     let owner = learn_owner(sk);
+    // An answer not noticed yet comes first: turning keepalive off stops the
+    // timer that would notice it.
+    answered(sk, AckSeen::Setsockopt);
     emit(Kind::KeepaliveSet, sk, 0, Some(&owner), |r| {
         r.fd = fd as i32
     });

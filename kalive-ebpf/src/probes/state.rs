@@ -6,13 +6,13 @@
 
 use aya_ebpf::helpers::bpf_get_socket_cookie;
 use kalive_common::{
-    CAUSE_PEER_RESET, CAUSE_PROBES_EXHAUSTED, CAUSE_RETRIES_EXHAUSTED, CAUSE_USER_TIMEOUT, Kind,
-    TcpState,
+    AckSeen, CAUSE_PEER_RESET, CAUSE_PROBES_EXHAUSTED, CAUSE_RETRIES_EXHAUSTED, CAUSE_USER_TIMEOUT,
+    Kind, TcpState,
 };
 
 use super::{Args, hook};
 use crate::{
-    emit::{emit, forget_zero_window, jiffies32, learn_owner},
+    emit::{answered, emit, forget_probing, forget_zero_window, jiffies32, learn_owner},
     kernel::{ICSK_TIME_PROBE0, Sock, layout, setting},
     maps::{CALLBACK, Callback, KEEPALIVE, SEEN_CLOSE},
 };
@@ -55,6 +55,9 @@ fn set_state<const BTF: bool>(args: Args) {
     }
 
     if new == TCP_CLOSE {
+        // An answer the keepalive timer has not noticed yet, before the close.
+        answered(sk, AckSeen::Close);
+        forget_probing(sk);
         forget_zero_window(sk);
         let killed = match CALLBACK.get_ptr_mut(0) {
             // SAFETY: this CPU's slot.

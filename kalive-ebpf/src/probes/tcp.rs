@@ -1,11 +1,13 @@
 //! `tcp:tcp_probe` (the peer answered) and `tcp:tcp_destroy_sock` (forget the socket).
 
 use aya_ebpf::helpers::bpf_get_socket_cookie;
-use kalive_common::Kind;
+use kalive_common::{AckSeen, Kind};
 
 use super::{Args, hook};
 use crate::{
-    emit::{emit, forget_owner, forget_zero_window, zero_window_not_probing},
+    emit::{
+        answered, emit, forget_owner, forget_probing, forget_zero_window, zero_window_not_probing,
+    },
     kernel::{ICSK_TIME_PROBE0, Segment, Sock},
 };
 
@@ -45,7 +47,11 @@ fn segment<const BTF: bool>(args: Args) {
         0
     };
     // The ACK being processed answers the probes: none are unanswered after it.
-    emit(Kind::ProbeAcked, sk, cookie, None, |r| r.probes = 0);
+    forget_probing(sk);
+    emit(Kind::ProbeAcked, sk, cookie, None, |r| {
+        r.probes = 0;
+        r.cause = AckSeen::Segment as u8;
+    });
 }
 
 // TP_PROTO(struct sock *sk)
@@ -58,6 +64,8 @@ hook!(
 
 fn destroy<const BTF: bool>(args: Args) {
     let sk = Sock(args.get(0));
+    answered(sk, AckSeen::Close);
+    forget_probing(sk);
     forget_owner(sk);
     forget_zero_window(sk);
 }

@@ -16,14 +16,15 @@
 //! each does is the cheap filter on the timer's function.
 
 use kalive_common::{
-    Kind, TIMER_START_KEEPALIVE_PROBES, TIMER_START_ZERO_WINDOW_OPEN,
+    AckSeen, Kind, TIMER_START_KEEPALIVE_PROBES, TIMER_START_ZERO_WINDOW_OPEN,
     TIMER_START_ZERO_WINDOW_PROBES,
 };
 
 use super::{Args, hook};
 use crate::{
     emit::{
-        emit, jiffies32, zero_window_not_probing, zero_window_probed_again, zero_window_probing,
+        answered, emit, jiffies32, probing, zero_window_not_probing, zero_window_probed_again,
+        zero_window_probing,
     },
     kernel::{ICSK_TIME_PROBE0, Sock, layout, setting, timer_expires, timer_function},
     maps::{CALLBACK, Callback, KEEPALIVE, SEEN_CLOSE, SEEN_PROBE, SEEN_REARM, WRITE},
@@ -51,6 +52,16 @@ pub(crate) fn callback_begin(kind: u8, timer: u64, sk: Sock) {
     let Some(cb) = CALLBACK.get_ptr_mut(0) else {
         return;
     };
+    if kind == KEEPALIVE {
+        // An ACK since the last probe is found here, at the latest one
+        // interval after it (tcp_keepalive_timer() re-arms one apart).
+        answered(sk, AckSeen::KeepaliveTimer);
+    } else if sk.pending() != ICSK_TIME_PROBE0 {
+        // The write timer fires for something else than the persist timer
+        // (or for nothing: tcp_ack_probe() clears it without stopping it): a
+        // window kalive saw shut is open.
+        zero_window_not_probing(sk);
+    }
     // SAFETY: this CPU's slot; timer callbacks do not nest on one CPU.
     unsafe {
         (*cb).timer = timer;
@@ -116,6 +127,7 @@ fn unseen(cb: &mut Callback) {
 fn probe_left(kind: u8, timer: u64, sk: Sock) {
     if kind == KEEPALIVE {
         let next = (timer_expires(timer) as u32).wrapping_sub(jiffies32());
+        probing(sk, sk.probes_out());
         emit(Kind::ProbeSent, sk, 0, None, |r| r.next = next);
     } else {
         // tcp_probe_timer() -> tcp_send_probe0()
@@ -150,6 +162,7 @@ pub(crate) fn write_wakeup_returned(sk: Sock, ret: i64, cookie: u64) {
     }
     cb.seen |= SEEN_PROBE;
     let probes = sk.probes_out().wrapping_add(1);
+    probing(sk, probes);
     emit(Kind::ProbeSent, sk, cookie, None, |r| {
         r.probes = probes;
         r.next = r.keepintvl;

@@ -13,7 +13,7 @@ use kalive_common::Layout;
 use super::{
     backend::Backend,
     hooks::{
-        self, CLASSIC_TRACEPOINTS, COMMON_TRACEPOINTS, Hook, Plan, TIMER_EXPIRE_ENTRY,
+        self, CLASSIC_TRACEPOINTS, COMMON_TRACEPOINTS, Hook, LIVE_ACKS, Plan, TIMER_EXPIRE_ENTRY,
         TIMER_EXPIRE_EXIT, TIMER_START, Tracepoint, USE_FUNCTIONS, USE_TRACEPOINTS,
     },
     object::{self, Filters, program},
@@ -30,6 +30,8 @@ pub struct Config<'a> {
     pub symbols: &'a Symbols,
     pub filters: &'a Filters,
     pub state_changes: bool,
+    /// `--live-acks`: the per-segment and per-send/receive hooks too.
+    pub live_acks: bool,
     pub ring_size: u32,
     /// Skip `tp_btf` and use `raw_tp` for every tracepoint (to exercise the
     /// fallback).
@@ -106,7 +108,12 @@ pub fn start_backend(
         timer_brackets,
         fallbacks,
     } = hooks::plan(backend, |function| unhookable(backend, function, config));
-    let settings = object::settings(config.filters, config.state_changes, timer_start_does);
+    let settings = object::settings(
+        config.filters,
+        config.state_changes,
+        config.live_acks,
+        timer_start_does,
+    );
     let mut ebpf = timed(&mut times.object, || {
         object::load(btf, config.layout, settings, config.ring_size)
     })?;
@@ -135,7 +142,11 @@ pub fn start_backend(
         a.classic(category, name)?;
     }
     let mut functions = functions;
-    if !a.use_tracepoints() {
+    // Per segment and per send/receive: only when asked (see LIVE_TRACEPOINTS).
+    if config.live_acks {
+        a.tracepoint(&LIVE_ACKS)?;
+    }
+    if config.live_acks && !a.use_tracepoints() {
         let usable = USE_FUNCTIONS
             .iter()
             .all(|h| h.hooked_by(backend) && unhookable(backend, h.function, config).is_none());

@@ -184,8 +184,10 @@ pub const TIMER_EXPIRE_EXIT: Tracepoint = tracepoint(
 );
 pub const TIMER_START: Tracepoint = tracepoint("timer_start", "timer_start", "timer_start_raw");
 
-/// The owner of a socket shared by several processes is the last that sends
-/// or receives on it: these tracepoints (6.3+), else these functions.
+/// With `--live-acks`, the owner of a socket shared by several processes is the
+/// last that sends or receives on it: these tracepoints (6.3+), else these
+/// functions. Without it, the last that connected, accepted or configured it,
+/// or the holder `/proc` shows.
 pub const USE_TRACEPOINTS: &[Tracepoint] = &[
     tracepoint(
         "sock_send_length",
@@ -227,8 +229,14 @@ pub const COMMON_TRACEPOINTS: &[Tracepoint] = &[
         "inet_sock_set_state",
         "inet_sock_set_state_raw",
     ),
-    tracepoint("tcp_probe", "tcp_probe", "tcp_probe_raw"),
 ];
+
+/// `--live-acks`: every segment received on an established socket, to report
+/// an answer to a keepalive probe the moment it arrives (and a zero window
+/// opening). Without it, answers are noticed at the socket's next keepalive
+/// timer, its close or its next keepalive `setsockopt()`, and no kalive program
+/// runs per segment or per send/receive.
+pub const LIVE_ACKS: Tracepoint = tracepoint("tcp_probe", "tcp_probe", "tcp_probe_raw");
 
 /// Classic tracepoints: (category, name); the program has the same name. Exit
 /// before entry, for the same reason.
@@ -278,11 +286,16 @@ pub fn plan(backend: Backend, unhookable: impl Fn(&str) -> Option<String>) -> Pl
 /// Every program the tables above may ask `backend` for, on any kernel.
 #[cfg(test)]
 pub fn programs(backend: Backend) -> Vec<&'static str> {
-    let tracepoints = [TIMER_EXPIRE_ENTRY, TIMER_EXPIRE_EXIT, TIMER_START]
-        .iter()
-        .chain(COMMON_TRACEPOINTS)
-        .chain(USE_TRACEPOINTS)
-        .flat_map(|t| [t.tp_btf, t.raw_tp]);
+    let tracepoints = [
+        TIMER_EXPIRE_ENTRY,
+        TIMER_EXPIRE_EXIT,
+        TIMER_START,
+        LIVE_ACKS,
+    ]
+    .iter()
+    .chain(COMMON_TRACEPOINTS)
+    .chain(USE_TRACEPOINTS)
+    .flat_map(|t| [t.tp_btf, t.raw_tp]);
     let classic = CLASSIC_TRACEPOINTS.iter().map(|&(_, name)| name);
     let functions = PIECES
         .iter()

@@ -18,13 +18,19 @@ pub struct Filters {
 
 /// The programs' settings: what to report, whether to filter, and what the
 /// `timer_start` tracepoint does for the function hooks that are missing.
-pub fn settings(filters: &Filters, state_changes: bool, timer_start_does: u8) -> Settings {
+pub fn settings(
+    filters: &Filters,
+    state_changes: bool,
+    live_acks: bool,
+    timer_start_does: u8,
+) -> Settings {
     Settings {
         state_changes: u8::from(state_changes),
         filter_pids: u8::from(!filters.pids.is_empty()),
         filter_ports: u8::from(!filters.ports.is_empty()),
         timer_start_does,
-        pad: [0; 4],
+        live_acks: u8::from(live_acks),
+        pad: [0; 3],
     }
 }
 

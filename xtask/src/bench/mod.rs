@@ -134,6 +134,9 @@ pub struct Costs {
     pub tracer: Tracer,
     pub programs: Vec<Prog>,
     pub transactions: f64,
+    /// CPU time all cores spent busy during the loop (the loop, the kernel's
+    /// work for it, and the programs).
+    pub busy_ns: u64,
 }
 
 pub struct Capacity {
@@ -221,6 +224,7 @@ fn measure(kalive: &Path, opts: &Options) -> Result<()> {
 
     let mut tracers = vec![Tracer::None];
     tracers.extend(runnable.iter().cloned().map(Tracer::Kalive));
+    tracers.push(Tracer::KaliveLive(backend.clone()));
     if bpftrace {
         tracers.push(Tracer::Bpftrace);
     }
@@ -340,7 +344,9 @@ fn program_costs(kalive: &Path, tracer: &Tracer, plan: &Plan) -> Result<Costs> {
         .collect();
     let stats = BpfStats::enable()?;
     let start = procs::programs()?;
+    let busy_before = procs::busy_ns()?;
     let tps = load::request_response(&ns, plan.conns, plan.load_secs)?;
+    let busy_ns = procs::busy_ns()?.saturating_sub(busy_before);
     let end = procs::programs()?;
     drop(stats);
     if let Some(r) = running {
@@ -362,6 +368,7 @@ fn program_costs(kalive: &Path, tracer: &Tracer, plan: &Plan) -> Result<Costs> {
         tracer: tracer.clone(),
         programs,
         transactions: tps * plan.load_secs.as_secs_f64(),
+        busy_ns,
     })
 }
 

@@ -21,7 +21,10 @@ use crate::cmd;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Tracer {
     None,
+    /// kalive with its default hooks, on this backend.
     Kalive(String),
+    /// kalive with `--live-acks` (per-segment and per-send/receive hooks).
+    KaliveLive(String),
     Bpftrace,
 }
 
@@ -30,9 +33,37 @@ impl std::fmt::Display for Tracer {
         match self {
             Self::None => f.write_str("no tracer"),
             Self::Kalive(backend) => write!(f, "kalive ({backend})"),
+            Self::KaliveLive(backend) => write!(f, "kalive ({backend}, --live-acks)"),
             Self::Bpftrace => f.write_str("bpftrace script"),
         }
     }
+}
+
+/// CPU time every core spent busy so far (`/proc/stat`: user, nice, system,
+/// irq, softirq, steal), in nanoseconds: what the load and everything it made
+/// the kernel do cost, BPF programs included.
+pub fn busy_ns() -> Result<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("/proc/stat")?;
+    let line = stat
+        .lines()
+        .next()
+        .ok_or_else(|| anyhow!("empty /proc/stat"))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: u64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| ticks.get(i))
+        .sum();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|v| u64::try_from(v).ok())
+        .unwrap_or(100);
+    Ok(busy * 1_000_000_000 / hz)
 }
 
 /// The bpftrace script, beside the benchmark's sources.
@@ -63,10 +94,13 @@ impl Running {
     ) -> Result<Option<Self>> {
         let mut cmd = match tracer {
             Tracer::None => return Ok(None),
-            Tracer::Kalive(backend) => {
+            Tracer::Kalive(backend) | Tracer::KaliveLive(backend) => {
                 let mut cmd = Command::new(kalive);
                 cmd.args(["--format", "json", "--backend", backend])
                     .args(args);
+                if matches!(tracer, Tracer::KaliveLive(_)) {
+                    cmd.arg("--live-acks");
+                }
                 cmd
             }
             Tracer::Bpftrace => {
@@ -122,7 +156,7 @@ impl Running {
             said: String::new(),
         };
         let ready = |line: &str| match tracer {
-            Tracer::Kalive(_) => line.starts_with("kalive: tracing"),
+            Tracer::Kalive(_) | Tracer::KaliveLive(_) => line.starts_with("kalive: tracing"),
             _ => line == "ready",
         };
         let mut said = String::new();

@@ -123,7 +123,11 @@ fn hot_path(md: &mut String, r: &Results) {
     };
     let bpftrace = median(&Tracer::Bpftrace);
     md.push('\n');
-    for tracer in h.tracers.iter().filter(|t| matches!(t, Tracer::Kalive(_))) {
+    for tracer in h
+        .tracers
+        .iter()
+        .filter(|t| matches!(t, Tracer::Kalive(_) | Tracer::KaliveLive(_)))
+    {
         let k = median(tracer).unwrap_or(0.0);
         let _ = writeln!(
             md,
@@ -142,6 +146,11 @@ fn hot_path(md: &mut String, r: &Results) {
             );
         }
     }
+    program_costs(md, r);
+}
+
+/// Each program's runs and time per transaction, and the share of the CPU.
+fn program_costs(md: &mut String, r: &Results) {
     md.push_str(
         "\n### Per-program cost\n\n\
          `BPF_ENABLE_STATS` (what `kernel.bpf_stats_enabled` and bpftop use) during one \
@@ -150,13 +159,40 @@ fn hot_path(md: &mut String, r: &Results) {
     );
     for c in &r.costs {
         let total_ns: u64 = c.programs.iter().map(|p| p.run_time_ns).sum();
+        let share = per(total_ns, 1.0) / per(c.busy_ns, 1.0).max(1.0);
         let _ = writeln!(
             md,
-            "\n{}: {:.0} transactions; BPF time per transaction **{:.0} ns**.\n\n\
-             | program | runs | ns/run | runs/transaction | ns/transaction |\n|---|---|---|---|---|",
+            "\n{}: {:.0} transactions; BPF time per transaction **{:.0} ns**, \
+             **{:.2}%** of the CPU time the machine spent busy during the loop \
+             ({:.0} ns per transaction).\n",
             c.tracer,
             c.transactions,
-            per(total_ns, c.transactions)
+            per(total_ns, c.transactions),
+            share * 100.0,
+            per(c.busy_ns, c.transactions)
+        );
+        if let Tracer::Kalive(_) = c.tracer {
+            let per_segment = c
+                .programs
+                .iter()
+                .filter(|p| per(p.run_cnt, c.transactions) >= 1.0)
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>();
+            let _ = writeln!(
+                md,
+                "- Target: BPF time <= 1% of the CPU: {:.2}%, {}.\n\
+                 - Target: no program runs once or more per transaction: {}.\n",
+                share * 100.0,
+                verdict(share <= 0.01),
+                if per_segment.is_empty() {
+                    "none does, met".to_owned()
+                } else {
+                    format!("{} do, missed", per_segment.join(", "))
+                }
+            );
+        }
+        md.push_str(
+            "| program | runs | ns/run | runs/transaction | ns/transaction |\n|---|---|---|---|---|\n",
         );
         let mut programs = c.programs.clone();
         programs.sort_by_key(|p| std::cmp::Reverse(p.run_time_ns));
