@@ -42,6 +42,20 @@ impl Event {
     }
 }
 
+/// A record's first keys only, for a reader that needs no more and reads
+/// hundreds of thousands of lines a second (the benchmark): several times
+/// cheaper to read than [`Event`], whose flattened parts serde buffers. The
+/// keys and their types are [`Event`]'s.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Head {
+    #[serde(with = "micros")]
+    pub ts: Timestamp,
+    pub event: Kind,
+    /// `events_lost`'s count.
+    #[serde(default)]
+    pub count: Option<u64>,
+}
+
 /// The socket a record is about, and the keepalive settings in effect.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Socket {
@@ -261,6 +275,11 @@ mod tests {
             );
             let back: Event = serde_json::from_str(&json).expect(&json);
             assert_eq!(back, event, "{json}");
+            let head: Head = serde_json::from_str(&json).expect(&json);
+            assert_eq!((head.ts, head.event), (event.ts, kind));
+            if let What::EventsLost { count } = event.what {
+                assert_eq!(head.count, Some(count));
+            }
             assert!(back.is_whole(), "{json}");
         }
     }

@@ -24,7 +24,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use jiff::Timestamp;
-use kalive_common::event::{Event, Kind, What};
+use kalive_common::event::{Head, Kind};
 
 use crate::{cmd, run, setup::Purpose, workspace};
 
@@ -470,25 +470,27 @@ struct Tally {
     latency_us: Vec<u64>,
 }
 
-/// Counts kalive's records by event (read as kalive's own typed `Event`), and
-/// how late each probe arrives.
+/// Counts kalive's records by event (read as kalive's own record `Head`: the
+/// whole `Event` is several times slower to read, and a reader that falls
+/// behind would fill the pipe, stall kalive and make it lose records), and how
+/// late each probe arrives.
 fn tally(input: impl BufRead, probes: &AtomicU64) -> Result<Tally> {
     let mut t = Tally::default();
     for line in input.lines() {
         let line = line.context("reading kalive's output")?;
         let read = Timestamp::now();
-        let event: Event =
+        let head: Head =
             serde_json::from_str(&line).with_context(|| format!("not a record: {line}"))?;
-        match event.what {
-            What::ProbeSent { .. } => {
+        match head.event {
+            Kind::ProbeSent => {
                 probes.fetch_add(1, Ordering::Relaxed);
-                let late = read.as_microsecond() - event.ts.as_microsecond();
+                let late = read.as_microsecond() - head.ts.as_microsecond();
                 t.latency_us.push(u64::try_from(late).unwrap_or(0));
             }
-            What::EventsLost { count } => t.lost += count,
+            Kind::EventsLost => t.lost += head.count.unwrap_or(0),
             _ => {}
         }
-        *t.events.entry(event.kind().name()).or_default() += 1;
+        *t.events.entry(head.event.name()).or_default() += 1;
     }
     Ok(t)
 }
