@@ -19,6 +19,35 @@ pub fn set_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
     }
 }
 
+/// `SO_LINGER` on with a zero timeout: `close()` then resets the connection
+/// (RST) instead of closing it in order.
+///
+/// # Errors
+/// What `setsockopt(2)` says.
+pub fn reset_on_close(fd: RawFd) -> io::Result<()> {
+    #[expect(clippy::cast_possible_truncation, reason = "8 bytes")]
+    const LEN: libc::socklen_t = size_of::<libc::linger>() as libc::socklen_t;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `linger` is valid for the duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            LEN,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// A socket's keepalive settings; `None` leaves the kernel's (the namespace's
 /// sysctls).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -100,5 +129,29 @@ mod tests {
         assert_eq!(get_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT), 4);
         assert_eq!(get_int(fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT), 2500);
         assert!(set_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, -1).is_err());
+    }
+
+    #[test]
+    fn reset_on_close_sets_a_zero_linger() {
+        let socket = TcpListener::bind("127.0.0.1:0").expect("a socket");
+        let fd = socket.as_raw_fd();
+        reset_on_close(fd).expect("setsockopt");
+        let mut linger = libc::linger {
+            l_onoff: 0,
+            l_linger: 9,
+        };
+        let mut len = libc::socklen_t::try_from(size_of::<libc::linger>()).expect("fits");
+        // SAFETY: `linger` and `len` are valid for writing during the call.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw mut linger).cast(),
+                &raw mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        assert_eq!((linger.l_onoff, linger.l_linger), (1, 0));
     }
 }

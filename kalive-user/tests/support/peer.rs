@@ -171,21 +171,7 @@ fn serve(args: &[String]) -> io::Result<()> {
                 println!("reading");
             }
             (["abort"], Some(stream)) => {
-                let linger = libc::linger {
-                    l_onoff: 1,
-                    l_linger: 0,
-                };
-                // SAFETY: `linger` is valid for the duration of the call.
-                let rc = unsafe {
-                    libc::setsockopt(
-                        stream.as_raw_fd(),
-                        libc::SOL_SOCKET,
-                        libc::SO_LINGER,
-                        (&raw const linger).cast(),
-                        libc::socklen_t::try_from(size_of::<libc::linger>()).expect("small"),
-                    )
-                };
-                assert_eq!(rc, 0, "SO_LINGER");
+                kalive_testkit::sockopt::reset_on_close(stream.as_raw_fd()).expect("SO_LINGER");
                 server = None;
                 println!("aborted");
             }
@@ -305,23 +291,7 @@ fn churn(args: &[String]) -> io::Result<()> {
                     let s = TcpStream::connect(addr)?;
                     let fd = s.as_raw_fd();
                     setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
-                    let linger = libc::linger {
-                        l_onoff: 1,
-                        l_linger: 0,
-                    };
-                    // SAFETY: a valid descriptor and a correctly sized value.
-                    let rc = unsafe {
-                        libc::setsockopt(
-                            fd,
-                            libc::SOL_SOCKET,
-                            libc::SO_LINGER,
-                            (&raw const linger).cast(),
-                            libc::socklen_t::try_from(size_of::<libc::linger>()).expect("small"),
-                        )
-                    };
-                    if rc != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
+                    kalive_testkit::sockopt::reset_on_close(fd)?;
                     drop(s);
                     n += 1;
                 }

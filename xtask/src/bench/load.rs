@@ -311,23 +311,7 @@ pub fn hold(addr: SocketAddr, n: usize, idle: i32, intvl: i32, cnt: i32) -> Resu
     let mut rest = Vec::new();
     std::io::stdin().read_to_end(&mut rest)?;
     for s in &clients {
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: a valid descriptor and a correctly sized option value.
-        let rc = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&raw const linger).cast(),
-                socklen::<libc::linger>(),
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context("SO_LINGER");
-        }
+        kalive_testkit::sockopt::reset_on_close(s.as_raw_fd()).context("SO_LINGER")?;
     }
     Ok(())
 }
@@ -340,8 +324,4 @@ fn listen(port: u16) -> Result<TcpListener> {
         return Err(std::io::Error::last_os_error()).context("listen");
     }
     Ok(listener)
-}
-
-fn socklen<T>() -> libc::socklen_t {
-    libc::socklen_t::try_from(size_of::<T>()).expect("small option")
 }
