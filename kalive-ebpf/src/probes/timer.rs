@@ -52,11 +52,12 @@ pub(crate) fn callback_begin(kind: u8, timer: u64, sk: Sock) {
     let Some(cb) = CALLBACK.get_ptr_mut(0) else {
         return;
     };
+    let pending = if kind == WRITE { sk.pending() } else { 0 };
     if kind == KEEPALIVE {
         // An ACK since the last probe is found here, at the latest one
         // interval after it (tcp_keepalive_timer() re-arms one apart).
         answered(sk, AckSeen::KeepaliveTimer);
-    } else if sk.pending() != ICSK_TIME_PROBE0 {
+    } else if pending != ICSK_TIME_PROBE0 {
         // The write timer fires for something else than the persist timer
         // (or for nothing: tcp_ack_probe() clears it without stopping it): a
         // window kalive saw shut is open.
@@ -68,7 +69,7 @@ pub(crate) fn callback_begin(kind: u8, timer: u64, sk: Sock) {
         (*cb).sk = sk.0;
         (*cb).kind = kind;
         (*cb).probes_before = sk.probes_out();
-        (*cb).pending = if kind == WRITE { sk.pending() } else { 0 };
+        (*cb).pending = pending;
         (*cb).state_before = sk.state();
         (*cb).seen = 0;
     }

@@ -201,8 +201,7 @@ pub fn run(root: &Path, quick: bool, out: Option<PathBuf>) -> Result<()> {
 
 /// Runs everything in `plan` and writes the report.
 fn measure(kalive: &Path, opts: &Options) -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !cmd::is_root() {
         bail!("the benchmarks load BPF programs and make network namespaces: run as root");
     }
     let plan = Plan::new(opts.quick);
