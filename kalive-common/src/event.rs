@@ -234,7 +234,10 @@ mod tests {
                 old_state: TcpState::SynSent,
             },
             Kind::KeepaliveSet => What::KeepaliveSet { enabled: true },
-            Kind::ProbeSent => What::ProbeSent { next_ms: 1000 },
+            Kind::ProbeSent => What::ProbeSent {
+                next_ms: 1000,
+                late: false,
+            },
             Kind::ProbeAcked => What::ProbeAcked {
                 seen_at: AckSeen::KeepaliveTimer,
             },

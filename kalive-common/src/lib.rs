@@ -28,7 +28,7 @@ kinds! {
         /// Keepalive was enabled, disabled or re-configured by `setsockopt`.
         KeepaliveSet = 2 => "keepalive_set" { enabled: bool },
         /// The keepalive timer sent a probe.
-        ProbeSent = 3 => "probe_sent" { next_ms: u64 },
+        ProbeSent = 3 => "probe_sent" { next_ms: u64, late: bool },
         /// The peer answered while keepalive probes were out.
         ProbeAcked = 4 => "probe_acked" { seen_at: AckSeen },
         /// The keepalive timer killed the connection.
@@ -149,6 +149,12 @@ pub const FLAG_SHARED: u8 = 1 << 2;
 /// [`Record::flags`]: the pid filter could not be applied in the kernel (owner
 /// not known yet); userspace applies it once it has found the owner.
 pub const FLAG_UNFILTERED: u8 = 1 << 3;
+/// [`Record::flags`] of a [`Kind::ProbeSent`]: the probe's own timer callback
+/// went unseen; the probe was found at the socket's next keepalive timer or
+/// its close, and its time is the one the timer says it left at. Its
+/// [`Record::cause`] says how many probes it stands for: this one and those
+/// before it, one `keepintvl` apart (userspace writes one record for each).
+pub const FLAG_LATE: u8 = 1 << 4;
 
 /// [`OwnerSource::Unknown`] as the programs write it.
 pub const OWNER_UNKNOWN: u8 = OwnerSource::Unknown as u8;
@@ -424,7 +430,14 @@ pub struct Settings {
     /// `--live-acks`: the per-segment hook (`tcp_probe`) reports answers as
     /// they arrive; otherwise they are noticed at the next keepalive timer.
     pub live_acks: u8,
-    pub pad: [u8; 3],
+    /// For tests only (`KALIVE_TEST_SKIP_CALLBACKS`): the programs ignore
+    /// every keepalive timer callback that begins with `n - 1` probes out, as
+    /// if the kernel had not run them; 0 (always, outside tests) for none.
+    pub test_skip_callbacks: u8,
+    pub pad: [u8; 2],
+    /// `CLOCK_BOOTTIME` when kalive loaded its programs: a probe found late
+    /// whose time is before this was sent before kalive watched.
+    pub started_ns: u64,
 }
 
 /// [`Settings::timer_start_does`]: keepalive probes (else: `tcp_write_wakeup` returns).

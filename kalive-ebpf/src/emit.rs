@@ -3,12 +3,12 @@
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_boot_ns};
 use kalive_common::{
-    AckSeen, FLAG_KEEPALIVE, FLAG_SHARED, FLAG_UNFILTERED, FLAG_USER_TIMEOUT, IDLE_NONE, Kind,
-    OWNER_KERNEL, Owner, RECORD_VERSION, Record, TcpState,
+    AckSeen, FLAG_KEEPALIVE, FLAG_LATE, FLAG_SHARED, FLAG_UNFILTERED, FLAG_USER_TIMEOUT, IDLE_NONE,
+    Kind, OWNER_KERNEL, Owner, RECORD_VERSION, Record, TcpState,
 };
 
 use crate::{
-    kernel::{Sock, current_process_comm, layout, netns_ino, setting},
+    kernel::{Sock, current_process_comm, layout, netns_ino, setting, timer_expires},
     maps::{
         EVENTS, EXITED, LOST, OWNERS, OWNERS_FULL, PIDS, PORTS, PROBING, ZERO_WINDOW,
         ZERO_WINDOW_LAST,
@@ -97,18 +97,78 @@ pub(crate) fn answered(sk: Sock, seen_at: AckSeen) {
     let Some(&value) = (unsafe { PROBING.get(&sk.0) }) else {
         return;
     };
-    if sk.probes_out() >= value as u8 {
+    let silent_since = (value >> 32) as u32;
+    let answer = sk.rcv_tstamp();
+    // tcp_ack() zeroes the count and stamps the time together; a changed time
+    // also tells an answer followed by probes whose callbacks went unseen.
+    if sk.probes_out() >= value as u8 && answer == silent_since {
         return;
     }
     let _ = PROBING.remove(&sk.0);
-    let silent_since = (value >> 32) as u32;
-    let answer = sk.rcv_tstamp();
     let ago = u64::from(jiffies32().wrapping_sub(answer));
     let hz = u64::from(layout!(hz)).max(1);
     emit(Kind::ProbeAcked, sk, 0, None, |r| {
         r.ts_ns = r.ts_ns.saturating_sub(ago * 1_000_000_000 / hz);
         r.idle = answer.wrapping_sub(silent_since);
         r.cause = seen_at as u8;
+    });
+}
+
+/// Reports the keepalive probes `sk` sent that kalive has no record of: the
+/// kernel counts them in `icsk_probes_out` beyond the last one reported, when
+/// their timer callbacks went unseen (on 6.18 the kernel was seen not to run
+/// the timer tracepoints' programs for some callbacks, and count no skip).
+/// The last left when its timer says: the keepalive timer is re-armed one
+/// `keepintvl` after each probe, so at the timer's `expires` minus that.
+/// `keepalive_timer` is the socket's timer.
+///
+/// One record for all of them, the last one's, with how many there are in
+/// `cause`: userspace writes one per probe, each one interval before the next
+/// (one record here keeps the programs small for the verifier).
+pub(crate) fn caught_up(sk: Sock, keepalive_timer: u64) {
+    let probes = sk.probes_out();
+    // A closed socket's count was looked at as it closed.
+    if probes == 0 || !sk.keepalive_on() || !TcpState::from_kernel(sk.state()).connected() {
+        return;
+    }
+    // SAFETY: the value is copied out at once.
+    let reported = match unsafe { PROBING.get(&sk.0) } {
+        Some(&value) => value as u8,
+        // No probe reported since the last answer or configuration: the count
+        // is keepalive's only if no other timer uses it (zero-window probes
+        // count there too, and keepalive never probes while they run).
+        None if sk.pending() == 0 => 0,
+        None => return,
+    };
+    if probes <= reported {
+        return;
+    }
+    probing(sk, probes);
+    let (_, intvl, _) = sk.keepalive_config(sk.net());
+    let last = (timer_expires(keepalive_timer) as u32).wrapping_sub(intvl);
+    let hz = u64::from(layout!(hz)).max(1);
+    let ago = u64::from(jiffies32().wrapping_sub(last));
+    let ts = now_ns().saturating_sub(ago * 1_000_000_000 / hz);
+    let started = setting!(started_ns);
+    if ts < started {
+        // Sent before kalive watched: not kalive's to report.
+        return;
+    }
+    // Only those sent since kalive watched.
+    let intvl_ns = u64::from(intvl) * 1_000_000_000 / hz;
+    let watched = if intvl_ns == 0 {
+        1
+    } else {
+        (ts - started) / intvl_ns + 1
+    };
+    let missing = u64::from(probes - reported).min(watched) as u8;
+    let rcv = sk.rcv_tstamp();
+    emit(Kind::ProbeSent, sk, 0, None, |r| {
+        r.ts_ns = ts;
+        r.next = intvl;
+        r.idle = last.wrapping_sub(rcv);
+        r.flags |= FLAG_LATE;
+        r.cause = missing;
     });
 }
 

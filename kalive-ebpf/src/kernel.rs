@@ -22,7 +22,9 @@ pub(crate) static SETTINGS: Settings = Settings {
     filter_ports: 0,
     timer_start_does: 0,
     live_acks: 0,
-    pad: [0; 3],
+    test_skip_callbacks: 0,
+    pad: [0; 2],
+    started_ns: 0,
 };
 
 /// The placeholder the loader always overrides.
@@ -79,6 +81,11 @@ impl Sock {
     /// The socket whose keepalive timer is `timer`.
     pub(crate) fn of_keepalive_timer(timer: u64) -> Self {
         Self(timer - u64::from(layout!(keepalive_timer)))
+    }
+
+    /// Its keepalive timer (`sk_timer`).
+    pub(crate) fn keepalive_timer(self) -> u64 {
+        self.0 + u64::from(layout!(keepalive_timer))
     }
 
     /// The socket whose write timer (`icsk_retransmit_timer`) is `timer`.

@@ -3,7 +3,7 @@
 //! what users read ([`Event`]).
 
 use kalive_common::{
-    Record,
+    FLAG_LATE, Record,
     event::{AckSeen, Cause, Errno, Event, Family, Kind, OwnerSource, Socket, TcpState, What},
 };
 
@@ -49,6 +49,12 @@ impl Decoder {
         }
     }
 
+    /// The kernel's HZ.
+    #[must_use]
+    pub const fn hz(&self) -> u64 {
+        self.hz
+    }
+
     fn ms(&self, jiffies: u32) -> u64 {
         u64::from(jiffies) * 1000 / self.hz
     }
@@ -69,6 +75,7 @@ impl Decoder {
             },
             Kind::ProbeSent => What::ProbeSent {
                 next_ms: self.ms(r.next),
+                late: r.flags & FLAG_LATE != 0,
             },
             Kind::ProbeAcked => What::ProbeAcked {
                 seen_at: AckSeen::from_u8(r.cause).unwrap_or(AckSeen::Unknown),

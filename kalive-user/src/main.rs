@@ -14,6 +14,7 @@ mod clock;
 mod event;
 mod gaps;
 mod kernel;
+mod late;
 mod layout;
 mod loader;
 mod output;

@@ -129,7 +129,7 @@ mod tests {
         assert_eq!(
             render(Format::Json, &[r]),
             "{\"ts\":\"1970-01-01T00:00:01.001500Z\",\"event\":\"probe_sent\",\"next_ms\":1000,\
-             \"pid\":4242,\"comm\":\"curl\",\"owner\":\"kernel\",\"shared\":false,\"family\":\"ipv4\",\
+             \"late\":false,\"pid\":4242,\"comm\":\"curl\",\"owner\":\"kernel\",\"shared\":false,\"family\":\"ipv4\",\
              \"saddr\":\"10.0.0.1\",\"sport\":40000,\"daddr\":\"10.0.0.2\",\"dport\":80,\
              \"netns\":4026531840,\"cookie\":77,\"state\":\"ESTABLISHED\",\"probes\":2,\
              \"idle_ms\":2000,\"keepidle_ms\":1000,\"keepintvl_ms\":1000,\"keepcnt\":2,\
@@ -170,6 +170,10 @@ mod tests {
         );
         timeout.error = 13;
         assert_eq!(json(&timeout)["error"], "EACCES");
+
+        let mut late = sample(Kind::ProbeSent);
+        late.flags |= kalive_common::FLAG_LATE;
+        assert_eq!(json(&late)["late"], true);
 
         let mut zw = sample(Kind::ZeroWindowProbeSent);
         zw.backoff = 3;

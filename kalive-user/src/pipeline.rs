@@ -12,13 +12,13 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use kalive_common::{FLAG_SHARED, Kind, OWNER_PROCFS, Owner, Record};
+use kalive_common::{FLAG_LATE, FLAG_SHARED, Kind, OWNER_PROCFS, Owner, Record};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::Signal,
 };
 
-use crate::{clock::WallClock, event::Decoder, gaps, loader::Tracer, output::Writer, owners};
+use crate::{clock::WallClock, event::Decoder, gaps, late, loader::Tracer, output::Writer, owners};
 
 pub struct Stream<W: Write> {
     pub writer: Writer<W>,
@@ -44,6 +44,8 @@ pub struct Tally {
     gaps: gaps::ProbeGaps,
     /// Runs of kalive's programs the kernel skipped (recursion protection).
     skipped: u64,
+    /// Keepalive probes found after their own timer callback went unseen.
+    late: u64,
 }
 
 impl Tally {
@@ -86,6 +88,14 @@ impl Tally {
                 "; the kernel skipped {} runs of kalive's programs (records they would \
                  have made are recovered where kalive can)",
                 self.skipped
+            );
+        }
+        if self.late > 0 {
+            let _ = write!(
+                line,
+                "; {} keepalive probes were found late (no program ran for their timer \
+                 callbacks; reported with \"late\": true and the time their timer gives)",
+                self.late
             );
         }
         if self.gaps.unseen > 0 {
@@ -156,9 +166,17 @@ impl<W: Write> Stream<W> {
 
     /// Decodes, completes and writes one record from the ring buffer.
     fn handle(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let Some(mut record) = self.tally.decode(bytes) else {
+        let Some(record) = self.tally.decode(bytes) else {
             return Ok(());
         };
+        for record in late::expand(record, self.decoder.hz()) {
+            self.handle_one(record)?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::handle`] for one record after [`late::expand`].
+    fn handle_one(&mut self, mut record: Record) -> io::Result<()> {
         // With --pid, a socket's records stop when another process uses it:
         // gaps would not mean what they say.
         if let Some(kind) = record.kind().filter(|_| self.pids.is_empty()) {
@@ -169,6 +187,16 @@ impl<W: Write> Stream<W> {
                      probe numbers); the count is in the summary at exit"
                 );
             }
+        }
+        if record.kind() == Some(Kind::ProbeSent) && record.flags & FLAG_LATE != 0 {
+            if self.tally.late == 0 {
+                say!(
+                    "some keepalive probes were found late: no program of kalive's ran for \
+                     their timer callbacks (reported with \"late\": true; the count is in \
+                     the summary at exit)"
+                );
+            }
+            self.tally.late += 1;
         }
         if self.complete(&mut record)
             && let Some(event) = self.decoder.event(&record)
@@ -330,6 +358,15 @@ mod tests {
             "stopped: 0 records written, 0 lost; the kernel skipped 4 runs of kalive's \
              programs (records they would have made are recovered where kalive can); 2 \
              keepalive probes had no record (gaps in their sockets' probe numbers)"
+        );
+        tally.skipped = 0;
+        tally.late = 1;
+        assert_eq!(
+            tally.summary(),
+            "stopped: 0 records written, 0 lost; 1 keepalive probes were found late (no \
+             program ran for their timer callbacks; reported with \"late\": true and the time \
+             their timer gives); 2 keepalive probes had no record (gaps in their sockets' \
+             probe numbers)"
         );
     }
 }

@@ -55,7 +55,16 @@ fn detail(event: &Event) -> String {
     match &event.what {
         What::KeepaliveSet { enabled: true } => "enabled".to_owned(),
         What::KeepaliveSet { enabled: false } => "disabled".to_owned(),
-        What::ProbeSent { next_ms } => format!("next in {}", seconds(*next_ms)),
+        What::ProbeSent {
+            next_ms,
+            late: false,
+        } => format!("next in {}", seconds(*next_ms)),
+        What::ProbeSent {
+            next_ms,
+            late: true,
+        } => {
+            format!("next in {}, found late", seconds(*next_ms))
+        }
         What::ProbeAcked {
             seen_at: AckSeen::Segment | AckSeen::Unknown,
         } => "peer answered".to_owned(),

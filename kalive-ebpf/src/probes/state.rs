@@ -12,7 +12,7 @@ use kalive_common::{
 
 use super::{Args, hook};
 use crate::{
-    emit::{answered, emit, forget_probing, forget_zero_window, jiffies32, learn_owner},
+    emit::{answered, caught_up, emit, forget_probing, forget_zero_window, jiffies32, learn_owner},
     kernel::{ICSK_TIME_PROBE0, Sock, layout, setting},
     maps::{CALLBACK, Callback, KEEPALIVE, SEEN_CLOSE},
 };
@@ -57,15 +57,18 @@ fn set_state<const BTF: bool>(args: Args) {
     if new == TCP_CLOSE {
         // An answer the keepalive timer has not noticed yet, before the close.
         answered(sk, AckSeen::Close);
+        // Probes whose callbacks went unseen, before what ends the socket.
+        caught_up(sk, sk.keepalive_timer());
         forget_probing(sk);
         forget_zero_window(sk);
+        let err = sk.err();
         let killed = match CALLBACK.get_ptr_mut(0) {
             // SAFETY: this CPU's slot.
-            Some(cb) => killed_by(sk, old, unsafe { &mut *cb }),
+            Some(cb) => killed_by(sk, old, err, unsafe { &mut *cb }),
             None => None,
         };
         if let Some((kind, cause)) = killed {
-            report_kill(sk, cookie, kind, cause);
+            report_kill(sk, cookie, kind, cause, err);
         }
     }
 
@@ -84,9 +87,11 @@ fn set_state<const BTF: bool>(args: Args) {
 }
 
 /// Whether keepalive or zero-window probing is what closes `sk` (whose state
-/// was `old`), and why. `cb` is the timer callback running on this CPU.
-pub(crate) fn killed_by(sk: Sock, old: u64, cb: &mut Callback) -> Option<(Kind, u8)> {
-    let err = sk.err();
+/// was `old`), and why. `err` is its `sk_err`, read once by the caller and
+/// reported as read: read again later, it could be another socket's (a closed
+/// socket's memory is reused at once). `cb` is the timer callback running on
+/// this CPU.
+pub(crate) fn killed_by(sk: Sock, old: u64, err: u32, cb: &mut Callback) -> Option<(Kind, u8)> {
     if err == 0 {
         return None;
     }
@@ -128,8 +133,7 @@ pub(crate) fn killed_by(sk: Sock, old: u64, cb: &mut Callback) -> Option<(Kind, 
 
 /// Reports that `kind` (for `cause`) kills `sk`, which closes now (or has just
 /// closed, when the close itself went unseen).
-pub(crate) fn report_kill(sk: Sock, cookie: u64, kind: Kind, cause: u8) {
-    let err = sk.err();
+pub(crate) fn report_kill(sk: Sock, cookie: u64, kind: Kind, cause: u8, err: u32) {
     // Kills come only from connected states: silent this long while connected.
     let idle = jiffies32().wrapping_sub(sk.rcv_tstamp());
     emit(kind, sk, cookie, None, |r| {

@@ -147,6 +147,8 @@ pub struct Capacity {
     pub veth_drops: u64,
     /// Probes kalive found missing from its records (gaps in probe numbers).
     pub unreported: u64,
+    /// Probes kalive found late (their timer callbacks went unseen).
+    pub late: u64,
     /// kalive's programs the kernel skipped, and how often.
     pub recursion_misses: Vec<(String, u64)>,
     pub delivered_probes: u64,
@@ -427,7 +429,7 @@ fn capacity_run(kalive: &Path, backend: &str, n: usize, secs: Duration) -> Resul
     let peak_rss = running.peak_rss()?;
     let stderr = std::mem::replace(&mut running.stderr, std::sync::mpsc::channel().1);
     running.stop()?;
-    let mut unreported = 0;
+    let (mut unreported, mut late) = (0, 0);
     for line in stderr.try_iter() {
         eprintln!("bench: {line}");
         // "...; N keepalive probes had no record (...)" in kalive's summary.
@@ -435,6 +437,11 @@ fn capacity_run(kalive: &Path, backend: &str, n: usize, secs: Duration) -> Resul
             && let Some(n) = before.rsplit(' ').next()
         {
             unreported = n.parse().unwrap_or(0);
+        }
+        if let Some((before, _)) = line.split_once(" keepalive probes were found late")
+            && let Some(n) = before.rsplit(' ').next()
+        {
+            late = n.parse().unwrap_or(0);
         }
     }
     let tally = reader
@@ -449,6 +456,7 @@ fn capacity_run(kalive: &Path, backend: &str, n: usize, secs: Duration) -> Resul
         veth_drops,
         recursion_misses,
         unreported,
+        late,
         delivered_probes: tally
             .events
             .get(Kind::ProbeSent.name())

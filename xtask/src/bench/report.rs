@@ -238,9 +238,11 @@ fn capacity(md: &mut String, r: &Results) {
          kalive; the benchmark raises `net.core.netdev_max_backlog` for the run \
          and reports the veth's drops. CPU and peak RSS (VmHWM) are kalive's.\n\n\
          \"Gaps\" are the probes kalive itself reports as having no record (gaps in \
-         sockets' probe numbers, in its summary at exit).\n\n\
-         | sockets | probing for | probes (kernel) | veth drops | `probe_sent` delivered | gaps | all records | `events_lost` | CPU ms per 1k records | peak RSS MiB | targets |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+         sockets' probe numbers, in its summary at exit); \"late\" the delivered \
+         probes it found only at the socket's next timer, because none of its \
+         programs ran for their own timer callback.\n\n\
+         | sockets | probing for | probes (kernel) | veth drops | `probe_sent` delivered | late | gaps | all records | `events_lost` | CPU ms per 1k records | peak RSS MiB | targets |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for c in &r.capacity {
         let complete = c.delivered_probes == c.kernel_probes && c.lost == 0;
@@ -251,12 +253,13 @@ fn capacity(md: &mut String, r: &Results) {
         let per_k = per(cpu_us, c.records as f64 / 1000.0) / 1000.0;
         let _ = writeln!(
             md,
-            "| {} | {} s | {} | {} | {} | {} | {} | {} | {:.2} | {:.1} | all delivered: {}; RSS < 64 MiB: {} |",
+            "| {} | {} s | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.1} | all delivered: {}; RSS < 64 MiB: {} |",
             c.sockets,
             c.secs.as_secs(),
             c.kernel_probes,
             c.veth_drops,
             c.delivered_probes,
+            c.late,
             c.unreported,
             c.records,
             c.lost,
