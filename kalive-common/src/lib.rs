@@ -368,6 +368,14 @@ pub struct Layout {
     pub tcp_keepalive_probes: u32,
     pub tcp_rcv_tstamp: u32,
     pub tcp_snd_wnd: u32,
+    /// What the kernel checks an incoming ACK against (`tcp_sequence()`,
+    /// `tcp_ack()`, PAWS), for `--live-acks`.
+    pub tcp_snd_una: u32,
+    pub tcp_snd_nxt: u32,
+    pub tcp_rcv_nxt: u32,
+    pub tcp_rcv_wup: u32,
+    pub tcp_rcv_wnd: u32,
+    pub tcp_ts_recent: u32,
 
     // struct net
     pub net_ns_inum: u32,
@@ -411,8 +419,8 @@ pub struct Layout {
     pub accept4_ret: u32,
 }
 
-// Two u64 and 58 u32, no padding: every byte the loader writes is meaningful.
-const _: () = assert!(core::mem::size_of::<Layout>() == 2 * 8 + 58 * 4);
+// Two u64 and 64 u32, no padding: every byte the loader writes is meaningful.
+const _: () = assert!(core::mem::size_of::<Layout>() == 2 * 8 + 64 * 4);
 
 /// What the user asked for, handed to the programs as a read-only global.
 #[repr(C)]

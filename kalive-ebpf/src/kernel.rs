@@ -204,6 +204,46 @@ impl Sock {
         read(self.0, layout!(icsk_user_timeout))
     }
 
+    /// Whether the kernel will take `seg`, a bare ACK arriving on this
+    /// established socket, as an acknowledgment (and so reset
+    /// `icsk_probes_out`): in its receive window (`tcp_sequence()`), not failing
+    /// PAWS, acking nothing older than `snd_una` nor newer than `snd_nxt`
+    /// (`tcp_ack()`). Options other than a timestamp leave it unknown: false.
+    pub(crate) fn accepts(self, seg: &Segment) -> bool {
+        if seg.other_options {
+            return false;
+        }
+        let una: u32 = read(self.0, layout!(tcp_snd_una));
+        let nxt: u32 = read(self.0, layout!(tcp_snd_nxt));
+        // una <= ack <= nxt, in sequence space.
+        if (seg.ack.wrapping_sub(una) as i32) < 0 || (nxt.wrapping_sub(seg.ack) as i32) < 0 {
+            return false;
+        }
+        let rcv_nxt: u32 = read(self.0, layout!(tcp_rcv_nxt));
+        let wup: u32 = read(self.0, layout!(tcp_rcv_wup));
+        let wnd: u32 = read(self.0, layout!(tcp_rcv_wnd));
+        let end = seg.seq.wrapping_add(u32::from(seg.flags & Segment::FIN));
+        // The window's right edge: rcv_nxt + tcp_receive_window().
+        let window = wup.wrapping_add(wnd).wrapping_sub(rcv_nxt);
+        let right = if (window as i32) < 0 {
+            rcv_nxt
+        } else {
+            wup.wrapping_add(wnd)
+        };
+        if (end.wrapping_sub(wup) as i32) < 0 || (right.wrapping_sub(seg.seq) as i32) < 0 {
+            return false;
+        }
+        // PAWS (tcp_paws_check()): older than the last timestamp by more than
+        // one; a ts_recent of 0 is not checked.
+        if seg.timestamped {
+            let recent: u32 = read(self.0, layout!(tcp_ts_recent));
+            if recent != 0 && recent.wrapping_sub(seg.tsval) as i32 > 1 {
+                return false;
+            }
+        }
+        true
+    }
+
     /// `tcp_sock.rcv_tstamp`: jiffies of the last ACK from the peer.
     pub(crate) fn rcv_tstamp(self) -> u32 {
         read(self.0, layout!(tcp_rcv_tstamp))
@@ -300,9 +340,20 @@ pub(crate) fn sock_of_fd(fd: u32) -> Option<Sock> {
 pub(crate) struct Segment {
     pub(crate) flags: u8,
     pub(crate) payload: bool,
+    pub(crate) seq: u32,
+    pub(crate) ack: u32,
+    /// Whether it has a timestamp in the aligned form every stack sends (`NOP
+    /// NOP TS` first), and its TSval. (Not an `Option`: `None` leaves the
+    /// value's register unset, which the verifier refuses to copy.)
+    pub(crate) timestamped: bool,
+    pub(crate) tsval: u32,
+    /// Options other than that: what the kernel will make of the segment is not
+    /// known here.
+    pub(crate) other_options: bool,
 }
 
 impl Segment {
+    pub(crate) const FIN: u8 = 0x01;
     pub(crate) const SYN: u8 = 0x02;
     pub(crate) const RST: u8 = 0x04;
     pub(crate) const ACK: u8 = 0x10;
@@ -312,12 +363,31 @@ impl Segment {
         let head: u64 = read(skb, layout!(skb_head));
         let offset: u16 = read(skb, layout!(skb_transport_header));
         let th = head + u64::from(offset);
-        // Byte 12: data offset in 32-bit words (high nibble); byte 13: flags.
-        let [doff, flags]: [u8; 2] = read(th, 12);
+        // Bytes 4-11: sequence and acknowledgment numbers; 12: data offset in
+        // 32-bit words (high nibble); 13: flags.
+        let [seq, ack, word]: [u32; 3] = read(th, 4);
+        let [doff, flags, ..] = word.to_ne_bytes();
+        let header = u32::from(doff >> 4) * 4;
         let len: u32 = read(skb, layout!(skb_len));
+        let (mut timestamped, mut tsval, mut other_options) = (false, 0, false);
+        if header > 20 {
+            let [kind, value]: [u32; 2] = read(th, 20);
+            // NOP NOP TIMESTAMP(8) length 10, in network order.
+            if kind == u32::from_ne_bytes([1, 1, 8, 10]) && header >= 32 {
+                timestamped = true;
+                tsval = u32::from_be(value);
+            } else {
+                other_options = true;
+            }
+        }
         Self {
             flags,
-            payload: len > u32::from(doff >> 4) * 4,
+            payload: len > header,
+            seq: u32::from_be(seq),
+            ack: u32::from_be(ack),
+            timestamped,
+            tsval,
+            other_options,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! Dev-only: nothing here ships in `kalive`.
 
 mod netns;
+pub mod raw;
 pub mod records;
 pub mod sockopt;
 

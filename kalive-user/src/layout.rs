@@ -75,6 +75,12 @@ pub fn discover(btf: &KernelBtf, symbols: &Symbols, tracefs: &Path, hz: u32) -> 
         tcp_keepalive_probes: tcp("keepalive_probes", 1)?,
         tcp_rcv_tstamp: tcp("rcv_tstamp", 4)?,
         tcp_snd_wnd: tcp("snd_wnd", 4)?,
+        tcp_snd_una: tcp("snd_una", 4)?,
+        tcp_snd_nxt: tcp("snd_nxt", 4)?,
+        tcp_rcv_nxt: tcp("rcv_nxt", 4)?,
+        tcp_rcv_wup: tcp("rcv_wup", 4)?,
+        tcp_rcv_wnd: tcp("rcv_wnd", 4)?,
+        tcp_ts_recent: tcp("rx_opt.ts_recent", 4)?,
 
         net_ns_inum: net("ns.inum", 4)?,
         net_keepalive_time: net("ipv4.sysctl_tcp_keepalive_time", 4)?,

@@ -4,10 +4,10 @@
 
 mod support;
 
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
 
 use serde_json::Value;
-use support::{Connection, Family, Kalive, connect};
+use support::{Connection, Family, Kalive, Topology, connect};
 
 /// Long enough for a keepalive timeout of a few seconds on a loaded machine.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -837,5 +837,134 @@ fn live_acks_report_at_once() {
             assert!(gap_ms(rest[i - 1], ack) < 100, "{ack}");
         }
     }
+    c.server.close_stdin();
+}
+
+/// Drops everything `ns` sends the client, but what carries `mark`.
+fn only_marked_to_client(ns: &kalive_testkit::Netns, mark: u32) {
+    ns.nft(&["add", "table", "ip", "kalive_live"]).expect("nft");
+    ns.nft(&[
+        "add",
+        "chain",
+        "ip",
+        "kalive_live",
+        "output",
+        "{ type filter hook output priority 0; policy accept; }",
+    ])
+    .expect("nft");
+    ns.nft(&[
+        "add",
+        "rule",
+        "ip",
+        "kalive_live",
+        "output",
+        "ip",
+        "daddr",
+        Topology::CLIENT_V4,
+        "meta",
+        "mark",
+        "!=",
+        &mark.to_string(),
+        "drop",
+    ])
+    .expect("nft");
+}
+
+/// `--live-acks` reads a segment before the kernel has checked it, so it must
+/// check what the kernel will: a bare ACK for data never sent, or outside the
+/// receive window, is dropped by the kernel and is no answer; the right ACK
+/// is, and so is one failing PAWS (a timestamp older than the last). Here the
+/// server's own answers are dropped on their way out, and ACKs
+/// are made by hand from the client's probes (a raw socket in the server's
+/// namespace) and sent through.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn live_acks_take_only_what_the_kernel_accepts() {
+    use kalive_testkit::raw::{ACK, RawTcp};
+
+    const MARK: u32 = 0x4b41;
+    let mut kalive = Kalive::start(&["--live-acks"]);
+    let mut c = connect(
+        "liveok",
+        Family::V4,
+        &["--idle", "1", "--intvl", "1", "--cnt", "9"],
+    );
+    let ns = &c.net.server;
+    let raw = ns
+        .run(move || RawTcp::open(MARK))
+        .join()
+        .expect("the raw socket's thread")
+        .expect("a raw socket");
+    only_marked_to_client(ns, MARK);
+    let (client, server) = (c.info.local, c.info.peer);
+    let (IpAddr::V4(client_ip), IpAddr::V4(server_ip)) = (client.ip(), server.ip()) else {
+        panic!("IPv4 addresses: {client} {server}");
+    };
+    c.client.send("go");
+    c.client.expect("configured");
+
+    let cookie = c.info.cookie;
+    let probes = |rs: &[Value], n: u64| {
+        rs.iter()
+            .any(|r| r["cookie"] == cookie && r["event"] == "probe_sent" && r["probes"] == n)
+    };
+    let probe_from_client = |s: &kalive_testkit::raw::Seen| {
+        s.src == client_ip && s.sport == client.port() && s.payload == 0 && s.flags & ACK != 0
+    };
+    kalive.wait_until(DEADLINE, |rs| probes(rs, 1));
+    // The probe: sequence snd_una - 1, acknowledging rcv_nxt.
+    let probe = *raw
+        .drain(Duration::from_millis(200), probe_from_client)
+        .expect("the raw socket")
+        .last()
+        .expect("the client's probe, seen in the server's namespace");
+    let (from, to) = ((server_ip, server.port()), (client_ip, client.port()));
+    let snd_una = probe.seq.wrapping_add(1);
+    // The probe echoes the last timestamp the client took from the server
+    // (its ts_recent): an older one fails PAWS.
+    let (_, recent) = probe.timestamps.expect("timestamps on the connection");
+    let stale = Some((recent.wrapping_sub(1000), 0));
+    let fresh = Some((recent.wrapping_add(1), 0));
+    // For data the client never sent; in sequence far outside its window; with
+    // a timestamp older than the last one taken.
+    for (numbers, timestamps) in [
+        ((probe.ack, snd_una.wrapping_add(1 << 30)), fresh),
+        ((probe.ack.wrapping_add(1 << 30), snd_una), fresh),
+        ((probe.ack, snd_una), stale),
+    ] {
+        raw.send_ack(from, to, numbers, timestamps).expect("send");
+    }
+    // The kernel took neither: it probes again, number 2.
+    kalive.wait_until(DEADLINE, |rs| probes(rs, 2));
+    let before: Vec<_> = kalive
+        .socket(cookie)
+        .into_iter()
+        .filter(|r| r["event"] == "probe_acked")
+        .cloned()
+        .collect();
+    assert!(
+        before.is_empty(),
+        "answers claimed for segments the kernel dropped: {before:?}\n{}",
+        kalive.dump()
+    );
+    // The right ACK: the kernel takes it, and kalive says so at once.
+    let sent = jiff::Timestamp::now().as_microsecond();
+    raw.send_ack(from, to, (probe.ack, snd_una), fresh)
+        .expect("send");
+    kalive.wait_until(DEADLINE, |rs| {
+        rs.iter()
+            .any(|r| r["cookie"] == cookie && r["event"] == "probe_acked")
+    });
+    let records = kalive.socket(cookie);
+    let ack = records
+        .iter()
+        .find(|r| r["event"] == "probe_acked")
+        .expect("probe_acked");
+    assert_eq!(ack["seen_at"], "segment", "{ack}");
+    let delay_ms = (support::ts_micros(ack) - sent) / 1000;
+    assert!(
+        (0..100).contains(&delay_ms),
+        "{delay_ms} ms after the ACK: {ack}"
+    );
     c.server.close_stdin();
 }

@@ -40,6 +40,12 @@ fn segment<const BTF: bool>(args: Args) {
     {
         return;
     }
+    // Not before the kernel has accepted it (this hook runs before it checks):
+    // a segment it will drop is no answer; one it is unsure of is left to the
+    // next keepalive timer, which reads the kernel's verdict.
+    if !sk.accepts(&seg) {
+        return;
+    }
     let cookie = if BTF {
         // SAFETY: tp_btf hands over the trusted `struct sock *` the helper needs.
         unsafe { bpf_get_socket_cookie(args.get(0) as *mut core::ffi::c_void) }
