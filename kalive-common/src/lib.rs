@@ -359,6 +359,10 @@ pub struct Layout {
     pub icsk_user_timeout: u32,
     /// When zero-window probing started (jiffies), 0 when not probing.
     pub icsk_probes_tstamp: u32,
+    /// `icsk_ack.lrcvtime`: jiffies of the last segment received.
+    pub icsk_lrcvtime: u32,
+    /// Keeps the size a multiple of 8 (never read).
+    pub pad: u32,
     /// `icsk_retransmit_timer`: the write timer, whose function is `tcp_write_timer`.
     pub write_timer: u32,
 
@@ -419,8 +423,8 @@ pub struct Layout {
     pub accept4_ret: u32,
 }
 
-// Two u64 and 64 u32, no padding: every byte the loader writes is meaningful.
-const _: () = assert!(core::mem::size_of::<Layout>() == 2 * 8 + 64 * 4);
+// Two u64 and 66 u32 (one of them explicit padding): no hidden padding.
+const _: () = assert!(core::mem::size_of::<Layout>() == 2 * 8 + 66 * 4);
 
 /// What the user asked for, handed to the programs as a read-only global.
 #[repr(C)]

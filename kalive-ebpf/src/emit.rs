@@ -143,9 +143,15 @@ pub(crate) fn caught_up(sk: Sock, keepalive_timer: u64) {
     if probes <= reported {
         return;
     }
-    probing(sk, probes);
-    let (_, intvl, _) = sk.keepalive_config(sk.net());
+    let (idle, intvl, _) = sk.keepalive_config(sk.net());
     let last = (timer_expires(keepalive_timer) as u32).wrapping_sub(intvl);
+    // A probe leaves only after `keepidle` of silence. A count left over from
+    // probes long answered by data (which may skip tcp_ack() and leave it) is
+    // no new probe: kalive, started since, never saw its probes.
+    if (last.wrapping_sub(sk.last_heard()) as i32) < idle as i32 {
+        return;
+    }
+    probing(sk, probes);
     let hz = u64::from(layout!(hz)).max(1);
     let ago = u64::from(jiffies32().wrapping_sub(last));
     let ts = now_ns().saturating_sub(ago * 1_000_000_000 / hz);

@@ -244,6 +244,19 @@ impl Sock {
         true
     }
 
+    /// When the peer was last heard from (jiffies): the later of the last
+    /// ACK (`rcv_tstamp`) and the last segment (`icsk_ack.lrcvtime`), as
+    /// `keepalive_time_elapsed()` counts.
+    pub(crate) fn last_heard(self) -> u32 {
+        let ack = self.rcv_tstamp();
+        let segment: u32 = read(self.0, layout!(icsk_lrcvtime));
+        if (segment.wrapping_sub(ack) as i32) > 0 {
+            segment
+        } else {
+            ack
+        }
+    }
+
     /// `tcp_sock.rcv_tstamp`: jiffies of the last ACK from the peer.
     pub(crate) fn rcv_tstamp(self) -> u32 {
         read(self.0, layout!(tcp_rcv_tstamp))

@@ -968,3 +968,81 @@ fn live_acks_take_only_what_the_kernel_accepts() {
     );
     c.server.close_stdin();
 }
+
+/// A value the kernel refuses (`EINVAL`) changes nothing and is not reported;
+/// what it takes is, with the configuration it leaves. (kalive sees
+/// `setsockopt()` before the kernel applies it, and applies the kernel's
+/// checks; without a cgroup v2 hierarchy it sees the call return instead.)
+fn refused_values(tag: &str, env: &[(&str, &str)]) {
+    let mut kalive = Kalive::start_with_env(&[], env);
+    let mut c = connect(
+        tag,
+        Family::V4,
+        &["--idle", "100", "--intvl", "7", "--cnt", "3"],
+    );
+    c.client.send("go");
+    c.client.expect("configured");
+    for (option, value, verdict) in [
+        ("keepcnt", "0", "refused"),
+        ("keepcnt", "128", "refused"),
+        ("keepidle", "0", "refused"),
+        ("keepidle", "32768", "refused"),
+        ("keepintvl", "-1", "refused"),
+        ("user_timeout", "-1", "refused"),
+        ("keepcnt", "127", "ok"),
+        ("keepidle", "32767", "ok"),
+        ("user_timeout", "2500", "ok"),
+        ("keepalive", "0", "ok"),
+    ] {
+        c.client.send(&format!("set {option} {value}"));
+        assert_eq!(c.client.expect("set "), format!("set {option} {verdict}"));
+    }
+    let cookie = c.info.cookie;
+    let sets = |rs: &[Value]| {
+        rs.iter()
+            .filter(|r| r["cookie"] == cookie && r["event"] == "keepalive_set")
+            .count()
+    };
+    // Four from configuring, four that the kernel took.
+    kalive.wait_until(DEADLINE, |rs| sets(rs) >= 8);
+    std::thread::sleep(Duration::from_millis(300));
+    let records = kalive.socket(cookie);
+    let (sets, _) = sets_and_rest(&records);
+    let config = |r: &Value| {
+        (
+            ms(r, "keepidle_ms"),
+            ms(r, "keepintvl_ms"),
+            ms(r, "keepcnt"),
+            ms(r, "user_timeout_ms"),
+            r["enabled"].as_bool().expect("enabled"),
+        )
+    };
+    let got: Vec<_> = sets[4..].iter().map(|r| config(r)).collect();
+    assert_eq!(
+        got,
+        [
+            (100_000, 7000, 127, 0, true),
+            (32_767_000, 7000, 127, 0, true),
+            (32_767_000, 7000, 127, 2500, true),
+            (32_767_000, 7000, 127, 2500, false),
+        ],
+        "records:\n{}",
+        kalive.dump()
+    );
+    c.server.close_stdin();
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn refused_values_are_not_reported() {
+    refused_values("refuse", &[]);
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn refused_values_are_not_reported_by_the_syscall_tracepoints() {
+    refused_values(
+        "refusesys",
+        &[("KALIVE_TEST_WITHHOLD", "cgroup_setsockopt")],
+    );
+}

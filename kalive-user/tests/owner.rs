@@ -64,7 +64,9 @@ fn comm_with_spaces_quotes_and_utf8() {
 }
 
 /// The listener's maker forks; the child accepts. The accepted socket, which
-/// inherits keepalive from the listener, belongs to the child.
+/// inherits keepalive from the listener, belongs to the child: found in /proc
+/// (kalive hooks no `accept()` where it has a cgroup v2 hierarchy, see
+/// docs/events.md), or learned by the `accept()` syscall tracepoints.
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn accepted_socket_belongs_to_the_acceptor() {
@@ -86,7 +88,7 @@ fn accepted_socket_belongs_to_the_acceptor() {
     for r in probes(&kalive.records, accepted.cookie) {
         assert_eq!(r["pid"], accepted.pid, "{r}");
         assert_eq!(r["comm"], "tcp_acceptor", "{r}");
-        assert_eq!(r["owner"], "kernel", "{r}");
+        assert!(r["owner"] == "procfs" || r["owner"] == "kernel", "{r}");
         assert_eq!(r["sport"], accepted.local.port(), "{r}");
     }
     server.close_stdin();

@@ -6,15 +6,18 @@ use std::{fmt, path::Path, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Btf, Ebpf,
-    programs::{BtfTracePoint, Program, RawTracePoint, TracePoint},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSockopt, Program, RawTracePoint, TracePoint,
+    },
 };
 use kalive_common::Layout;
 
 use super::{
     backend::Backend,
     hooks::{
-        self, CLASSIC_TRACEPOINTS, COMMON_TRACEPOINTS, Hook, LIVE_ACKS, Plan, TIMER_EXPIRE_ENTRY,
-        TIMER_EXPIRE_EXIT, TIMER_START, Tracepoint, USE_FUNCTIONS, USE_TRACEPOINTS,
+        self, CGROUP_SETSOCKOPT, CLASSIC_TRACEPOINTS, COMMON_TRACEPOINTS, Hook, LIVE_ACKS, Plan,
+        TIMER_EXPIRE_ENTRY, TIMER_EXPIRE_EXIT, TIMER_START, Tracepoint, USE_FUNCTIONS,
+        USE_TRACEPOINTS,
     },
     object::{self, Filters, program},
 };
@@ -46,6 +49,8 @@ pub struct Attached {
     pub tp_btf: usize,
     pub raw_tp: usize,
     pub tracepoint: usize,
+    /// cgroup programs (`cgroup/setsockopt`).
+    pub cgroup: usize,
     /// fentry/fexit or kprobe/kretprobe programs.
     pub functions: usize,
     /// Pieces a function backend watches with the timer tracepoints instead,
@@ -59,8 +64,8 @@ impl fmt::Display for Attached {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} function, {} tp_btf, {} raw_tp, {} tracepoint",
-            self.functions, self.tp_btf, self.raw_tp, self.tracepoint
+            "{} function, {} tp_btf, {} raw_tp, {} tracepoint, {} cgroup",
+            self.functions, self.tp_btf, self.raw_tp, self.tracepoint, self.cgroup
         )
     }
 }
@@ -138,8 +143,21 @@ pub fn start_backend(
     for tracepoint in COMMON_TRACEPOINTS {
         a.tracepoint(tracepoint)?;
     }
-    for &(category, name) in CLASSIC_TRACEPOINTS {
-        a.classic(category, name)?;
+    // setsockopt(): a cgroup program, which runs for setsockopt() only; else
+    // the syscall tracepoints, which slow down every syscall on the host (any
+    // enabled syscall tracepoint sends them all down the kernel's slow path).
+    // With the cgroup program the accept() tracepoints go too: an accepted
+    // socket's owner is then found in /proc when a record needs it.
+    match a.cgroup_setsockopt() {
+        Ok(()) => {}
+        Err(err) => {
+            log::warn!(
+                "cgroup/setsockopt: {err:#}; using the setsockopt and accept syscall tracepoints, which slow down every syscall on this host"
+            );
+            for &(category, name) in CLASSIC_TRACEPOINTS {
+                a.classic(category, name)?;
+            }
+        }
     }
     let mut functions = functions;
     // Per segment and per send/receive: only when asked (see LIVE_TRACEPOINTS).
@@ -169,6 +187,47 @@ pub fn start_backend(
         a.tracepoint(&TIMER_EXPIRE_ENTRY)?;
     }
     Ok((a.ebpf, a.attached))
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on a unified
+/// system, `/sys/fs/cgroup/unified` on a hybrid one), from
+/// `/proc/self/mountinfo`.
+fn cgroup2_root() -> Result<std::path::PathBuf> {
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let (mount, fs) = line.split_once(" - ")?;
+            if fs.split_whitespace().next()? != "cgroup2" {
+                return None;
+            }
+            // Field 5: the mount point (octal escapes for spaces and the like).
+            let point = mount.split_whitespace().nth(4)?;
+            Some(std::path::PathBuf::from(unescape(point)))
+        })
+        .ok_or_else(|| anyhow::anyhow!("no cgroup v2 hierarchy is mounted"))
+}
+
+/// `/proc/self/mountinfo` escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut rest = field;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        let code = rest
+            .get(at + 1..at + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
+        if let Some(byte) = code {
+            out.push(char::from(byte));
+            rest = &rest[at + 4..];
+        } else {
+            out.push('\\');
+            rest = &rest[at + 1..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Why `function` cannot be hooked by `backend`, if it cannot.
@@ -278,6 +337,26 @@ impl Attacher<'_> {
         .with_context(|| format!("attaching {kind}/{function}"))
     }
 
+    /// Attaches the `cgroup/setsockopt` program to the root of the cgroup v2
+    /// hierarchy: every process's `setsockopt()` calls.
+    fn cgroup_setsockopt(&mut self) -> Result<()> {
+        if withheld(CGROUP_SETSOCKOPT) {
+            bail!("not attached ({WITHHOLD})");
+        }
+        let root = cgroup2_root()?;
+        let cgroup = std::fs::File::open(&root)
+            .with_context(|| format!("opening the cgroup v2 root {}", root.display()))?;
+        let program: &mut CgroupSockopt = program(&mut self.ebpf, CGROUP_SETSOCKOPT)?.try_into()?;
+        timed(&mut self.times.verifier, || program.load()).context("loading cgroup/setsockopt")?;
+        timed(&mut self.times.attach, || {
+            // A link (5.7+) always lets other programs in, and takes no flags.
+            program.attach(&cgroup, CgroupAttachMode::Single)
+        })
+        .with_context(|| format!("attaching cgroup/setsockopt to {}", root.display()))?;
+        self.attached.cgroup += 1;
+        Ok(())
+    }
+
     /// Attaches a classic tracepoint; the program has its name.
     fn classic(&mut self, category: &str, name: &str) -> Result<()> {
         let program: &mut TracePoint = program(&mut self.ebpf, name)?.try_into()?;
@@ -337,5 +416,17 @@ impl Attacher<'_> {
         timed(&mut self.times.attach, || program.attach(tracepoint))
             .with_context(|| format!("attaching raw_tp/{tracepoint}"))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unescape;
+
+    #[test]
+    fn mount_points_unescaped() {
+        assert_eq!(unescape("/sys/fs/cgroup"), "/sys/fs/cgroup");
+        assert_eq!(unescape("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(unescape("/odd\\x"), "/odd\\x");
     }
 }

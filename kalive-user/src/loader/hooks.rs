@@ -247,6 +247,9 @@ pub const CLASSIC_TRACEPOINTS: &[(&str, &str)] = &[
     ("syscalls", "sys_exit_accept4"),
 ];
 
+/// The `cgroup/setsockopt` program, preferred to the classic tracepoints.
+pub const CGROUP_SETSOCKOPT: &str = "cgroup_setsockopt";
+
 /// Which of a backend's pieces use function hooks, and what the timer
 /// tracepoints do instead for the others.
 #[derive(Default)]
@@ -296,7 +299,10 @@ pub fn programs(backend: Backend) -> Vec<&'static str> {
     .chain(COMMON_TRACEPOINTS)
     .chain(USE_TRACEPOINTS)
     .flat_map(|t| [t.tp_btf, t.raw_tp]);
-    let classic = CLASSIC_TRACEPOINTS.iter().map(|&(_, name)| name);
+    let classic = CLASSIC_TRACEPOINTS
+        .iter()
+        .map(|&(_, name)| name)
+        .chain([CGROUP_SETSOCKOPT]);
     let functions = PIECES
         .iter()
         .flat_map(|p| p.hooks)

@@ -414,6 +414,24 @@ fn commands(fd: RawFd, mut to_child: Option<std::fs::File>) {
                 let result = setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 0);
                 println!("disabled {result:?}");
             }
+            // `set OPTION VALUE`: one keepalive option, any value (the kernel
+            // may refuse it).
+            ["set", option, value] => {
+                let value: i32 = value.parse().unwrap_or(i32::MIN);
+                let (level, name) = match *option {
+                    "keepalive" => (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+                    "keepidle" => (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+                    "keepintvl" => (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
+                    "keepcnt" => (libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
+                    _ => (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT),
+                };
+                let result = setsockopt(fd, level, name, value);
+                println!(
+                    "set {} {}",
+                    option,
+                    if result.is_ok() { "ok" } else { "refused" }
+                );
+            }
             // `burst N`: N keepalive re-configurations as fast as possible.
             ["burst", n] => {
                 let n: i32 = n.parse().unwrap_or(0);

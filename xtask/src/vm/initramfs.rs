@@ -32,6 +32,7 @@ fn init_script(script: bool) -> String {
          mount -t sysfs sysfs /sys\n\
          mount -t devtmpfs dev /dev\n\
          mount -t tmpfs run /run\n\
+         mount -t cgroup2 cgroup2 /sys/fs/cgroup\n\
          ip link set lo up\n\
          modprobe veth\n\
          modprobe nf_tables\n\
