@@ -127,8 +127,13 @@ pub(crate) fn answered(sk: Sock, seen_at: AckSeen) {
 /// (one record here keeps the programs small for the verifier).
 pub(crate) fn caught_up(sk: Sock, keepalive_timer: u64) {
     let probes = sk.probes_out();
-    // A closed socket's count was looked at as it closed.
-    if probes == 0 || !sk.keepalive_on() || !TcpState::from_kernel(sk.state()).connected() {
+    // A closed socket's count was looked at as it closed; an orphan's
+    // keepalive timer only ends its FIN_WAIT2 linger and sends no probe.
+    if probes == 0
+        || !sk.keepalive_on()
+        || sk.orphan()
+        || !TcpState::from_kernel(sk.state()).connected()
+    {
         return;
     }
     // SAFETY: the value is copied out at once.
