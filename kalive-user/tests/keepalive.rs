@@ -538,7 +538,16 @@ fn overflow_is_counted_not_silent() {
         delivered + lost
     };
     kalive.wait_until(DEADLINE, |rs| accounted(rs) >= produced);
-    assert_eq!(accounted(&kalive.records), produced, "{}", kalive.stderr());
+    // `events_lost` counts the records of every socket on the host: one of
+    // another socket lost in the burst (a previous test's connection still
+    // closing) counts too. None of this socket's may vanish, and the count
+    // must not run away.
+    let accounted = accounted(&kalive.records);
+    assert!(
+        (produced..=produced + produced / 1000).contains(&accounted),
+        "{accounted} records delivered or counted lost for {produced}: {}",
+        kalive.stderr()
+    );
     assert!(
         kalive.records.iter().any(|r| r["event"] == "events_lost"),
         "a 4 KiB ring cannot hold {BURST} records: the test must overflow it"
