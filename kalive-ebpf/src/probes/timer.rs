@@ -108,10 +108,13 @@ pub(crate) fn callback_end(timer: u64) {
 
 /// Reports what the callback did that no hook inside it saw. The kernel skips a
 /// program that fires while the same program runs on this CPU (its recursion
-/// protection): `timer_start`, `inet_sock_set_state` or a function's exit hook
-/// running in process context, interrupted by the tick that runs this
-/// callback. The timer callbacks themselves run only in softirq, so their
-/// begin and end are always seen.
+/// protection): `inet_sock_set_state` or a function's exit hook running in
+/// process context, interrupted by the tick that runs this callback; on the
+/// kprobe backend, any kprobe while another kprobe or classic tracepoint
+/// program runs (`bpf_prog_active`). Not `timer_start`: it fires only from
+/// `enqueue_timer()` with interrupts off. The timer callbacks themselves run
+/// only in softirq, so their programs never nest (for callbacks the kernel ran
+/// no program for at all, see `caught_up()`).
 ///
 /// The callback may have freed the socket. Its memory stays a TCP socket (the
 /// slab is `SLAB_TYPESAFE_BY_RCU`) and reads cannot fault; a socket allocated
