@@ -8,7 +8,9 @@ use kalive_common::{
 };
 
 use crate::{
-    kernel::{Sock, current_process_comm, layout, netns_ino, setting, timer_expires},
+    kernel::{
+        ICSK_TIME_PROBE0, Sock, current_process_comm, layout, netns_ino, setting, timer_expires,
+    },
     maps::{
         EVENTS, EXITED, LOST, OWNERS, OWNERS_FULL, PIDS, PORTS, PROBING, ZERO_WINDOW,
         ZERO_WINDOW_LAST,
@@ -97,14 +99,16 @@ pub(crate) fn answered(sk: Sock, seen_at: AckSeen) {
     let Some(&value) = (unsafe { PROBING.get(&sk.0) }) else {
         return;
     };
+    let reported = value as u8;
     let silent_since = (value >> 32) as u32;
     let answer = sk.rcv_tstamp();
     // tcp_ack() zeroes the count and stamps the time together; a changed time
     // also tells an answer followed by probes whose callbacks went unseen.
-    if sk.probes_out() >= value as u8 && answer == silent_since {
+    if reported == 0 || (sk.probes_out() >= reported && answer == silent_since) {
         return;
     }
-    let _ = PROBING.remove(&sk.0);
+    // Kept, with no probe out: probes after this one are numbered from 1.
+    answered_at(sk, answer);
     let ago = u64::from(jiffies32().wrapping_sub(answer));
     let hz = u64::from(layout!(hz)).max(1);
     emit(Kind::ProbeAcked, sk, 0, None, |r| {
@@ -136,13 +140,19 @@ pub(crate) fn caught_up(sk: Sock, keepalive_timer: u64) {
     {
         return;
     }
+    // Zero-window probes count there too (and keepalive never probes while
+    // they run): the count is keepalive's only while the persist timer is not
+    // probing and was not seen probing.
+    // SAFETY: only presence is checked.
+    if sk.pending() == ICSK_TIME_PROBE0 || unsafe { ZERO_WINDOW.get(&sk.0) }.is_some() {
+        return;
+    }
     // SAFETY: the value is copied out at once.
     let reported = match unsafe { PROBING.get(&sk.0) } {
         Some(&value) => value as u8,
-        // No probe reported since the last answer or configuration: the count
-        // is keepalive's only if no other timer uses it (zero-window probes
-        // count there too, and keepalive never probes while they run).
-        None if sk.pending() == 0 => 0,
+        // Nothing known of this socket's probes (none reported yet, or the
+        // entry was evicted): only a first probe is certain to be unreported.
+        None if probes == 1 && sk.pending() == 0 => 0,
         None => return,
     };
     if probes <= reported {
@@ -181,6 +191,14 @@ pub(crate) fn caught_up(sk: Sock, keepalive_timer: u64) {
         r.flags |= FLAG_LATE;
         r.cause = missing;
     });
+}
+
+/// Notes that `sk`'s probes were answered at `when` (jiffies): none is out.
+/// (Kept rather than removed, so that a probe found later is known to be
+/// numbered from 1; see [`caught_up`].)
+pub(crate) fn answered_at(sk: Sock, when: u32) {
+    let value = u64::from(when) << 32;
+    let _ = PROBING.insert(&sk.0, &value, 0);
 }
 
 /// Forgets the probes of a socket that closes, is destroyed, or whose answer

@@ -10,7 +10,7 @@
 //! (measured: about 30 ns more per syscall).
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_retval, bpf_probe_read_kernel},
     macros::{cgroup_sockopt, tracepoint},
     programs::{SockoptContext, TracePointContext},
 };
@@ -77,6 +77,12 @@ fn keepalive_option(ctx: &SockoptContext) {
     let val = unsafe { core::ptr::read_unaligned(optval.cast::<i32>()) };
     let sk = Sock(sk);
     if !sk.is_tcp() {
+        return;
+    }
+    // A program of a cgroup below the root ran first and refused the call
+    // (the kernel runs the rest of the chain, then fails it with EPERM).
+    // SAFETY: no preconditions.
+    if unsafe { bpf_get_retval() } < 0 {
         return;
     }
     // What the kernel will set, and whether it refuses the value (EINVAL).

@@ -6,7 +6,8 @@ use kalive_common::{AckSeen, Kind};
 use super::{Args, hook};
 use crate::{
     emit::{
-        answered, emit, forget_owner, forget_probing, forget_zero_window, zero_window_not_probing,
+        answered, answered_at, emit, forget_owner, forget_probing, forget_zero_window, jiffies32,
+        zero_window_not_probing,
     },
     kernel::{ICSK_TIME_PROBE0, Segment, Sock},
 };
@@ -53,7 +54,7 @@ fn segment<const BTF: bool>(args: Args) {
         0
     };
     // The ACK being processed answers the probes: none are unanswered after it.
-    forget_probing(sk);
+    answered_at(sk, jiffies32());
     emit(Kind::ProbeAcked, sk, cookie, None, |r| {
         r.probes = 0;
         r.cause = AckSeen::Segment as u8;

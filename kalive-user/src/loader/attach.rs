@@ -344,6 +344,18 @@ impl Attacher<'_> {
             bail!("not attached ({WITHHOLD})");
         }
         let root = cgroup2_root()?;
+        // The hierarchy's own root (inode 1), not a subtree bind-mounted or
+        // seen through a cgroup namespace: else calls elsewhere go unseen.
+        let ino = std::os::unix::fs::MetadataExt::ino(
+            &std::fs::metadata(&root).with_context(|| format!("{}", root.display()))?,
+        );
+        if ino != 1 {
+            bail!(
+                "{} is not the root of the cgroup v2 hierarchy (inode {ino}, not 1: a subtree, \
+                 or a cgroup namespace)",
+                root.display()
+            );
+        }
         let cgroup = std::fs::File::open(&root)
             .with_context(|| format!("opening the cgroup v2 root {}", root.display()))?;
         let program: &mut CgroupSockopt = program(&mut self.ebpf, CGROUP_SETSOCKOPT)?.try_into()?;
