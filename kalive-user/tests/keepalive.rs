@@ -976,6 +976,10 @@ fn live_acks_take_only_what_the_kernel_accepts() {
         (0..100).contains(&delay_ms),
         "{delay_ms} ms after the ACK: {ack}"
     );
+    // Let the server speak again so that both ends close, and no socket
+    // outlives the test retransmitting into a deleted namespace.
+    ns.nft(&["delete", "table", "ip", "kalive_live"])
+        .expect("nft");
     c.server.close_stdin();
 }
 

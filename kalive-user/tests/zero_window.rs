@@ -293,3 +293,63 @@ fn dead_peer_exhausts_retries() {
         1
     );
 }
+
+/// Zero-window probes count in the same kernel field as keepalive probes
+/// (`icsk_probes_out`), and the keepalive timer keeps firing (without probing)
+/// while the window is shut. Keepalive probes answered first, then a shut
+/// window and a peer gone silent: the zero-window probes must not be taken for
+/// keepalive probes whose callbacks went unseen (`probe_sent` with `late`).
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn zero_window_probes_are_not_keepalive_probes() {
+    let mut kalive = Kalive::shared();
+    let net = Topology::new("zwka");
+    sh_sysctl(&net.server, "net.ipv4.tcp_invalid_ratelimit=0");
+    let listen = Family::V4.listen_addr();
+    let mut server = Peer::spawn(&net.server, &["serve", &listen, "--rcvbuf", "4096"]);
+    server.expect("listening");
+    let target = Family::V4.server_addr();
+    let mut client = Peer::spawn(
+        &net.client,
+        &[
+            "client", &target, "--sndbuf", "4096", "--idle", "1", "--intvl", "1", "--cnt", "60",
+        ],
+    );
+    let info = client.socket("connected");
+    server.socket("server");
+    client.send("go");
+    client.expect("configured");
+    let cookie = info.cookie;
+    // A keepalive probe answered: kalive knows none is out.
+    kalive.wait_until(DEADLINE, |rs| !of(rs, cookie, "probe_acked").is_empty());
+    client.send("fill");
+    assert!(
+        client.expect("filled").ends_with("until=11"),
+        "send until EAGAIN"
+    );
+    kalive.wait_until(DEADLINE, |rs| {
+        !of(rs, cookie, "zero_window_probe_sent").is_empty()
+    });
+    // The peer goes silent: zero-window probes pile up in the count while the
+    // keepalive timer fires every second.
+    let killed = jiff::Timestamp::now().as_microsecond();
+    net.kill_server();
+    kalive.wait_until(DEADLINE, |rs| {
+        of(rs, cookie, "zero_window_probe_sent")
+            .iter()
+            .any(|r| support::ts_micros(r) > killed && num(r, "probes") >= 1)
+    });
+    // Keepalive callbacks with a probe unanswered for longer than the idle
+    // time (1 s), where the count could be misread.
+    std::thread::sleep(Duration::from_millis(3500));
+    kalive.wait_until(DEADLINE, |_| true);
+    let late: Vec<_> = of(&kalive.records, cookie, "probe_sent")
+        .into_iter()
+        .filter(|r| r["late"] == true)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "zero-window probes taken for keepalive probes: {late:?}"
+    );
+    server.close_stdin();
+}
