@@ -713,9 +713,11 @@ fn answered_probe<'a>(records: &[&'a Value], ack: usize) -> &'a Value {
 }
 
 /// By default no program runs per segment: an answer is noticed at the
-/// socket's next keepalive timer, and its `ts` is the kernel's time of the ACK
-/// (`rcv_tstamp`), which followed the probe by a round trip on a veth: within a
-/// jiffy of the probe's own time.
+/// socket's next keepalive timer (2 s later here), and its `ts` is the
+/// kernel's time of the ACK (`rcv_tstamp`, to the jiffy), which followed the
+/// probe by a round trip on a veth: from a jiffy before the probe's own time
+/// to a round trip after it (under the VM's emulation a round trip took 6.6 ms
+/// once; 50 ms is allowed, far below the 2 s at which the answer is noticed).
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn answers_come_at_the_next_timer_with_the_kernels_time() {
@@ -744,7 +746,7 @@ fn answers_come_at_the_next_timer_with_the_kernels_time() {
         let probe = answered_probe(&records, i);
         let after_us = support::ts_micros(ack) - support::ts_micros(probe);
         assert!(
-            (-jiffy_us..=jiffy_us + 2000).contains(&after_us),
+            (-jiffy_us..=50_000).contains(&after_us),
             "answer {after_us} us after the probe: records:\n{}",
             kalive.dump()
         );
