@@ -14,7 +14,7 @@ use aya_ebpf::{
     macros::{cgroup_sockopt, tracepoint},
     programs::{SockoptContext, TracePointContext},
 };
-use kalive_common::{AckSeen, FLAG_KEEPALIVE, FLAG_USER_TIMEOUT, Kind};
+use kalive_common::{AckSeen, FLAG_KEEPALIVE, FLAG_USER_TIMEOUT, Kind, Record};
 
 use crate::{
     emit::{answered, emit, learn_owner},
@@ -107,11 +107,7 @@ fn keepalive_option(ctx: &SockoptContext) {
             Err(_) => return,
         },
     };
-    let owner = learn_owner(sk);
-    // An answer not noticed yet comes first: turning keepalive off stops the
-    // timer that would notice it.
-    answered(sk, AckSeen::Setsockopt);
-    emit(Kind::KeepaliveSet, sk, 0, Some(&owner), |r| match set {
+    keepalive_set(sk, |r| match set {
         Setting::Enabled(true) => r.flags |= FLAG_KEEPALIVE,
         Setting::Enabled(false) => r.flags &= !FLAG_KEEPALIVE,
         Setting::Idle(v) => r.keepidle = v,
@@ -179,14 +175,19 @@ pub fn sys_exit_setsockopt(ctx: TracePointContext) -> u32 {
     if !sk.is_tcp() {
         return 0;
     }
+    keepalive_set(sk, |r| r.fd = fd as i32);
+    0
+}
+
+/// Reports that the calling process configured keepalive on `sk`: the record
+/// as the socket reads, then `extra`.
+#[inline(always)]
+fn keepalive_set(sk: Sock, extra: impl FnOnce(&mut Record)) {
     // The caller owns the socket; the record names the caller even if the map
     // of owners is full.
     let owner = learn_owner(sk);
     // An answer not noticed yet comes first: turning keepalive off stops the
     // timer that would notice it.
     answered(sk, AckSeen::Setsockopt);
-    emit(Kind::KeepaliveSet, sk, 0, Some(&owner), |r| {
-        r.fd = fd as i32
-    });
-    0
+    emit(Kind::KeepaliveSet, sk, 0, Some(&owner), extra);
 }
