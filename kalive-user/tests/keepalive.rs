@@ -7,7 +7,7 @@ mod support;
 use std::{net::IpAddr, time::Duration};
 
 use serde_json::Value;
-use support::{Connection, Family, Kalive, Topology, connect};
+use support::{Connection, Family, Kalive, connect};
 
 /// Long enough for a keepalive timeout of a few seconds on a loaded machine.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -852,36 +852,6 @@ fn live_acks_report_at_once() {
     c.server.close_stdin();
 }
 
-/// Drops everything `ns` sends the client, but what carries `mark`.
-fn only_marked_to_client(ns: &kalive_testkit::Netns, mark: u32) {
-    ns.nft(&["add", "table", "ip", "kalive_live"]).expect("nft");
-    ns.nft(&[
-        "add",
-        "chain",
-        "ip",
-        "kalive_live",
-        "output",
-        "{ type filter hook output priority 0; policy accept; }",
-    ])
-    .expect("nft");
-    ns.nft(&[
-        "add",
-        "rule",
-        "ip",
-        "kalive_live",
-        "output",
-        "ip",
-        "daddr",
-        Topology::CLIENT_V4,
-        "meta",
-        "mark",
-        "!=",
-        &mark.to_string(),
-        "drop",
-    ])
-    .expect("nft");
-}
-
 /// `--live-acks` reads a segment before the kernel has checked it, so it must
 /// check what the kernel will: a bare ACK for data never sent, or outside the
 /// receive window, is dropped by the kernel and is no answer; the right ACK
@@ -907,7 +877,7 @@ fn live_acks_take_only_what_the_kernel_accepts() {
         .join()
         .expect("the raw socket's thread")
         .expect("a raw socket");
-    only_marked_to_client(ns, MARK);
+    c.net.mute_server_but_marked(MARK);
     let (client, server) = (c.info.local, c.info.peer);
     let (IpAddr::V4(client_ip), IpAddr::V4(server_ip)) = (client.ip(), server.ip()) else {
         panic!("IPv4 addresses: {client} {server}");
@@ -980,8 +950,7 @@ fn live_acks_take_only_what_the_kernel_accepts() {
     );
     // Let the server speak again so that both ends close, and no socket
     // outlives the test retransmitting into a deleted namespace.
-    ns.nft(&["delete", "table", "ip", "kalive_live"])
-        .expect("nft");
+    c.net.unmute_server();
     c.server.close_stdin();
 }
 

@@ -126,6 +126,22 @@ impl Topology {
 
     /// Drops every packet the server sends to the client.
     pub fn mute_server(&self) {
+        self.server_output_drops(&[
+            &["ip", "daddr", Self::CLIENT_V4],
+            &["ip6", "daddr", Self::CLIENT_V6],
+        ]);
+    }
+
+    /// Drops every IPv4 packet the server sends to the client but those that
+    /// carry `mark` (`SO_MARK`). Undone by [`Self::unmute_server`].
+    pub fn mute_server_but_marked(&self, mark: u32) {
+        let mark = mark.to_string();
+        self.server_output_drops(&[&["ip", "daddr", Self::CLIENT_V4, "meta", "mark", "!=", &mark]]);
+    }
+
+    /// A table of the server's output with a rule dropping what each of
+    /// `matches` matches.
+    fn server_output_drops(&self, matches: &[&[&str]]) {
         let ns = &self.server;
         ns.nft(&["add", "table", "inet", "kalive_test"])
             .expect("nft");
@@ -138,30 +154,12 @@ impl Topology {
             "{ type filter hook output priority 0; policy accept; }",
         ])
         .expect("nft");
-        ns.nft(&[
-            "add",
-            "rule",
-            "inet",
-            "kalive_test",
-            "output",
-            "ip",
-            "daddr",
-            Self::CLIENT_V4,
-            "drop",
-        ])
-        .expect("nft");
-        ns.nft(&[
-            "add",
-            "rule",
-            "inet",
-            "kalive_test",
-            "output",
-            "ip6",
-            "daddr",
-            Self::CLIENT_V6,
-            "drop",
-        ])
-        .expect("nft");
+        for m in matches {
+            let mut rule = vec!["add", "rule", "inet", "kalive_test", "output"];
+            rule.extend_from_slice(m);
+            rule.push("drop");
+            ns.nft(&rule).expect("nft");
+        }
     }
 
     pub fn unmute_server(&self) {
