@@ -446,7 +446,12 @@ pub struct Settings {
     /// every keepalive timer callback that begins with `n - 1` probes out, as
     /// if the kernel had not run them; 0 (always, outside tests) for none.
     pub test_skip_callbacks: u8,
-    pub pad: [u8; 2],
+    /// For tests only (`KALIVE_TEST_DEFER_CALLBACK_END`): the end of a
+    /// keepalive timer callback is looked at a tenth of a second late, as if
+    /// it had taken that long after the callback released the socket (a
+    /// window other CPUs can close sockets in).
+    pub test_defer_callback_end: u8,
+    pub pad: [u8; 1],
     /// `CLOCK_BOOTTIME` when kalive loaded its programs: a probe found late
     /// whose time is before this was sent before kalive watched.
     pub started_ns: u64,

@@ -11,10 +11,7 @@ use crate::{
     kernel::{
         ICSK_TIME_PROBE0, Sock, current_process_comm, layout, netns_ino, setting, timer_expires,
     },
-    maps::{
-        EVENTS, EXITED, LOST, OWNERS, OWNERS_FULL, PIDS, PORTS, PROBING, ZERO_WINDOW,
-        ZERO_WINDOW_LAST,
-    },
+    maps::{EVENTS, EXITED, LOST, OWNERS, PIDS, PORTS, PROBING, ZERO_WINDOW, ZERO_WINDOW_LAST},
 };
 
 /// Jiffies now, truncated like the kernel's `tcp_jiffies32`.
@@ -66,9 +63,7 @@ pub(crate) fn learn_owner(sk: Sock) -> Owner {
         ino,
         comm: current_process_comm(),
     };
-    if OWNERS.insert(&sk.0, &owner, 0).is_err() {
-        count(&OWNERS_FULL);
-    }
+    let _ = OWNERS.insert(&sk.0, &owner, 0);
     owner
 }
 

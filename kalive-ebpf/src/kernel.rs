@@ -23,7 +23,8 @@ pub(crate) static SETTINGS: Settings = Settings {
     timer_start_does: 0,
     live_acks: 0,
     test_skip_callbacks: 0,
-    pad: [0; 2],
+    test_defer_callback_end: 0,
+    pad: [0; 1],
     started_ns: 0,
 };
 

@@ -16,13 +16,11 @@ pub(crate) static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Socket (`struct sock *`) -> the process that owns it, learned in process
 /// context (or found by userspace in procfs). Removed when the socket is
-/// destroyed. Bounded: inserts that fail because it is full are counted.
+/// destroyed; LRU, so that entries whose removal went unseen (a skipped
+/// program) age out instead of filling it. An entry for reused memory is told
+/// stale by its inode ([`Owner::ino`]); an evicted one is found again in procfs.
 #[map]
-pub(crate) static OWNERS: HashMap<u64, Owner> = HashMap::with_max_entries(65536, 0);
-
-/// Inserts into [`OWNERS`] that failed (the map was full), per CPU.
-#[map]
-pub(crate) static OWNERS_FULL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
 
 /// Process (tgid) -> when its last thread exited (`bpf_ktime_get_boot_ns`). An
 /// owner learned before its process exited is stale: another process (a child it
@@ -74,6 +72,11 @@ pub(crate) const WRITE: u8 = 2;
 
 #[map]
 pub(crate) static CALLBACK: PerCpuArray<Callback> = PerCpuArray::with_max_entries(1, 0);
+
+/// Tests only (`Settings::test_defer_callback_end`): a keepalive callback
+/// whose end is looked at later, and when it ended (jiffies).
+#[map]
+pub(crate) static DEFERRED: PerCpuArray<(Callback, u64)> = PerCpuArray::with_max_entries(1, 0);
 
 /// Socket (`struct sock *`) -> the keepalive probe kalive last reported for it
 /// and when the peer was last heard from then: `probes | rcv_tstamp << 32`. A

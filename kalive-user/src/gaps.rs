@@ -17,14 +17,14 @@ const CAPACITY: usize = 1 << 16;
 
 #[derive(Debug, Default)]
 pub struct ProbeGaps {
-    /// Socket (`struct sock *`) -> the probe number of its last record.
+    /// Socket (its cookie) -> the probe number of its last record.
     last: HashMap<u64, u8>,
     /// Probes found missing so far.
     pub unseen: u64,
 }
 
 impl ProbeGaps {
-    /// Takes note of a record of `kind` about socket `sk` with `probes`
+    /// Takes note of a record of `kind` about the socket whose cookie is `sk` with `probes`
     /// unanswered probes; returns how many probes it shows were never reported.
     pub fn see(&mut self, kind: Kind, sk: u64, probes: u8) -> u64 {
         match kind {

@@ -232,7 +232,6 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
         sockets,
         pids: filters.pids.iter().copied().collect(),
         tally: Tally::default(),
-        owners_full_reported: false,
     };
     stream.follow(events, sigint, sigterm).await
 }

@@ -29,7 +29,6 @@ pub struct Stream<W: Write> {
     /// `--pid` values, for records the kernel could not filter.
     pub pids: HashSet<u32>,
     pub tally: Tally,
-    pub owners_full_reported: bool,
 }
 
 /// What became of the records.
@@ -177,11 +176,16 @@ impl<W: Write> Stream<W> {
 
     /// [`Self::handle`] for one record after [`late::expand`].
     fn handle_one(&mut self, mut record: Record) -> io::Result<()> {
+        let write = self.complete(&mut record);
         // With --pid, a socket's records stop when another process uses it:
-        // gaps would not mean what they say.
-        if let Some(kind) = record.kind().filter(|_| self.pids.is_empty()) {
+        // gaps would not mean what they say. Keyed by the cookie: a socket's
+        // memory is reused by the next one at once. A socket with none (no
+        // holder to assign one through) is not followed.
+        if let Some(kind) = record.kind().filter(|_| self.pids.is_empty())
+            && record.cookie != 0
+        {
             let before = self.tally.gaps.unseen;
-            if self.tally.gaps.see(kind, record.sk, record.probes) > 0 && before == 0 {
+            if self.tally.gaps.see(kind, record.cookie, record.probes) > 0 && before == 0 {
                 say!(
                     "some keepalive probes have no record (gaps in their sockets' \
                      probe numbers); the count is in the summary at exit"
@@ -198,9 +202,7 @@ impl<W: Write> Stream<W> {
             }
             self.tally.late += 1;
         }
-        if self.complete(&mut record)
-            && let Some(event) = self.decoder.event(&record)
-        {
+        if write && let Some(event) = self.decoder.event(&record) {
             self.writer.event(&event)?;
             self.tally.written += 1;
         }
@@ -305,13 +307,6 @@ impl<W: Write> Stream<W> {
                 );
             }
             self.tally.skipped = skipped;
-        }
-        if !self.owners_full_reported && self.tracer.owners_full().map_err(io::Error::other)? > 0 {
-            self.owners_full_reported = true;
-            say!(
-                "the kernel's map of socket owners is full; owners of more sockets \
-                 come from /proc scans (slower, and not filtered in the kernel)"
-            );
         }
         Ok(())
     }

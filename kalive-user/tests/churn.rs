@@ -3,6 +3,11 @@
 //! of socket owners holds): the map and kalive's resident memory stay flat, and
 //! the records of the last sockets are still right. `KALIVE_CHURN_SECS` changes
 //! the three minutes (at least 30 s).
+//!
+//! A second kalive runs beside it without its program on `tcp_destroy_sock`,
+//! as if the kernel had skipped every run of it: nothing removes its owners,
+//! and its map must still take the last sockets' owners (it forgets the least
+//! recently used) instead of filling up.
 
 use std::{
     fs,
@@ -86,12 +91,13 @@ fn entries(id: u64) -> usize {
     bpftool_map("dump", id).as_array().map_or(0, Vec::len)
 }
 
-/// kalive, started and tracing; every record it writes is counted, and those
-/// of connections to port 7777 (the last sockets) kept.
-fn start_kalive() -> (KillOnDrop, Arc<AtomicU64>, Arc<Mutex<Vec<Value>>>) {
+/// kalive, started with `env` and tracing; every record it writes is counted,
+/// and those of connections to port 7777 (the last sockets) kept.
+fn start_kalive(env: &[(&str, &str)]) -> (KillOnDrop, Arc<AtomicU64>, Arc<Mutex<Vec<Value>>>) {
     let mut kalive = Command::new(env!("CARGO_BIN_EXE_kalive"))
         .args(["--format", "json"])
         .env_remove("KALIVE_BACKEND")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -127,13 +133,35 @@ fn start_kalive() -> (KillOnDrop, Arc<AtomicU64>, Arc<Mutex<Vec<Value>>>) {
     (KillOnDrop(kalive), lines, kept)
 }
 
+/// The kept records of the socket whose cookie is `cookie`, once they include
+/// its `keepalive_timeout` (within 30 s).
+fn until_timeout(kept: &Mutex<Vec<Value>>, cookie: u64) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let events: Vec<Value> = kept
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|r| r["cookie"] == cookie)
+            .cloned()
+            .collect();
+        if events.iter().any(|r| r["event"] == "keepalive_timeout") {
+            return events;
+        }
+        assert!(Instant::now() < deadline, "no timeout: {events:?}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn churn_leaves_memory_flat() {
     let _alone = alone();
     let churn_secs = churn_secs();
-    let (mut kalive, lines, kept) = start_kalive();
+    let (mut kalive, lines, kept) = start_kalive(&[]);
     let pid = kalive.0.id();
+    let (mut leaky, _, leaky_kept) = start_kalive(&[("KALIVE_TEST_WITHHOLD", "tcp_destroy_sock")]);
+    let leaky_owners = map_id(leaky.0.id(), "OWNERS");
 
     let owners = map_id(pid, "OWNERS");
     let ns = Netns::new("churn").expect("a network namespace");
@@ -192,21 +220,7 @@ fn churn_leaves_memory_flat() {
     c.net.kill_server();
     assert_eq!(c.client.expect("recv_error"), "recv_error errno=110");
     let cookie = c.info.cookie;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let events = loop {
-        let events: Vec<Value> = kept
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|r| r["cookie"] == cookie)
-            .cloned()
-            .collect();
-        if events.iter().any(|r| r["event"] == "keepalive_timeout") {
-            break events;
-        }
-        assert!(Instant::now() < deadline, "no timeout: {events:?}");
-        thread::sleep(Duration::from_millis(100));
-    };
+    let events = until_timeout(&kept, cookie);
     let probes: Vec<_> = events
         .iter()
         .filter(|r| r["event"] == "probe_sent")
@@ -216,8 +230,18 @@ fn churn_leaves_memory_flat() {
         assert_eq!(r["pid"], c.info.pid, "{r}");
         assert_eq!(r["comm"], "tcp_peer", "{r}");
     }
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(i32::try_from(pid).expect("pid"), libc::SIGINT) };
-    assert!(kalive.0.wait().expect("wait").success());
+    // The kalive whose owners were never removed has its map full, and still
+    // learned the last sockets' owners in the kernel.
+    assert_eq!(entries(leaky_owners) as u64, max_entries(leaky_owners));
+    let leaky_events = until_timeout(&leaky_kept, cookie);
+    for r in &leaky_events {
+        assert_eq!(r["pid"], c.info.pid, "{r}");
+        assert_eq!(r["owner"], "kernel", "{r}");
+    }
+    for child in [&mut kalive, &mut leaky] {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(i32::try_from(child.0.id()).expect("pid"), libc::SIGINT) };
+        assert!(child.0.wait().expect("wait").success());
+    }
     c.server.close_stdin();
 }

@@ -578,12 +578,56 @@ fn overflow_is_counted_not_silent() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn peer_reset_answers_probe() {
-    let mut kalive = Kalive::shared();
-    let mut c = connect(
-        "rst",
-        Family::V4,
-        &["--idle", "1", "--intvl", "1", "--cnt", "5"],
+    peer_reset("rst", &[], &[], false);
+}
+
+/// The same in `CLOSE_WAIT` (the peer had sent its FIN; keepalive probes go on
+/// until the application closes): the reset gives EPIPE.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn peer_reset_answers_probe_in_close_wait() {
+    peer_reset("rstcw", &[], &["--hold"], true);
+}
+
+/// The callback that sent the probe ends after another CPU processed the
+/// reset: its end, which looks for a close no program saw, finds the socket
+/// closed with an error, and must not take it for its own timeout. The window
+/// (between the callback releasing the socket and its end) is forced open: its
+/// end is looked at 100 ms late, and the application takes the error (which
+/// clears it) only after that, as it could not within the real window.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn peer_reset_after_the_callback_released_the_socket() {
+    let records = peer_reset(
+        "rstlate",
+        &[("KALIVE_TEST_DEFER_CALLBACK_END", "1")],
+        &["--no-read", "--late-error", "500"],
+        false,
     );
+    let kills: Vec<_> = records
+        .iter()
+        .filter(|r| r["event"] == "keepalive_timeout")
+        .collect();
+    assert_eq!(kills.len(), 1, "one verdict: {records:#?}");
+}
+
+/// The peer answers a probe with a reset; returns the socket's records (with
+/// `env`, a kalive of its own's, read half a second after the reset: after any
+/// deferred callback end).
+fn peer_reset(
+    tag: &str,
+    env: &[(&str, &str)],
+    client_args: &[&str],
+    close_wait: bool,
+) -> Vec<Value> {
+    let mut kalive = if env.is_empty() {
+        Kalive::shared()
+    } else {
+        Kalive::start_with_env(&[], env)
+    };
+    let mut args = vec!["--idle", "1", "--intvl", "1", "--cnt", "5"];
+    args.extend_from_slice(client_args);
+    let mut c = connect(tag, Family::V4, &args);
     let ns = &c.net.client;
     let (probes0, aborts0) = (
         ns.counter("TcpExtTCPKeepAlive").expect("nstat"),
@@ -595,17 +639,35 @@ fn peer_reset_answers_probe() {
         rs.iter()
             .any(|r| r["cookie"] == cookie && r["event"] == "probe_acked")
     });
+    if close_wait {
+        c.server.send("shutdown");
+        c.server.expect("shut");
+        c.client.expect("recv_eof");
+    }
     // The server forgets the connection without the client hearing of it...
     c.net.mute_server();
     c.server.send("abort");
     c.server.expect("aborted");
     c.net.unmute_server();
     // ...so the client's next probe is answered with a reset.
-    assert_eq!(c.client.expect("recv_error"), "recv_error errno=104");
+    let (errno, error) = if close_wait {
+        (32, "EPIPE")
+    } else {
+        (104, "ECONNRESET")
+    };
+    assert_eq!(
+        c.client.expect("recv_error"),
+        format!("recv_error errno={errno}")
+    );
     kalive.wait_until(DEADLINE, |rs| {
         rs.iter()
             .any(|r| r["cookie"] == cookie && r["event"] == "keepalive_timeout")
     });
+    if !env.is_empty() {
+        // Five times the deferral, for a verdict that should not come.
+        std::thread::sleep(Duration::from_millis(500));
+        kalive.drain();
+    }
     let records = kalive.socket(cookie);
     assert_identity(&records, &c, Family::V4);
     let last = records.last().expect("records");
@@ -615,10 +677,11 @@ fn peer_reset_answers_probe() {
         "records:\n{}",
         kalive.dump()
     );
-    assert_eq!(last["error"], "ECONNRESET");
+    assert_eq!(last["error"], error);
     assert_eq!(last["cause"], "peer_reset");
     assert_eq!(last["state"], "CLOSE");
     assert!(ms(last, "probes") >= 1, "{last}");
+    assert!(ms(last, "idle_ms") >= 1000, "silent for keepidle: {last}");
     let previous = records[records.len() - 2];
     assert_eq!(previous["event"], "probe_sent", "the reset answers a probe");
     let sent = records
@@ -634,6 +697,63 @@ fn peer_reset_answers_probe() {
         0,
         "a reset, not a timeout"
     );
+    records.into_iter().cloned().collect()
+}
+
+/// A probe goes unanswered; then the peer sends data, which the client's fast
+/// path takes without `tcp_ack()`: the kernel's count of probes out stays 1
+/// (`ss` shows it). The peer's application then aborts. The connection was
+/// talking: the reset is no answer to a probe, and no keepalive verdict.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn a_reset_after_data_is_no_keepalive_verdict() {
+    let mut kalive = Kalive::start(&["--state-changes"]);
+    let mut c = connect(
+        "rststale",
+        Family::V4,
+        &["--idle", "3", "--intvl", "1", "--cnt", "5", "--no-read"],
+    );
+    let cookie = c.info.cookie;
+    c.client.send("go");
+    c.client.expect("configured");
+    // Data first, so that the client's fast path is on (after the first
+    // segment with data, tcp_data_queue() turns it on). The client does not
+    // read: the memory charged for it leaves room for the next segments,
+    // which the fast path needs.
+    c.server.send("send 2");
+    c.server.expect("sent");
+    c.net.mute_server();
+    kalive.wait_until(DEADLINE, |rs| {
+        rs.iter()
+            .any(|r| r["cookie"] == cookie && r["event"] == "probe_sent")
+    });
+    c.net.unmute_server();
+    c.server.send("send 1");
+    c.server.expect("sent");
+    let timers = c
+        .net
+        .client
+        .exec("ss", &["-tnoH", "state", "established"])
+        .expect("ss");
+    assert!(
+        timers.contains("timer:(keepalive,") && timers.contains(",1)"),
+        "the data left the kernel's count of probes at 1: {timers}"
+    );
+    c.server.send("abort");
+    c.server.expect("aborted");
+    assert_eq!(c.client.expect("recv_error"), "recv_error errno=104");
+    // The close is reported after any verdict on it.
+    kalive.wait_until(DEADLINE, |rs| {
+        rs.iter()
+            .any(|r| r["cookie"] == cookie && r["event"] == "state_change" && r["state"] == "CLOSE")
+    });
+    let records = kalive.socket(cookie);
+    assert!(
+        !records.iter().any(|r| r["event"] == "keepalive_timeout"),
+        "records:\n{}",
+        kalive.dump()
+    );
+    c.server.close_stdin();
 }
 
 /// Data from the peer while probes are out answers them if, and only if, the

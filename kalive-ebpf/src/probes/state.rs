@@ -23,6 +23,14 @@ const TCP_FIN_WAIT2: u64 = TcpState::FinWait2 as u64;
 pub(crate) const TCP_CLOSE: u64 = TcpState::Close as u64;
 const TCP_LISTEN: u64 = TcpState::Listen as u64;
 const ECONNRESET: u32 = 104;
+const EPIPE: u32 = 32;
+
+/// Whether `err` is what `tcp_reset()` gives: `ECONNRESET`, or `EPIPE` in
+/// `CLOSE_WAIT` (`tcp_disconnect()`, an abort, gives `ECONNRESET` too). Never
+/// `tcp_write_err()`'s, which is `ETIMEDOUT` or a soft error from ICMP.
+pub(crate) const fn is_reset(err: u32) -> bool {
+    err == ECONNRESET || err == EPIPE
+}
 
 hook!(
     "inet_sock_set_state",
@@ -121,14 +129,25 @@ pub(crate) fn killed_by(sk: Sock, old: u64, err: u32, cb: &mut Callback) -> Opti
     }
     // tcp_reset(): the peer answered with RST while keepalive probes were out
     // (not zero-window probes): a rebooted peer answering a probe.
-    if err == ECONNRESET
+    if is_reset(err)
         && sk.keepalive_on()
         && sk.probes_out() > 0
         && sk.pending() != ICSK_TIME_PROBE0
+        && probe_due(sk)
     {
         return Some((Kind::KeepaliveTimeout, CAUSE_PEER_RESET));
     }
     None
+}
+
+/// Whether `sk` has been silent for its keepalive idle time or longer, by the
+/// kernel's measure (`keepalive_time_elapsed()`): its last probe left at most
+/// an interval ago, unanswered. Data the fast path takes without `tcp_ack()`
+/// leaves `icsk_probes_out` as it was; a reset soon after such data ends a
+/// connection that was talking, not one keepalive found dead.
+fn probe_due(sk: Sock) -> bool {
+    let (idle, _, _) = sk.keepalive_config(sk.net());
+    jiffies32().wrapping_sub(sk.last_heard()) >= idle
 }
 
 /// Reports that `kind` (for `cause`) kills `sk`, which closes now (or has just

@@ -27,10 +27,10 @@ use crate::{
         zero_window_probed_again, zero_window_probing,
     },
     kernel::{ICSK_TIME_PROBE0, Sock, layout, setting, timer_expires, timer_function},
-    maps::{CALLBACK, Callback, KEEPALIVE, SEEN_CLOSE, SEEN_PROBE, SEEN_REARM, WRITE},
+    maps::{CALLBACK, Callback, DEFERRED, KEEPALIVE, SEEN_CLOSE, SEEN_PROBE, SEEN_REARM, WRITE},
 };
 
-use super::state::{TCP_CLOSE, killed_by, report_kill};
+use super::state::{TCP_CLOSE, is_reset, killed_by, report_kill};
 
 /// Which of TCP's timers `timer` is, and its socket.
 fn tcp_timer(timer: u64) -> Option<(u8, Sock)> {
@@ -96,13 +96,40 @@ pub(crate) fn callback_end(timer: u64) {
     };
     // SAFETY: this CPU's slot.
     let cb = unsafe { &mut *cb };
+    let defer = setting!(test_defer_callback_end) != 0;
+    if defer {
+        deferred_end();
+    }
     if timer != 0 && timer != cb.timer {
         return;
     }
     if cb.sk != 0 {
-        unseen(cb);
+        if defer && cb.kind == KEEPALIVE {
+            if let Some(later) = DEFERRED.get_ptr_mut(0) {
+                // SAFETY: this CPU's slot.
+                unsafe { *later = (*cb, u64::from(jiffies32())) };
+            }
+        } else {
+            unseen(cb);
+        }
     }
     cb.timer = 0;
+    cb.sk = 0;
+}
+
+/// Tests only: the end of a deferred keepalive callback, looked at from the
+/// end of a later timer callback on this CPU, once a tenth of a second passed.
+fn deferred_end() {
+    let Some(later) = DEFERRED.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot.
+    let (cb, ended) = unsafe { &mut *later };
+    let hz = u64::from(layout!(hz));
+    if cb.sk == 0 || u64::from(jiffies32().wrapping_sub(*ended as u32)) < hz / 10 {
+        return;
+    }
+    unseen(cb);
     cb.sk = 0;
 }
 
@@ -126,6 +153,11 @@ fn unseen(cb: &mut Callback) {
         && u64::from(sk.state()) == TCP_CLOSE
     {
         let err = sk.err();
+        // A reset is never the callback's doing: another CPU processed it (or
+        // an abort) after the callback released the socket, and reported it.
+        if is_reset(err) {
+            return;
+        }
         if let Some((kind, cause)) = killed_by(sk, u64::from(cb.state_before), err, cb) {
             report_kill(sk, 0, kind, cause, err);
         }

@@ -31,7 +31,10 @@ pub fn settings(
         timer_start_does,
         live_acks: u8::from(live_acks),
         test_skip_callbacks: test_skip_callbacks(),
-        pad: [0; 2],
+        test_defer_callback_end: u8::from(
+            std::env::var_os("KALIVE_TEST_DEFER_CALLBACK_END").is_some(),
+        ),
+        pad: [0; 1],
         started_ns: boot_ns(),
     }
 }

@@ -23,7 +23,6 @@ use crate::timings::timed;
 pub struct Tracer {
     ebpf: Ebpf,
     lost: PerCpuArray<MapData, u64>,
-    owners_full: PerCpuArray<MapData, u64>,
     owners: HashMap<MapData, u64, Owner>,
     pub backend: Backend,
     pub attached: Attached,
@@ -80,7 +79,6 @@ impl Tracer {
         let events = RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?)?;
         let tracer = Self {
             lost: PerCpuArray::try_from(take_map(&mut ebpf, "LOST")?)?,
-            owners_full: PerCpuArray::try_from(take_map(&mut ebpf, "OWNERS_FULL")?)?,
             owners: HashMap::try_from(take_map(&mut ebpf, "OWNERS")?)?,
             ebpf,
             backend,
@@ -115,19 +113,11 @@ impl Tracer {
         Ok(sum)
     }
 
-    /// Owners the programs could not remember because their map was full.
-    ///
-    /// # Errors
-    /// When the map cannot be read.
-    pub fn owners_full(&self) -> Result<u64> {
-        Ok(self.owners_full.get(&0, 0)?.iter().sum())
-    }
-
     /// Tells the programs who owns socket `sk` (found in procfs), so that the
     /// next records carry it and the pid filter applies in the kernel.
     ///
     /// # Errors
-    /// When the map is full.
+    /// When the map cannot be written.
     pub fn set_owner(&mut self, sk: u64, owner: &Owner) -> Result<()> {
         self.owners.insert(sk, owner, 0)?;
         Ok(())

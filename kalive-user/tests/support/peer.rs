@@ -12,14 +12,17 @@
 //! tcp_peer pair ADDR      listen, connect, accept; on `close`: close both
 //! tcp_peer serve ADDR [--idle S --intvl S --cnt N] [--fork-accept] [--rcvbuf B]
 //!     accept one connection and hold it, not reading until `read`;
-//!     stdin: `send N`, `read`, `abort`
+//!     stdin: `send N`, `read`, `shutdown` (a FIN), `abort`
 //! tcp_peer client ADDR [--idle S] [--intvl S] [--cnt N] [--user-timeout MS]
 //!                      [--before-connect] [--no-cookie] [--thread] [--comm NAME]
 //!                      [--fork handoff|share] [--no-keepalive] [--sndbuf B]
-//!                      [--comm-hex HEX]
+//!                      [--comm-hex HEX] [--hold] [--no-read] [--late-error MS]
 //!     connect; set the keepalive options after `go` (or before connecting),
 //!     SO_KEEPALIVE first and TCP_KEEPIDLE last;
-//!     then read until the connection fails and print `recv_error errno=N`.
+//!     then read until the connection fails and print `recv_error errno=N`
+//!     (`recv_eof` at the peer's FIN; with `--hold`, then wait in CLOSE_WAIT
+//!     for an error; with `--no-read`, only wait for an error, never read;
+//!     `--late-error`: take the error, which clears it, MS after it shows).
 //!     stdin: `disable` (SO_KEEPALIVE off), `burst N` (TCP_KEEPIDLE N times),
 //!     `send` (one byte), `child send` (one byte, from the forked child),
 //!     `fill` (send until the send buffer is full)
@@ -170,6 +173,11 @@ fn serve(args: &[String]) -> io::Result<()> {
                 });
                 println!("reading");
             }
+            // Send a FIN (shutdown(SHUT_WR)), keep the socket.
+            (["shutdown"], Some(stream)) => {
+                stream.shutdown(std::net::Shutdown::Write)?;
+                println!("shut");
+            }
             (["abort"], Some(stream)) => {
                 kalive_testkit::sockopt::reset_on_close(stream.as_raw_fd()).expect("SO_LINGER");
                 server = None;
@@ -227,6 +235,11 @@ impl Keepalive {
                     opts.comm = Some(bytes);
                 }
                 "--no-keepalive" => opts.no_keepalive = true,
+                "--hold" => opts.hold = true,
+                "--no-read" => opts.no_read = true,
+                "--late-error" => {
+                    opts.late_error_ms = value()?.parse().map_err(io::Error::other)?;
+                }
                 "--sndbuf" => opts.sndbuf = Some(number(value()?)?),
                 "--rcvbuf" => opts.rcvbuf = Some(number(value()?)?),
                 "--fork" => opts.fork = Some(value()?.clone()),
@@ -259,6 +272,13 @@ struct Options {
     /// `SO_SNDBUF` (client) and `SO_RCVBUF` (server).
     sndbuf: Option<i32>,
     rcvbuf: Option<i32>,
+    /// After the peer's FIN, keep the socket (`CLOSE_WAIT`) until it fails.
+    hold: bool,
+    /// Never read: what the peer sends stays queued until the socket fails.
+    no_read: bool,
+    /// Take a failed socket's error (which clears it) only this long after
+    /// the failure shows.
+    late_error_ms: u64,
 }
 
 /// `client ADDR [keepalive flags] [options]`: see the module's documentation.
@@ -380,7 +400,7 @@ fn client_socket(peer: SocketAddr, ka: &Keepalive, opts: &Options) -> io::Result
                             }
                         }
                     });
-                    return read_until_closed(&stream);
+                    return read_until_closed(&stream, None);
                 }
                 child => {
                     println!("forked child={child}");
@@ -401,7 +421,10 @@ fn client_socket(peer: SocketAddr, ka: &Keepalive, opts: &Options) -> io::Result
 
     // Commands arrive while this thread blocks in recv().
     std::thread::spawn(move || commands(fd, to_child));
-    read_until_closed(&stream)
+    if opts.no_read {
+        return wait_for_error(&stream, opts.late_error_ms);
+    }
+    read_until_closed(&stream, opts.hold.then_some(opts.late_error_ms))
 }
 
 /// The client's stdin commands (see the module's documentation).
@@ -483,13 +506,39 @@ fn stream_clone(fd: RawFd) -> std::mem::ManuallyDrop<TcpStream> {
     std::mem::ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) })
 }
 
+/// Waits until the socket fails (`poll()` says `POLLERR` or `POLLHUP`), then
+/// `late_ms` longer, and prints its error (`SO_ERROR`) as `recv_error errno=N`.
+fn wait_for_error(stream: &TcpStream, late_ms: u64) -> io::Result<()> {
+    let mut fds = [libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    }];
+    // SAFETY: `fds` is one valid pollfd.
+    while unsafe { libc::poll(fds.as_mut_ptr(), 1, -1) } < 1 {}
+    std::thread::sleep(std::time::Duration::from_millis(late_ms));
+    let errno = stream
+        .take_error()?
+        .and_then(|err| err.raw_os_error())
+        .unwrap_or(0);
+    println!("recv_error errno={errno}");
+    io::stdout().flush()
+}
+
 /// Reads (and drops) whatever the server sends, until the connection ends.
-fn read_until_closed(stream: &TcpStream) -> io::Result<()> {
+/// With `hold` (`Some(late_ms)`), the end of the peer's data (its FIN) is not
+/// the end: the socket is kept in `CLOSE_WAIT` until it fails
+/// ([`wait_for_error`]).
+fn read_until_closed(stream: &TcpStream, hold: Option<u64>) -> io::Result<()> {
     let mut buf = [0u8; 4096];
     loop {
         match (&*stream).read(&mut buf) {
             Ok(0) => {
                 println!("recv_eof");
+                io::stdout().flush()?;
+                if let Some(late_ms) = hold {
+                    return wait_for_error(stream, late_ms);
+                }
                 break;
             }
             Ok(_) => {}
