@@ -237,6 +237,7 @@ mod tests {
             Kind::ProbeSent => What::ProbeSent {
                 next_ms: 1000,
                 late: false,
+                sent: true,
             },
             Kind::ProbeAcked => What::ProbeAcked {
                 seen_at: AckSeen::KeepaliveTimer,

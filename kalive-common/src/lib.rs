@@ -27,8 +27,9 @@ kinds! {
         StateChange = 1 => "state_change" { old_state: TcpState },
         /// Keepalive was enabled, disabled or re-configured by `setsockopt`.
         KeepaliveSet = 2 => "keepalive_set" { enabled: bool },
-        /// The keepalive timer sent a probe.
-        ProbeSent = 3 => "probe_sent" { next_ms: u64, late: bool },
+        /// The keepalive timer sent a probe, or (`sent` false) tried to and
+        /// could not: the kernel counts both.
+        ProbeSent = 3 => "probe_sent" { next_ms: u64, late: bool, sent: bool },
         /// The peer answered while keepalive probes were out.
         ProbeAcked = 4 => "probe_acked" { seen_at: AckSeen },
         /// The keepalive timer killed the connection.
@@ -155,6 +156,11 @@ pub const FLAG_UNFILTERED: u8 = 1 << 3;
 /// [`Record::cause`] says how many probes it stands for: this one and those
 /// before it, one `keepintvl` apart (userspace writes one record for each).
 pub const FLAG_LATE: u8 = 1 << 4;
+/// [`Record::flags`] of a [`Kind::ProbeSent`]: the keepalive timer tried to
+/// send a probe and could not (`tcp_write_wakeup()` > 0: local congestion, a
+/// full device queue). The kernel counts it (`TcpExtTCPKeepAlive`) but not in
+/// `icsk_probes_out`, and tries again in 500 ms (`TCP_RESOURCE_PROBE_INTERVAL`).
+pub const FLAG_UNSENT: u8 = 1 << 5;
 
 /// [`OwnerSource::Unknown`] as the programs write it.
 pub const OWNER_UNKNOWN: u8 = OwnerSource::Unknown as u8;

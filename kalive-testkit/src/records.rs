@@ -41,7 +41,7 @@ mod tests {
         assert_eq!(value["count"], 12);
         assert!(parse("{\"event\":\"probe_sent\"}").is_err());
         // A probe_sent whose socket does not read (a state kalive has no name for).
-        let odd = "{\"ts\":\"2026-11-22T03:50:14.364912Z\",\"event\":\"probe_sent\",\"next_ms\":1,\"late\":false,\
+        let odd = "{\"ts\":\"2026-11-22T03:50:14.364912Z\",\"event\":\"probe_sent\",\"next_ms\":1,\"late\":false,\"sent\":true,\
             \"pid\":1,\"comm\":\"x\",\"owner\":\"kernel\",\"shared\":false,\"family\":\"ipv4\",\
             \"saddr\":\"10.0.0.1\",\"sport\":1,\"daddr\":\"10.0.0.2\",\"dport\":2,\"netns\":3,\
             \"cookie\":4,\"state\":\"NO_SUCH_STATE\",\"probes\":1,\"idle_ms\":5,\"keepidle_ms\":6,\

@@ -3,7 +3,7 @@
 //! what users read ([`Event`]).
 
 use kalive_common::{
-    FLAG_LATE, Record,
+    FLAG_LATE, FLAG_UNSENT, Record,
     event::{AckSeen, Cause, Errno, Event, Family, Kind, OwnerSource, Socket, TcpState, What},
 };
 
@@ -76,6 +76,7 @@ impl Decoder {
             Kind::ProbeSent => What::ProbeSent {
                 next_ms: self.ms(r.next),
                 late: r.flags & FLAG_LATE != 0,
+                sent: r.flags & FLAG_UNSENT == 0,
             },
             Kind::ProbeAcked => What::ProbeAcked {
                 seen_at: AckSeen::from_u8(r.cause).unwrap_or(AckSeen::Unknown),

@@ -129,7 +129,7 @@ mod tests {
         assert_eq!(
             render(Format::Json, &[r]),
             "{\"ts\":\"1970-01-01T00:00:01.001500Z\",\"event\":\"probe_sent\",\"next_ms\":1000,\
-             \"late\":false,\"pid\":4242,\"comm\":\"curl\",\"owner\":\"kernel\",\"shared\":false,\"family\":\"ipv4\",\
+             \"late\":false,\"sent\":true,\"pid\":4242,\"comm\":\"curl\",\"owner\":\"kernel\",\"shared\":false,\"family\":\"ipv4\",\
              \"saddr\":\"10.0.0.1\",\"sport\":40000,\"daddr\":\"10.0.0.2\",\"dport\":80,\
              \"netns\":4026531840,\"cookie\":77,\"state\":\"ESTABLISHED\",\"probes\":2,\
              \"idle_ms\":2000,\"keepidle_ms\":1000,\"keepintvl_ms\":1000,\"keepcnt\":2,\
@@ -174,6 +174,17 @@ mod tests {
         let mut late = sample(Kind::ProbeSent);
         late.flags |= kalive_common::FLAG_LATE;
         assert_eq!(json(&late)["late"], true);
+        let mut unsent = sample(Kind::ProbeSent);
+        unsent.flags |= kalive_common::FLAG_UNSENT;
+        unsent.next = 125;
+        let v = json(&unsent);
+        assert_eq!(
+            (v["sent"].as_bool(), v["next_ms"].as_u64()),
+            (Some(false), Some(500))
+        );
+        assert!(
+            render(Format::Text, &[unsent]).contains("not sent (local congestion), again in 0.5s")
+        );
 
         let mut zw = sample(Kind::ZeroWindowProbeSent);
         zw.backoff = 3;

@@ -58,13 +58,23 @@ fn detail(event: &Event) -> String {
         What::ProbeSent {
             next_ms,
             late: false,
+            sent: true,
         } => format!("next in {}", seconds(*next_ms)),
         What::ProbeSent {
             next_ms,
             late: true,
+            ..
         } => {
             format!("next in {}, found late", seconds(*next_ms))
         }
+        What::ProbeSent {
+            next_ms,
+            sent: false,
+            ..
+        } => format!(
+            "not sent (local congestion), again in {}",
+            seconds(*next_ms)
+        ),
         What::ProbeAcked {
             seen_at: AckSeen::Segment | AckSeen::Unknown,
         } => "peer answered".to_owned(),

@@ -230,9 +230,11 @@ fn churn_leaves_memory_flat() {
         assert_eq!(r["pid"], c.info.pid, "{r}");
         assert_eq!(r["comm"], "tcp_peer", "{r}");
     }
-    // The kalive whose owners were never removed has its map full, and still
+    // The kalive whose owners were never removed has its map filled (an LRU
+    // map keeps fewer than its maximum: it frees in batches), and still
     // learned the last sockets' owners in the kernel.
-    assert_eq!(entries(leaky_owners) as u64, max_entries(leaky_owners));
+    let leaked = entries(leaky_owners);
+    assert!(leaked > 10_000, "{leaked} owners: nothing removed them");
     let leaky_events = until_timeout(&leaky_kept, cookie);
     for r in &leaky_events {
         assert_eq!(r["pid"], c.info.pid, "{r}");

@@ -756,6 +756,87 @@ fn a_reset_after_data_is_no_keepalive_verdict() {
     c.server.close_stdin();
 }
 
+/// The client's device queue takes nothing (a `pfifo` qdisc of length 0):
+/// the keepalive timer tries to probe and cannot. The kernel counts each try
+/// (`TcpExtTCPKeepAlive`), not in `icsk_probes_out`, and tries again in half a
+/// second. Each try is a `probe_sent` with `"sent": false`, so that
+/// `probe_sent` records equal the kernel's count; once the queue takes packets
+/// again, the next probe is number 1, sent, and answered.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn probes_that_could_not_be_sent() {
+    let mut kalive = Kalive::shared();
+    let mut c = connect(
+        "unsent",
+        Family::V4,
+        &["--idle", "1", "--intvl", "1", "--cnt", "2"],
+    );
+    let cookie = c.info.cookie;
+    let ns = &c.net.client;
+    let probes0 = ns.counter("TcpExtTCPKeepAlive").expect("nstat");
+    let qdisc = |verb: &str, extra: &[&str]| {
+        let mut args = vec!["qdisc", verb, "dev", "veth0", "root"];
+        args.extend_from_slice(extra);
+        ns.exec("tc", &args).expect("tc");
+    };
+    qdisc("add", &["pfifo", "limit", "0"]);
+    c.client.send("go");
+    c.client.expect("configured");
+    let unsent = |r: &Value| r["event"] == "probe_sent" && r["sent"] == false;
+    kalive.wait_until(DEADLINE, |rs| {
+        rs.iter()
+            .filter(|r| r["cookie"] == cookie && unsent(r))
+            .count()
+            >= 3
+    });
+    qdisc("del", &[]);
+    kalive.wait_until(DEADLINE, |rs| {
+        rs.iter()
+            .any(|r| r["cookie"] == cookie && r["event"] == "probe_acked")
+    });
+    c.client.send("disable");
+    c.client.expect("disabled");
+    kalive.wait_until(DEADLINE, |rs| {
+        rs.iter().any(|r| {
+            r["cookie"] == cookie && r["event"] == "keepalive_set" && r["enabled"] == false
+        })
+    });
+    let records = kalive.socket(cookie);
+    let probes: Vec<_> = records
+        .iter()
+        .filter(|r| r["event"] == "probe_sent")
+        .collect();
+    let kernel = ns.counter("TcpExtTCPKeepAlive").expect("nstat") - probes0;
+    assert_eq!(
+        probes.len() as u64,
+        kernel,
+        "one probe_sent per probe the kernel counts: {probes:#?}"
+    );
+    let tries: Vec<_> = probes.iter().filter(|r| unsent(r)).collect();
+    assert!(tries.len() >= 3, "{probes:#?}");
+    for r in &tries {
+        assert_eq!(ms(r, "probes"), 0, "not counted as out: {r}");
+        assert_eq!(ms(r, "next_ms"), 500, "tried again in 500 ms: {r}");
+    }
+    for pair in tries.windows(2) {
+        let gap = gap_ms(pair[0], pair[1]);
+        assert!((450..=650).contains(&gap), "{gap} ms apart: {pair:#?}");
+    }
+    // The first that left is probe 1, and answered.
+    let first_sent = probes
+        .iter()
+        .find(|r| r["sent"] == true)
+        .expect("a probe sent");
+    assert_eq!(ms(first_sent, "probes"), 1, "{first_sent}");
+    assert!(
+        !probes
+            .iter()
+            .any(|r| r["sent"] == true && gap_ms(r, tries[tries.len() - 1]) > 0),
+        "no try after a probe left: {probes:#?}"
+    );
+    c.server.close_stdin();
+}
+
 /// Data from the peer while probes are out answers them if, and only if, the
 /// kernel takes it as an ACK (`tcp_ack()` resets `icsk_probes_out`; its fast
 /// path may skip that for a segment that acks nothing new): kalive follows the

@@ -16,7 +16,7 @@
 //! each does is the cheap filter on the timer's function.
 
 use kalive_common::{
-    AckSeen, Kind, TIMER_START_KEEPALIVE_PROBES, TIMER_START_ZERO_WINDOW_OPEN,
+    AckSeen, FLAG_UNSENT, Kind, TIMER_START_KEEPALIVE_PROBES, TIMER_START_ZERO_WINDOW_OPEN,
     TIMER_START_ZERO_WINDOW_PROBES,
 };
 
@@ -206,10 +206,14 @@ pub(crate) fn write_wakeup_returned(sk: Sock, ret: i64, cookie: u64) {
     };
     // SAFETY: this CPU's slot.
     let cb = unsafe { &mut *cb };
-    if cb.kind != KEEPALIVE || cb.sk != sk.0 || ret > 0 {
+    if cb.kind != KEEPALIVE || cb.sk != sk.0 {
         return;
     }
     cb.seen |= SEEN_PROBE;
+    if ret > 0 {
+        probe_not_sent(sk, cookie);
+        return;
+    }
     let probes = sk.probes_out().wrapping_add(1);
     probing(sk, probes);
     emit(Kind::ProbeSent, sk, cookie, None, |r| {
@@ -316,8 +320,34 @@ fn start<const BTF: bool>(args: Args) {
     cb.seen |= SEEN_REARM;
     if sk.probes_out() <= cb.probes_before {
         // Not idle long enough yet, busy, the socket was locked, or the
-        // probe could not be sent: no probe.
+        // probe could not be sent: no probe numbered. The last is told by the
+        // retry half a second later, after keepidle of silence (a re-arm for
+        // the rest of keepidle comes before that; one because the socket was
+        // locked comes 50 ms later; one while data is in flight, keepidle
+        // later, and keepidle is at least a second).
+        if kind == KEEPALIVE {
+            let hz = u32::from(layout!(hz));
+            let (idle, _, _) = sk.keepalive_config(sk.net());
+            let now = jiffies32();
+            if (timer_expires(timer) as u32).wrapping_sub(now) == hz / 2
+                && now.wrapping_sub(sk.last_heard()) >= idle
+            {
+                probe_not_sent(sk, 0);
+            }
+        }
         return;
     }
     probe_left(kind, timer, sk);
+}
+
+/// The keepalive timer of `sk` tried to send a probe and could not
+/// (`tcp_write_wakeup()` > 0: local congestion). The kernel counts the attempt
+/// in `TcpExtTCPKeepAlive`, not in `icsk_probes_out`, and tries again in half a
+/// second (`TCP_RESOURCE_PROBE_INTERVAL`).
+fn probe_not_sent(sk: Sock, cookie: u64) {
+    let hz = u32::from(layout!(hz));
+    emit(Kind::ProbeSent, sk, cookie, None, |r| {
+        r.next = hz / 2;
+        r.flags |= FLAG_UNSENT;
+    });
 }
