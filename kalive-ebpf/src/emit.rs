@@ -178,11 +178,11 @@ pub(crate) fn caught_up(sk: Sock, keepalive_timer: u64) {
         (ts - started) / intvl_ns + 1
     };
     let missing = u64::from(probes - reported).min(watched) as u8;
-    let rcv = sk.rcv_tstamp();
+    let heard = sk.last_heard();
     emit(Kind::ProbeSent, sk, 0, None, |r| {
         r.ts_ns = ts;
         r.next = intvl;
-        r.idle = last.wrapping_sub(rcv);
+        r.idle = last.wrapping_sub(heard);
         r.flags |= FLAG_LATE;
         r.cause = missing;
     });
@@ -330,7 +330,7 @@ pub(crate) fn emit(
         flags |= FLAG_KEEPALIVE;
     }
     r.idle = if TcpState::from_kernel(r.state).connected() {
-        jiffies32().wrapping_sub(sk.rcv_tstamp())
+        jiffies32().wrapping_sub(sk.last_heard())
     } else {
         IDLE_NONE
     };

@@ -837,6 +837,60 @@ fn probes_that_could_not_be_sent() {
     c.server.close_stdin();
 }
 
+/// `idle_ms` is the kernel's keepalive idle: the time since the later of the
+/// last ACK and the last segment with data. Data the client's fast path takes
+/// updates only the latter (`icsk_ack.lrcvtime`, not `rcv_tstamp`), which `ss`
+/// shows as `lastrcv` below `lastack`; the first probe leaves one `keepidle`
+/// after the last data, and its `idle_ms` says so.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn idle_is_the_kernels() {
+    let mut kalive = Kalive::shared();
+    let mut c = connect(
+        "idle",
+        Family::V4,
+        &["--idle", "1", "--intvl", "1", "--cnt", "9", "--no-read"],
+    );
+    let cookie = c.info.cookie;
+    c.client.send("go");
+    c.client.expect("configured");
+    // Not read by the client: the fast path takes the segments after the
+    // first (see a_reset_after_data_is_no_keepalive_verdict).
+    c.server.send("send 4");
+    c.server.expect("sent");
+    let info = c
+        .net
+        .client
+        .exec("ss", &["-tniH", "state", "established"])
+        .expect("ss");
+    let field = |name: &str| -> u64 {
+        info.split_whitespace()
+            .find_map(|f| f.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {info}"))
+    };
+    let (lastrcv, lastack) = (field("lastrcv:"), field("lastack:"));
+    assert!(
+        lastack >= lastrcv + 100,
+        "data after the last ACK the kernel took: {info}"
+    );
+    kalive.wait_until(DEADLINE, |rs| {
+        rs.iter()
+            .any(|r| r["cookie"] == cookie && r["event"] == "probe_sent")
+    });
+    let records = kalive.socket(cookie);
+    let probe = records
+        .iter()
+        .find(|r| r["event"] == "probe_sent")
+        .expect("a probe");
+    let idle = ms(probe, "idle_ms");
+    assert!(
+        (1000..1080).contains(&idle),
+        "keepidle after the last data: {probe}"
+    );
+    c.server.close_stdin();
+}
+
 /// Data from the peer while probes are out answers them if, and only if, the
 /// kernel takes it as an ACK (`tcp_ack()` resets `icsk_probes_out`; its fast
 /// path may skip that for a segment that acks nothing new): kalive follows the

@@ -154,7 +154,7 @@ fn probe_due(sk: Sock) -> bool {
 /// closed, when the close itself went unseen).
 pub(crate) fn report_kill(sk: Sock, cookie: u64, kind: Kind, cause: u8, err: u32) {
     // Kills come only from connected states: silent this long while connected.
-    let idle = jiffies32().wrapping_sub(sk.rcv_tstamp());
+    let idle = jiffies32().wrapping_sub(sk.last_heard());
     emit(kind, sk, cookie, None, |r| {
         r.error = err;
         r.cause = cause;
