@@ -90,6 +90,22 @@ fn accepted_socket_belongs_to_the_acceptor() {
         assert_eq!(r["comm"], "tcp_acceptor", "{r}");
         assert!(r["owner"] == "procfs" || r["owner"] == "kernel", "{r}");
         assert_eq!(r["sport"], accepted.local.port(), "{r}");
+        // The listener's configuration, inherited.
+        let config = [&r["keepidle_ms"], &r["keepintvl_ms"], &r["keepcnt"]];
+        assert_eq!(config, [1000, 1000, 5], "{r}");
+    }
+    // Set on the listener, reported there; none for the accepted socket, which
+    // made no call (docs/events.md says so).
+    let port = accepted.local.port();
+    let sets: Vec<&Value> = kalive
+        .records
+        .iter()
+        .filter(|r| r["event"] == "keepalive_set" && r["sport"] == port)
+        .collect();
+    assert!(!sets.is_empty(), "the listener's keepalive_set");
+    for r in &sets {
+        assert_eq!(r["state"], "LISTEN", "{r}");
+        assert_ne!(r["cookie"], accepted.cookie, "{r}");
     }
     server.close_stdin();
 }
