@@ -457,7 +457,11 @@ pub struct Settings {
     /// it had taken that long after the callback released the socket (a
     /// window other CPUs can close sockets in).
     pub test_defer_callback_end: u8,
-    pub pad: [u8; 1],
+    /// For tests only (`KALIVE_TEST_SKIP_WRITE_CALLBACKS`): the programs see
+    /// no write-timer callback that begins with `icsk_backoff` `n - 1` or
+    /// more, as when the timer found the socket locked and its work ran later
+    /// from `tcp_release_cb()`, in no callback; 0 for none.
+    pub test_skip_write_callbacks: u8,
     /// `CLOCK_BOOTTIME` when kalive loaded its programs: a probe found late
     /// whose time is before this was sent before kalive watched.
     pub started_ns: u64,

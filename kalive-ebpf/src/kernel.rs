@@ -24,7 +24,7 @@ pub(crate) static SETTINGS: Settings = Settings {
     live_acks: 0,
     test_skip_callbacks: 0,
     test_defer_callback_end: 0,
-    pad: [0; 1],
+    test_skip_write_callbacks: 0,
     started_ns: 0,
 };
 

@@ -237,6 +237,33 @@ fn user_timeout_while_probing() {
     );
 }
 
+/// The write timer that finds its socket locked by the application leaves its
+/// work to `tcp_release_cb()`, which runs it in process context, in no timer
+/// callback: the persist timer's verdict too. Here kalive sees the write
+/// timer's callbacks only until the backoff reaches 2 (its first two probes),
+/// as if the later ones had gone that way: the kill is still reported.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn user_timeout_outside_the_callback() {
+    let mut kalive = Kalive::start_with_env(&[], &[("KALIVE_TEST_SKIP_WRITE_CALLBACKS", "2")]);
+    let mut s = stuck("zwrel", Family::V4, &["--user-timeout", "3000"], |_| {});
+    assert_eq!(s.client.expect("recv_error"), "recv_error errno=110");
+    let cookie = s.info.cookie;
+    kalive.wait_until(DEADLINE, |rs| {
+        !of(rs, cookie, "zero_window_timeout").is_empty()
+    });
+    let records = zero_window_records(&kalive.socket(cookie), &s);
+    let last = records.last().expect("records");
+    assert_eq!(
+        last["event"],
+        "zero_window_timeout",
+        "records:\n{}",
+        kalive.dump()
+    );
+    assert_eq!(last["error"], "ETIMEDOUT");
+    assert_eq!(last["cause"], "user_timeout");
+}
+
 /// The peer dies while its window is shut: `tcp_retries2` unanswered probes,
 /// then the connection is aborted (no RST).
 #[test]

@@ -14,7 +14,7 @@ use super::{Args, hook};
 use crate::{
     emit::{answered, caught_up, emit, forget_probing, forget_zero_window, jiffies32, learn_owner},
     kernel::{ICSK_TIME_PROBE0, Sock, layout, setting},
-    maps::{CALLBACK, Callback, KEEPALIVE, SEEN_CLOSE},
+    maps::{CALLBACK, Callback, KEEPALIVE, SEEN_CLOSE, ZERO_WINDOW},
 };
 
 // The tracepoint's states, as u64 arguments.
@@ -68,13 +68,13 @@ fn set_state<const BTF: bool>(args: Args) {
         // Probes whose callbacks went unseen, before what ends the socket.
         caught_up(sk, sk.keepalive_timer());
         forget_probing(sk);
-        forget_zero_window(sk);
         let err = sk.err();
         let killed = match CALLBACK.get_ptr_mut(0) {
             // SAFETY: this CPU's slot.
             Some(cb) => killed_by(sk, old, err, unsafe { &mut *cb }),
             None => None,
         };
+        forget_zero_window(sk);
         if let Some((kind, cause)) = killed {
             report_kill(sk, cookie, kind, cause, err);
         }
@@ -126,6 +126,14 @@ pub(crate) fn killed_by(sk: Sock, old: u64, err: u32, cb: &mut Callback) -> Opti
         }
         // A retransmission timeout: neither keepalive nor zero window.
         return None;
+    }
+    // The write timer found the socket locked by its application and left its
+    // work to tcp_release_cb(): the persist timer gives up in process context,
+    // in no callback. A timeout (not a reset) of a socket kalive saw probing a
+    // zero window is that.
+    // SAFETY: only presence is checked.
+    if !is_reset(err) && unsafe { ZERO_WINDOW.get(&sk.0) }.is_some() {
+        return Some((Kind::ZeroWindowTimeout, zero_window_cause(sk)));
     }
     // tcp_reset(): the peer answered with RST while keepalive probes were out
     // (not zero-window probes): a rebooted peer answering a probe.

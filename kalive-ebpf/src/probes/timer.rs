@@ -52,6 +52,17 @@ pub(crate) fn callback_begin(kind: u8, timer: u64, sk: Sock) {
     let Some(cb) = CALLBACK.get_ptr_mut(0) else {
         return;
     };
+    let skip_write = setting!(test_skip_write_callbacks);
+    if kind == WRITE && skip_write != 0 && sk.backoff() >= skip_write - 1 {
+        // Tests: as if the callback ran later, in process context (the
+        // socket was locked: tcp_release_cb()).
+        // SAFETY: this CPU's slot.
+        unsafe {
+            (*cb).timer = 0;
+            (*cb).sk = 0;
+        }
+        return;
+    }
     let pending = if kind == WRITE { sk.pending() } else { 0 };
     if kind == KEEPALIVE {
         let skip = setting!(test_skip_callbacks);

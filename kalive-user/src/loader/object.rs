@@ -30,11 +30,11 @@ pub fn settings(
         filter_ports: u8::from(!filters.ports.is_empty()),
         timer_start_does,
         live_acks: u8::from(live_acks),
-        test_skip_callbacks: test_skip_callbacks(),
+        test_skip_callbacks: test_count("KALIVE_TEST_SKIP_CALLBACKS"),
         test_defer_callback_end: u8::from(
             std::env::var_os("KALIVE_TEST_DEFER_CALLBACK_END").is_some(),
         ),
-        pad: [0; 1],
+        test_skip_write_callbacks: test_count("KALIVE_TEST_SKIP_WRITE_CALLBACKS"),
         started_ns: boot_ns(),
     }
 }
@@ -43,8 +43,10 @@ pub fn settings(
 /// keepalive timer callback that begins with N probes out, as when the kernel
 /// does not run them (seen on 6.18 while another program attaches to the timer
 /// tracepoints). The probes those callbacks send must still be reported.
-fn test_skip_callbacks() -> u8 {
-    std::env::var("KALIVE_TEST_SKIP_CALLBACKS")
+/// `KALIVE_TEST_SKIP_WRITE_CALLBACKS=N`: every write-timer callback that
+/// begins with a backoff of N or more. Returns N + 1, or 0 when unset.
+fn test_count(variable: &str) -> u8 {
+    std::env::var(variable)
         .ok()
         .and_then(|n| n.parse::<u8>().ok())
         .map_or(0, |n| n.saturating_add(1))
