@@ -56,6 +56,8 @@ pub(crate) struct Callback {
     /// [`SEEN_CLOSE`]. What none saw is looked for when the callback ends.
     pub(crate) seen: u8,
     pub(crate) pad: [u8; 3],
+    /// Jiffies when the callback began.
+    pub(crate) began: u32,
 }
 
 /// [`Callback::seen`]: the callback re-armed its own timer (`timer_start`).

@@ -1000,8 +1000,11 @@ fn answers_come_at_the_next_timer_with_the_kernels_time() {
         assert_eq!(ack["probes"], 0, "{ack}");
         let probe = answered_probe(&records, i);
         let after_us = support::ts_micros(ack) - support::ts_micros(probe);
+        // The answer's time is a jiffy count, read against the nanosecond
+        // clock: up to a jiffy early; two, where ticks come late (the VM's
+        // emulated CPU).
         assert!(
-            (-jiffy_us..=50_000).contains(&after_us),
+            (-2 * jiffy_us..=50_000).contains(&after_us),
             "answer {after_us} us after the probe: records:\n{}",
             kalive.dump()
         );

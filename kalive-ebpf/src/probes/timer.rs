@@ -52,6 +52,9 @@ pub(crate) fn callback_begin(kind: u8, timer: u64, sk: Sock) {
     let Some(cb) = CALLBACK.get_ptr_mut(0) else {
         return;
     };
+    if setting!(test_defer_callback_end) != 0 {
+        deferred_end(sk.0);
+    }
     let skip_write = setting!(test_skip_write_callbacks);
     if kind == WRITE && skip_write != 0 && sk.backoff() >= skip_write - 1 {
         // Tests: as if the callback ran later, in process context (the
@@ -95,6 +98,7 @@ pub(crate) fn callback_begin(kind: u8, timer: u64, sk: Sock) {
         (*cb).pending = pending;
         (*cb).state_before = sk.state();
         (*cb).seen = 0;
+        (*cb).began = jiffies32();
     }
 }
 
@@ -109,7 +113,7 @@ pub(crate) fn callback_end(timer: u64) {
     let cb = unsafe { &mut *cb };
     let defer = setting!(test_defer_callback_end) != 0;
     if defer {
-        deferred_end();
+        deferred_end(0);
     }
     if timer != 0 && timer != cb.timer {
         return;
@@ -129,15 +133,19 @@ pub(crate) fn callback_end(timer: u64) {
 }
 
 /// Tests only: the end of a deferred keepalive callback, looked at from the
-/// end of a later timer callback on this CPU, once a tenth of a second passed.
-fn deferred_end() {
+/// end of a later timer callback on this CPU, once a tenth of a second passed;
+/// or, when `before` is its socket, now: its next callback begins (a real
+/// callback ends before its timer can fire again).
+fn deferred_end(before: u64) {
     let Some(later) = DEFERRED.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: this CPU's slot.
     let (cb, ended) = unsafe { &mut *later };
     let hz = u64::from(layout!(hz));
-    if cb.sk == 0 || u64::from(jiffies32().wrapping_sub(*ended as u32)) < hz / 10 {
+    if cb.sk == 0
+        || (cb.sk != before && u64::from(jiffies32().wrapping_sub(*ended as u32)) < hz / 10)
+    {
         return;
     }
     unseen(cb);
@@ -180,13 +188,14 @@ fn unseen(cb: &mut Callback) {
     {
         return;
     }
-    probe_left(cb.kind, cb.timer, sk);
+    // The timer was re-armed from when the callback ran, not from now.
+    probe_left(cb.kind, cb.timer, sk, cb.began);
 }
 
 /// The callback of `timer` (a `kind` timer of `sk`) sent a probe.
-fn probe_left(kind: u8, timer: u64, sk: Sock) {
+fn probe_left(kind: u8, timer: u64, sk: Sock, now: u32) {
     if kind == KEEPALIVE {
-        let next = (timer_expires(timer) as u32).wrapping_sub(jiffies32());
+        let next = (timer_expires(timer) as u32).wrapping_sub(now);
         probing(sk, sk.probes_out());
         emit(Kind::ProbeSent, sk, 0, None, |r| r.next = next);
     } else {
@@ -348,7 +357,7 @@ fn start<const BTF: bool>(args: Args) {
         }
         return;
     }
-    probe_left(kind, timer, sk);
+    probe_left(kind, timer, sk, jiffies32());
 }
 
 /// The keepalive timer of `sk` tried to send a probe and could not

@@ -242,7 +242,7 @@ pub fn build(
     );
     a.host_file(Path::new("/bin/busybox"))
         .context("busybox (apt-get install busybox-static)")?;
-    for tool in ["ip", "nstat", "nft", "sysctl"] {
+    for tool in ["ip", "nstat", "nft", "sysctl", "ss", "tc"] {
         let path = cmd::which(tool).ok_or_else(|| anyhow!("{tool} is not installed"))?;
         a.host_program(&path)?;
     }
