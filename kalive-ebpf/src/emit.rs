@@ -81,7 +81,7 @@ pub(crate) fn process_exited() {
 /// later (see [`PROBING`]).
 pub(crate) fn probing(sk: Sock, probes: u8) {
     let value = u64::from(probes) | u64::from(sk.rcv_tstamp()) << 32;
-    let _ = PROBING.insert(&sk.0, &value, 0);
+    note_probing(sk, value);
 }
 
 /// Reports an answer to `sk`'s keepalive probes if the kernel took one since
@@ -193,7 +193,21 @@ pub(crate) fn caught_up(sk: Sock, keepalive_timer: u64) {
 /// numbered from 1; see [`caught_up`].)
 pub(crate) fn answered_at(sk: Sock, when: u32) {
     let value = u64::from(when) << 32;
-    let _ = PROBING.insert(&sk.0, &value, 0);
+    note_probing(sk, value);
+}
+
+/// Sets `sk`'s entry in [`PROBING`]: in place when it has one. (An update
+/// of an LRU map takes a new element and frees the old one lazily, per CPU:
+/// at 50k sockets probing every second, that churn had entries evicted from a
+/// map with room for all of them, and the probes those entries vouched for
+/// went unreported.)
+fn note_probing(sk: Sock, value: u64) {
+    if let Some(slot) = PROBING.get_ptr_mut(&sk.0) {
+        // SAFETY: a valid element; a racing writer stores as recent a value.
+        unsafe { *slot = value };
+    } else {
+        let _ = PROBING.insert(&sk.0, &value, 0);
+    }
 }
 
 /// Forgets the probes of a socket that closes, is destroyed, or whose answer

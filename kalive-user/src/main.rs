@@ -97,6 +97,14 @@ struct Cli {
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = parse_ring_size)]
     ring_size: u32,
 
+    /// Sockets whose owners and probes the kernel-side maps follow at once
+    /// (1024-4194304). Above it the least recently used are forgotten: owners
+    /// come from /proc again (slower), and a probe the programs did not see
+    /// leave may go unreported. Each socket costs about 200 bytes of kernel
+    /// memory, allocated at start.
+    #[arg(long, value_name = "N", default_value_t = 65536, value_parser = parse_max_sockets)]
+    max_sockets: u32,
+
     /// Once its programs are attached, kalive runs as this user, keeping only
     /// the capabilities it still needs [default: nobody when started as root]
     #[arg(long, value_name = "NAME", value_parser = User::lookup)]
@@ -116,6 +124,14 @@ fn parse_port(value: &str) -> Result<u16, String> {
         Ok(0) => Err("port 0 is not a port a connection uses".to_owned()),
         Ok(port) => Ok(port),
         Err(_) => Err(format!("{value:?} is not a port (1-65535)")),
+    }
+}
+
+fn parse_max_sockets(value: &str) -> Result<u32, String> {
+    match value.parse::<u32>() {
+        Ok(n) if (1024..=1 << 22).contains(&n) => Ok(n),
+        Ok(n) => Err(format!("{n} is not between 1024 and 4194304")),
+        Err(_) => Err(format!("{value:?} is not a number of sockets")),
     }
 }
 
@@ -205,6 +221,7 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
         state_changes: cli.state_changes,
         live_acks: cli.live_acks,
         ring_size: cli.ring_size,
+        max_sockets: cli.max_sockets,
         // Undocumented: exercise the raw_tp fallback (tests).
         raw_only: std::env::var_os("KALIVE_RAW_TRACEPOINTS").is_some_and(|v| v == "1"),
         // Undocumented: exercise the per-hook fallback of the function backends.

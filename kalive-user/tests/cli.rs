@@ -24,6 +24,8 @@ fn bad_values_are_usage_errors() {
     assert_usage_error(&["--ring-size", "1000"], "not a power of two");
     assert_usage_error(&["--ring-size", "2048"], "at least");
     assert_usage_error(&["--ring-size", "lots"], "not a number");
+    assert_usage_error(&["--max-sockets", "100"], "not between 1024 and 4194304");
+    assert_usage_error(&["--max-sockets", "many"], "not a number of sockets");
     assert_usage_error(&["--no-such-flag"], "unexpected argument");
     assert_usage_error(&["--pid", "abc"], "not a process id");
     assert_usage_error(&["--pid", "0"], "pid 0 is not a process");

@@ -64,6 +64,10 @@ enum Cmd {
         /// target/bench-quick.md].
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Only the capacity runs, at these numbers of sockets; their table
+        /// goes to stdout (for looking into one size).
+        #[arg(long, value_name = "SOCKETS")]
+        capacity: Vec<usize>,
     },
     /// (The benchmark's connection holder; see `bench::load::hold`.)
     #[command(hide = true)]
@@ -108,7 +112,17 @@ fn main() -> ExitCode {
             intvl,
             cnt,
         } => bench::hold(addr, n, idle, intvl, cnt),
-        Cmd::Bench { quick, out } => bench::run(&root, quick, out),
+        Cmd::Bench {
+            quick,
+            out,
+            capacity,
+        } => {
+            if capacity.is_empty() {
+                bench::run(&root, quick, out)
+            } else {
+                bench::capacity_only(&root, &capacity)
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -36,6 +36,8 @@ pub struct Config<'a> {
     /// `--live-acks`: the per-segment and per-send/receive hooks too.
     pub live_acks: bool,
     pub ring_size: u32,
+    /// Entries of the per-socket maps (`OWNERS`, `PROBING`).
+    pub max_sockets: u32,
     /// Skip `tp_btf` and use `raw_tp` for every tracepoint (to exercise the
     /// fallback).
     pub raw_only: bool,
@@ -120,7 +122,13 @@ pub fn start_backend(
         timer_start_does,
     );
     let mut ebpf = timed(&mut times.object, || {
-        object::load(btf, config.layout, settings, config.ring_size)
+        object::load(
+            btf,
+            config.layout,
+            settings,
+            config.ring_size,
+            config.max_sockets,
+        )
     })?;
     // Filters are in place before the first program runs.
     object::fill_filters(&mut ebpf, config.filters)?;

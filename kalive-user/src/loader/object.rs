@@ -60,14 +60,22 @@ fn boot_ns() -> u64 {
     })
 }
 
-/// The object, with the layout and settings in its read-only globals and a
-/// ring buffer of `ring_size` bytes.
-pub fn load(btf: &Btf, layout: &Layout, settings: Settings, ring_size: u32) -> Result<Ebpf> {
+/// The object, with the layout and settings in its read-only globals, a
+/// ring buffer of `ring_size` bytes and per-socket maps of `max_sockets`.
+pub fn load(
+    btf: &Btf,
+    layout: &Layout,
+    settings: Settings,
+    ring_size: u32,
+    max_sockets: u32,
+) -> Result<Ebpf> {
     EbpfLoader::new()
         .btf(Some(btf))
         .override_global("LAYOUT", layout, true)
         .override_global("SETTINGS", &settings, true)
         .map_max_entries("EVENTS", ring_size)
+        .map_max_entries("OWNERS", max_sockets)
+        .map_max_entries("PROBING", max_sockets)
         .load(OBJECT)
         .context("loading kalive's BPF object")
 }

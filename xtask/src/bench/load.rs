@@ -125,7 +125,9 @@ pub struct Pair {
     pub addr: SocketAddr,
 }
 
-pub const SERVER_PORT: u16 = 7000;
+/// The server's ports: one (client address, server address, port) tuple has
+/// room for 64k connections, so 100k take two.
+pub const SERVER_PORTS: [u16; 2] = [7000, 7001];
 
 impl Pair {
     pub fn new() -> Result<Self> {
@@ -139,14 +141,15 @@ impl Pair {
         server.ip(&["addr", "add", "10.78.0.2/24", "dev", "eth0"])?;
         client.ip(&["link", "set", "eth0", "up"])?;
         server.ip(&["link", "set", "eth0", "up"])?;
-        // Room for 50k connections from one address, and for their handshakes.
+        // Room for 64k connections per server port from one address, and for
+        // their handshakes.
         client.set_sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
         server.set_sysctl("net.core.somaxconn", "65535")?;
         server.set_sysctl("net.ipv4.tcp_max_syn_backlog", "65535")?;
         Ok(Self {
             client,
             server,
-            addr: SocketAddr::from(([10, 78, 0, 2], SERVER_PORT)),
+            addr: SocketAddr::from(([10, 78, 0, 2], SERVER_PORTS[0])),
         })
     }
 
@@ -161,14 +164,15 @@ impl Pair {
             .ok_or_else(|| anyhow!("no tx drop count in {out}"))
     }
 
-    /// The server stops answering: everything to its port is dropped.
+    /// The server stops answering: everything to its ports is dropped.
     pub fn mute_server(&self) -> Result<()> {
         self.server.exec("nft", &["add table inet kbench"])?;
         self.server.exec(
             "nft",
             &["add chain inet kbench input { type filter hook input priority 0; }"],
         )?;
-        let rule = format!("add rule inet kbench input tcp dport {SERVER_PORT} drop");
+        let [a, b] = SERVER_PORTS;
+        let rule = format!("add rule inet kbench input tcp dport {{ {a}, {b} }} drop");
         self.server.exec("nft", &[&rule]).map(drop)
     }
 }
@@ -222,11 +226,14 @@ impl Connections {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop_listener, stop_rx) = mpsc::channel::<()>();
         let listener = pair.server.run(move || {
-            let listener = listen(SERVER_PORT)?;
+            let listeners = SERVER_PORTS
+                .iter()
+                .map(|&port| listen(port))
+                .collect::<Result<Vec<_>>>()?;
             ready_tx.send(())?;
-            // Listening until told: the connections live in its queue.
+            // Listening until told: the connections live in their queues.
             let _ = stop_rx.recv();
-            drop(listener);
+            drop(listeners);
             Ok(())
         });
         ready_rx
@@ -241,14 +248,19 @@ impl Connections {
             _listener: listener,
             stop_listener,
         };
+        // Each holder connects to one port, in turn: no port has more than
+        // its share of the connections.
         let mut left = n;
+        let mut ports = SERVER_PORTS.iter().cycle();
         while left > 0 {
             let share = left.min(per_holder());
             left -= share;
+            let mut addr = pair.addr;
+            addr.set_port(*ports.next().expect("cycle"));
             let mut child = Command::new("ip")
                 .args(["netns", "exec", pair.client.name()])
                 .arg(&exe)
-                .args(["bench-hold", &pair.addr.to_string()])
+                .args(["bench-hold", &addr.to_string()])
                 .args([share, idle as usize, intvl as usize, cnt as usize].map(|v| v.to_string()))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())

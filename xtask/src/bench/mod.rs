@@ -68,7 +68,7 @@ impl Plan {
                 rounds: 7,
                 load_secs: Duration::from_secs(3),
                 conns: 32,
-                sizes: vec![1_000, 10_000, 50_000],
+                sizes: vec![1_000, 10_000, 50_000, 100_000],
                 capacity_secs: Duration::from_secs(10),
                 startups: 11,
             }
@@ -156,6 +156,8 @@ pub struct Capacity {
     pub lost: u64,
     pub cpu: Duration,
     pub peak_rss: u64,
+    /// The ring buffer kalive was given, MiB.
+    pub ring_mib: u32,
     /// Microseconds from `ts` to the line being read, probes only, sorted.
     pub latency_us: Vec<u64>,
 }
@@ -199,6 +201,24 @@ pub fn run(root: &Path, quick: bool, out: Option<PathBuf>) -> Result<()> {
             command: command.to_owned(),
         },
     )
+}
+
+/// `cargo xtask bench --capacity N...`: only the capacity runs, their table
+/// on stdout.
+pub fn capacity_only(root: &Path, sizes: &[usize]) -> Result<()> {
+    if !cmd::is_root() {
+        bail!("the benchmarks load BPF programs and make network namespaces: run as root");
+    }
+    let kalive = run::build_release(root, Purpose::Test)?;
+    let secs = Plan::new(false).capacity_secs;
+    let mut runs = Vec::new();
+    for &n in sizes {
+        runs.push(capacity_run(&kalive, "tracepoint", n, secs)?);
+    }
+    let mut md = String::new();
+    report::capacity(&mut md, &runs);
+    print!("{md}");
+    Ok(())
 }
 
 /// Runs everything in `plan` and writes the report.
@@ -373,6 +393,9 @@ fn program_costs(kalive: &Path, tracer: &Tracer, plan: &Plan) -> Result<Costs> {
     })
 }
 
+/// The ring buffer the capacity runs give kalive from 50k sockets on.
+pub const BIG_RING: u32 = 32 << 20;
+
 /// `n` idle connections with keepalive 1 s/1 s to a peer that stops
 /// answering: every socket probes every second.
 fn capacity_run(kalive: &Path, backend: &str, n: usize, secs: Duration) -> Result<Capacity> {
@@ -383,12 +406,24 @@ fn capacity_run(kalive: &Path, backend: &str, n: usize, secs: Duration) -> Resul
     // that left. What is still dropped is reported.
     let _backlog = load::Sysctl::raise("net/core/netdev_max_backlog", 2 * n)?;
     let pair = Pair::new()?;
-    let port = load::SERVER_PORT.to_string();
+    let mut args: Vec<String> = load::SERVER_PORTS
+        .iter()
+        .flat_map(|p| ["--port".to_owned(), p.to_string()])
+        .collect();
+    // At 50k sockets and more, probing every second, a burst of records
+    // outgrows the default 1 MiB ring while userspace is behind: room for
+    // about two seconds of them, as a user at that scale would give; and
+    // maps that follow twice as many sockets.
+    if n >= 50_000 {
+        args.extend(["--ring-size".to_owned(), BIG_RING.to_string()]);
+        args.extend(["--max-sockets".to_owned(), (2 * n).to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let before = procs::programs()?;
     let mut running = Running::start(
         &Tracer::Kalive(backend.to_owned()),
         kalive,
-        &["--port", &port],
+        &args,
         &[],
         true,
     )?
@@ -466,6 +501,7 @@ fn capacity_run(kalive: &Path, backend: &str, n: usize, secs: Duration) -> Resul
         lost: tally.lost,
         cpu,
         peak_rss,
+        ring_mib: if n >= 50_000 { BIG_RING >> 20 } else { 1 },
         latency_us,
     })
 }

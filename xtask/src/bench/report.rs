@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 
 use crate::cmd;
 
-use super::{Results, Spread, procs::Tracer, quantile};
+use super::{Capacity, Results, Spread, procs::Tracer, quantile};
 
 const NOTES_MARKER: &str = "<!-- Notes below this line are kept by `cargo xtask bench`. -->";
 
@@ -19,7 +19,7 @@ pub fn write(path: &Path, command: &str, r: &Results) -> Result<()> {
     let mut md = String::new();
     header(&mut md, command, r);
     hot_path(&mut md, r);
-    capacity(&mut md, r);
+    capacity(&mut md, &r.capacity);
     latency(&mut md, r);
     startup(&mut md, r);
     md.push_str(NOTES_MARKER);
@@ -223,20 +223,27 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
-fn capacity(md: &mut String, r: &Results) {
+/// The capacity section, for `runs`.
+pub fn capacity(md: &mut String, runs: &[Capacity]) {
     md.push_str(
         "## 2. Capacity\n\n\
          N idle connections between two network namespaces, keepalive after 1 s, \
          every 1 s, 120 probes; once all are open the server's namespace drops \
          everything to its port, so every socket probes every second. kalive runs \
-         with `--port` on the server's port and JSON output into a pipe the \
-         benchmark reads. Probes are the client namespace's `TcpExtTCPKeepAlive` \
+         with `--port` on the server's ports (two: one client address has room \
+         for 64k connections per port) and JSON output into a pipe the \
+         benchmark reads; from 50k sockets on with `--ring-size` 32 MiB (about \
+         two seconds of records at 100k sockets) and `--max-sockets` twice the \
+         sockets. \
+         Probes are the client namespace's `TcpExtTCPKeepAlive` \
          delta over the run (opening, probing, reset); delivered are the \
          `probe_sent` records for them. The kernel counts attempts: a probe the \
          client's veth drops (its backlog full) is counted, not sent, and TCP \
-         retries it in 500 ms without counting it as a probe, so neither does \
-         kalive; the benchmark raises `net.core.netdev_max_backlog` for the run \
-         and reports the veth's drops. CPU and peak RSS (VmHWM) are kalive's.\n\n\
+         retries it in 500 ms; kalive reports such a try with `\"sent\": false`. \
+         The benchmark raises `net.core.netdev_max_backlog` for the run \
+         and reports the veth's drops. CPU and peak RSS (VmHWM) are kalive's \
+         (RSS counts the pages of the ring buffer kalive has read: the target is \
+         64 MiB plus the ring).\n\n\
          \"Gaps\" are the probes kalive itself reports as having no record (gaps in \
          sockets' probe numbers, in its summary at exit); \"late\" the delivered \
          probes it found only at the socket's next timer, because none of its \
@@ -244,7 +251,7 @@ fn capacity(md: &mut String, r: &Results) {
          | sockets | probing for | probes (kernel) | veth drops | `probe_sent` delivered | late | gaps | all records | `events_lost` | CPU ms per 1k records | peak RSS MiB | targets |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    for c in &r.capacity {
+    for c in runs {
         let complete = c.delivered_probes == c.kernel_probes && c.lost == 0;
         #[expect(clippy::cast_precision_loss, reason = "values far below 2^52")]
         let rss = c.peak_rss as f64 / f64::from(1 << 20);
@@ -253,7 +260,7 @@ fn capacity(md: &mut String, r: &Results) {
         let per_k = per(cpu_us, c.records as f64 / 1000.0) / 1000.0;
         let _ = writeln!(
             md,
-            "| {} | {} s | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.1} | all delivered: {}; RSS < 64 MiB: {} |",
+            "| {} | {} s | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.1} | all delivered: {}; RSS < {} MiB: {} |",
             c.sockets,
             c.secs.as_secs(),
             c.kernel_probes,
@@ -266,11 +273,12 @@ fn capacity(md: &mut String, r: &Results) {
             per_k,
             rss,
             verdict(complete),
-            verdict(rss < 64.0)
+            64 + c.ring_mib,
+            verdict(rss < f64::from(64 + c.ring_mib))
         );
     }
     md.push('\n');
-    for c in &r.capacity {
+    for c in runs {
         if c.recursion_misses.is_empty() {
             let _ = writeln!(
                 md,
