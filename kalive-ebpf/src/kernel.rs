@@ -10,6 +10,8 @@ use aya_ebpf::helpers::{
 };
 use kalive_common::{Layout, Settings};
 
+use crate::emit::jiffies32;
+
 /// Filled in by the loader from the running kernel; see [`Layout`].
 #[unsafe(no_mangle)]
 pub(crate) static LAYOUT: Layout = zeroed_layout();
@@ -243,6 +245,14 @@ impl Sock {
             }
         }
         true
+    }
+
+    /// Whether the peer has been silent for the socket's keepalive idle time
+    /// or longer, by the kernel's measure (`keepalive_time_elapsed()`): what
+    /// `tcp_keepalive_timer()` asks before it probes.
+    pub(crate) fn silent_for_keepidle(self) -> bool {
+        let (idle, _, _) = self.keepalive_config(self.net());
+        jiffies32().wrapping_sub(self.last_heard()) >= idle
     }
 
     /// When the peer was last heard from (jiffies): the later of the last

@@ -700,6 +700,19 @@ fn peer_reset(
     records.into_iter().cloned().collect()
 }
 
+/// Configures the client of `c` (started with `--no-read`), then has the
+/// server send `segments` segments of data, which the client leaves unread.
+/// After the first, its fast path takes them without `tcp_ack()`:
+/// `tcp_data_queue()` turns the fast path on, and the memory charged for
+/// unread data leaves room for the next segments, which it needs (a client
+/// that reads has that memory reclaimed and takes the slow path).
+fn unread_data(c: &mut Connection, segments: u32) {
+    c.client.send("go");
+    c.client.expect("configured");
+    c.server.send(&format!("send {segments}"));
+    c.server.expect("sent");
+}
+
 /// A probe goes unanswered; then the peer sends data, which the client's fast
 /// path takes without `tcp_ack()`: the kernel's count of probes out stays 1
 /// (`ss` shows it). The peer's application then aborts. The connection was
@@ -714,14 +727,7 @@ fn a_reset_after_data_is_no_keepalive_verdict() {
         &["--idle", "3", "--intvl", "1", "--cnt", "5", "--no-read"],
     );
     let cookie = c.info.cookie;
-    c.client.send("go");
-    c.client.expect("configured");
-    // Data first, so that the client's fast path is on (after the first
-    // segment with data, tcp_data_queue() turns it on). The client does not
-    // read: the memory charged for it leaves room for the next segments,
-    // which the fast path needs.
-    c.server.send("send 2");
-    c.server.expect("sent");
+    unread_data(&mut c, 2);
     c.net.mute_server();
     kalive.wait_until(DEADLINE, |rs| {
         rs.iter()
@@ -852,12 +858,7 @@ fn idle_is_the_kernels() {
         &["--idle", "1", "--intvl", "1", "--cnt", "9", "--no-read"],
     );
     let cookie = c.info.cookie;
-    c.client.send("go");
-    c.client.expect("configured");
-    // Not read by the client: the fast path takes the segments after the
-    // first (see a_reset_after_data_is_no_keepalive_verdict).
-    c.server.send("send 4");
-    c.server.expect("sent");
+    unread_data(&mut c, 4);
     let info = c
         .net
         .client

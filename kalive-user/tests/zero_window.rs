@@ -195,24 +195,15 @@ fn answered_then_open_ipv6() {
 fn user_timeout_while_probing() {
     let mut kalive = Kalive::shared();
     let mut s = stuck("zwut", Family::V4, &["--user-timeout", "3000"], |_| {});
-    let ns = &s.net.client;
     let winprobes0 = s.winprobes0;
-    let aborts0 = ns.counter("TcpExtTCPAbortOnTimeout").expect("nstat");
-    assert_eq!(s.client.expect("recv_error"), "recv_error errno=110");
-    let cookie = s.info.cookie;
-    kalive.wait_until(DEADLINE, |rs| {
-        !of(rs, cookie, "zero_window_timeout").is_empty()
-    });
-    let records = zero_window_records(&kalive.socket(cookie), &s);
+    let aborts0 = s
+        .net
+        .client
+        .counter("TcpExtTCPAbortOnTimeout")
+        .expect("nstat");
+    let records = killed_by_user_timeout(&mut kalive, &mut s);
+    let ns = &s.net.client;
     let (last, probes) = records.split_last().expect("records");
-    assert_eq!(
-        last["event"],
-        "zero_window_timeout",
-        "records:\n{}",
-        kalive.dump()
-    );
-    assert_eq!(last["error"], "ETIMEDOUT");
-    assert_eq!(last["cause"], "user_timeout");
     assert_eq!(last["user_timeout_ms"], 3000);
     assert!(
         probes
@@ -247,12 +238,21 @@ fn user_timeout_while_probing() {
 fn user_timeout_outside_the_callback() {
     let mut kalive = Kalive::start_with_env(&[], &[("KALIVE_TEST_SKIP_WRITE_CALLBACKS", "2")]);
     let mut s = stuck("zwrel", Family::V4, &["--user-timeout", "3000"], |_| {});
+    killed_by_user_timeout(&mut kalive, &mut s);
+}
+
+/// The client of `s` fails with ETIMEDOUT; returns its zero-window records,
+/// the last of which says `TCP_USER_TIMEOUT` killed it.
+fn killed_by_user_timeout(kalive: &mut Kalive, s: &mut Stuck) -> Vec<Value> {
     assert_eq!(s.client.expect("recv_error"), "recv_error errno=110");
     let cookie = s.info.cookie;
     kalive.wait_until(DEADLINE, |rs| {
         !of(rs, cookie, "zero_window_timeout").is_empty()
     });
-    let records = zero_window_records(&kalive.socket(cookie), &s);
+    let records: Vec<Value> = zero_window_records(&kalive.socket(cookie), s)
+        .into_iter()
+        .cloned()
+        .collect();
     let last = records.last().expect("records");
     assert_eq!(
         last["event"],
@@ -262,6 +262,7 @@ fn user_timeout_outside_the_callback() {
     );
     assert_eq!(last["error"], "ETIMEDOUT");
     assert_eq!(last["cause"], "user_timeout");
+    records
 }
 
 /// The peer dies while its window is shut: `tcp_retries2` unanswered probes,

@@ -141,21 +141,15 @@ pub(crate) fn killed_by(sk: Sock, old: u64, err: u32, cb: &mut Callback) -> Opti
         && sk.keepalive_on()
         && sk.probes_out() > 0
         && sk.pending() != ICSK_TIME_PROBE0
-        && probe_due(sk)
+        // Silent for keepidle: its last probe left at most an interval ago,
+        // unanswered. Data the fast path takes without tcp_ack() leaves
+        // icsk_probes_out as it was; a reset soon after such data ends a
+        // connection that was talking, not one keepalive found dead.
+        && sk.silent_for_keepidle()
     {
         return Some((Kind::KeepaliveTimeout, CAUSE_PEER_RESET));
     }
     None
-}
-
-/// Whether `sk` has been silent for its keepalive idle time or longer, by the
-/// kernel's measure (`keepalive_time_elapsed()`): its last probe left at most
-/// an interval ago, unanswered. Data the fast path takes without `tcp_ack()`
-/// leaves `icsk_probes_out` as it was; a reset soon after such data ends a
-/// connection that was talking, not one keepalive found dead.
-fn probe_due(sk: Sock) -> bool {
-    let (idle, _, _) = sk.keepalive_config(sk.net());
-    jiffies32().wrapping_sub(sk.last_heard()) >= idle
 }
 
 /// Reports that `kind` (for `cause`) kills `sk`, which closes now (or has just

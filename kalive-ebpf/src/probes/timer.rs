@@ -55,10 +55,17 @@ pub(crate) fn callback_begin(kind: u8, timer: u64, sk: Sock) {
     if setting!(test_defer_callback_end) != 0 {
         deferred_end(sk.0);
     }
-    let skip_write = setting!(test_skip_write_callbacks);
-    if kind == WRITE && skip_write != 0 && sk.backoff() >= skip_write - 1 {
-        // Tests: as if the callback ran later, in process context (the
-        // socket was locked: tcp_release_cb()).
+    // Tests: a keepalive callback as if the kernel had not run its programs;
+    // a write-timer callback as if it ran later, in process context (the
+    // socket was locked: tcp_release_cb()).
+    let skip = if kind == KEEPALIVE {
+        let n = setting!(test_skip_callbacks);
+        n != 0 && sk.probes_out() == n - 1
+    } else {
+        let n = setting!(test_skip_write_callbacks);
+        n != 0 && sk.backoff() >= n - 1
+    };
+    if skip {
         // SAFETY: this CPU's slot.
         unsafe {
             (*cb).timer = 0;
@@ -68,16 +75,6 @@ pub(crate) fn callback_begin(kind: u8, timer: u64, sk: Sock) {
     }
     let pending = if kind == WRITE { sk.pending() } else { 0 };
     if kind == KEEPALIVE {
-        let skip = setting!(test_skip_callbacks);
-        if skip != 0 && sk.probes_out() == skip - 1 {
-            // Tests: as if the kernel had not run this callback's programs.
-            // SAFETY: this CPU's slot.
-            unsafe {
-                (*cb).timer = 0;
-                (*cb).sk = 0;
-            }
-            return;
-        }
         // An ACK since the last probe is found here, at the latest one
         // interval after it (tcp_keepalive_timer() re-arms one apart).
         answered(sk, AckSeen::KeepaliveTimer);
@@ -345,15 +342,11 @@ fn start<const BTF: bool>(args: Args) {
         // the rest of keepidle comes before that; one because the socket was
         // locked comes 50 ms later; one while data is in flight, keepidle
         // later, and keepidle is at least a second).
-        if kind == KEEPALIVE {
-            let hz = u32::from(layout!(hz));
-            let (idle, _, _) = sk.keepalive_config(sk.net());
-            let now = jiffies32();
-            if (timer_expires(timer) as u32).wrapping_sub(now) == hz / 2
-                && now.wrapping_sub(sk.last_heard()) >= idle
-            {
-                probe_not_sent(sk, 0);
-            }
+        if kind == KEEPALIVE
+            && (timer_expires(timer) as u32).wrapping_sub(jiffies32()) == u32::from(layout!(hz)) / 2
+            && sk.silent_for_keepidle()
+        {
+            probe_not_sent(sk, 0);
         }
         return;
     }

@@ -414,7 +414,8 @@ fn capacity_run(kalive: &Path, backend: &str, n: usize, secs: Duration) -> Resul
     // outgrows the default 1 MiB ring while userspace is behind: room for
     // about two seconds of them, as a user at that scale would give; and
     // maps that follow twice as many sockets.
-    if n >= 50_000 {
+    let big = n >= 50_000;
+    if big {
         args.extend(["--ring-size".to_owned(), BIG_RING.to_string()]);
         args.extend(["--max-sockets".to_owned(), (2 * n).to_string()]);
     }
@@ -501,7 +502,8 @@ fn capacity_run(kalive: &Path, backend: &str, n: usize, secs: Duration) -> Resul
         lost: tally.lost,
         cpu,
         peak_rss,
-        ring_mib: if n >= 50_000 { BIG_RING >> 20 } else { 1 },
+        // kalive's default ring is 1 MiB.
+        ring_mib: if big { BIG_RING >> 20 } else { 1 },
         latency_us,
     })
 }
