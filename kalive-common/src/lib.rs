@@ -125,6 +125,11 @@ numbered! {
         Close = 3 => "close",
         /// A keepalive `setsockopt()` on the socket (which may stop the timer).
         Setsockopt = 4 => "setsockopt",
+        /// Not seen: the answer came between a probe and the next one, whose
+        /// timer callback no program saw; told by the socket's count of bare
+        /// ACKs received. Its time is estimated: the probe's, plus as long as
+        /// the peer took to answer the next.
+        Inferred = 5 => "inferred",
     }
 }
 
@@ -386,6 +391,14 @@ pub struct Layout {
     pub tcp_rcv_wup: u32,
     pub tcp_rcv_wnd: u32,
     pub tcp_ts_recent: u32,
+    /// Segments sent, and those with data: the difference counts keepalive
+    /// probes (and bare ACKs), for probes whose callbacks no program saw.
+    pub tcp_segs_out: u32,
+    pub tcp_data_segs_out: u32,
+    /// The same for segments received: the difference counts bare ACKs,
+    /// such as the answers to keepalive probes.
+    pub tcp_segs_in: u32,
+    pub tcp_data_segs_in: u32,
 
     // struct net
     pub net_ns_inum: u32,
@@ -429,8 +442,8 @@ pub struct Layout {
     pub accept4_ret: u32,
 }
 
-// Two u64 and 66 u32 (one of them explicit padding): no hidden padding.
-const _: () = assert!(core::mem::size_of::<Layout>() == 2 * 8 + 66 * 4);
+// Two u64 and 70 u32 (one of them explicit padding): no hidden padding.
+const _: () = assert!(core::mem::size_of::<Layout>() == 2 * 8 + 70 * 4);
 
 /// What the user asked for, handed to the programs as a read-only global.
 #[repr(C)]
@@ -462,10 +475,21 @@ pub struct Settings {
     /// more, as when the timer found the socket locked and its work ran later
     /// from `tcp_release_cb()`, in no callback; 0 for none.
     pub test_skip_write_callbacks: u8,
+    /// For tests only (`KALIVE_TEST_SKIP_PROBING_CALLBACKS`): the programs
+    /// ignore every n-th keepalive timer callback (counted on the host) that
+    /// begins after keepidle of silence, which is one that probes: as when
+    /// the kernel runs no program for a callback, whose probe is then answered
+    /// before the next; 0 for none.
+    pub test_skip_probing_callbacks: u8,
+    /// Keeps `started_ns` aligned without hidden padding (never read).
+    pub pad: [u8; 7],
     /// `CLOCK_BOOTTIME` when kalive loaded its programs: a probe found late
     /// whose time is before this was sent before kalive watched.
     pub started_ns: u64,
 }
+
+// Sixteen bytes of u8 (seven of them explicit padding) and a u64.
+const _: () = assert!(core::mem::size_of::<Settings>() == 16 + 8);
 
 /// [`Settings::timer_start_does`]: keepalive probes (else: `tcp_write_wakeup` returns).
 pub const TIMER_START_KEEPALIVE_PROBES: u8 = 1 << 0;

@@ -27,6 +27,8 @@ pub(crate) static SETTINGS: Settings = Settings {
     test_skip_callbacks: 0,
     test_defer_callback_end: 0,
     test_skip_write_callbacks: 0,
+    test_skip_probing_callbacks: 0,
+    pad: [0; 7],
     started_ns: 0,
 };
 
@@ -266,6 +268,27 @@ impl Sock {
         } else {
             ack
         }
+    }
+
+    /// Segments the socket sent without data: keepalive probes, bare ACKs,
+    /// window updates (`segs_out - data_segs_out`).
+    pub(crate) fn bare_segs_out(self) -> u32 {
+        let all: u32 = read(self.0, layout!(tcp_segs_out));
+        let data: u32 = read(self.0, layout!(tcp_data_segs_out));
+        all.wrapping_sub(data)
+    }
+
+    /// Segments the socket received without data: ACKs, such as the answers
+    /// to keepalive probes (`segs_in - data_segs_in`).
+    pub(crate) fn bare_segs_in(self) -> u32 {
+        let all: u32 = read(self.0, layout!(tcp_segs_in));
+        let data: u32 = read(self.0, layout!(tcp_data_segs_in));
+        all.wrapping_sub(data)
+    }
+
+    /// `tcp_sock.rcv_nxt`: the next sequence number expected from the peer.
+    pub(crate) fn rcv_nxt(self) -> u32 {
+        read(self.0, layout!(tcp_rcv_nxt))
     }
 
     /// `tcp_sock.rcv_tstamp`: jiffies of the last ACK from the peer.

@@ -80,12 +80,45 @@ pub(crate) static CALLBACK: PerCpuArray<Callback> = PerCpuArray::with_max_entrie
 #[map]
 pub(crate) static DEFERRED: PerCpuArray<(Callback, u64)> = PerCpuArray::with_max_entries(1, 0);
 
-/// Socket (`struct sock *`) -> the keepalive probe kalive last reported for it
-/// and when the peer was last heard from then: `probes | rcv_tstamp << 32`. A
-/// lower `icsk_probes_out` later means the kernel took an ACK as the answer
+/// A socket's keepalive as kalive last saw it: its probes, and its timer.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Probing {
+    /// The keepalive probe kalive last reported (`icsk_probes_out` then); 0
+    /// after an answer.
+    pub(crate) probes: u8,
+    /// Whether `probes` and `silent_since` are known: a probe or an answer
+    /// was reported (an entry made when the timer was armed has neither).
+    pub(crate) known: u8,
+    pub(crate) pad: [u8; 2],
+    /// When the peer was last heard from then (`rcv_tstamp`), or when the
+    /// answer came.
+    pub(crate) silent_since: u32,
+    /// `expires` of the keepalive timer when kalive last saw it armed
+    /// (jiffies, truncated); 0 when it saw none. A callback for another
+    /// expiry means the kernel re-armed the timer where no program of
+    /// kalive's ran: in a callback it did not see.
+    pub(crate) armed: u32,
+    /// Then: the segments without data the socket had sent
+    /// ([`Sock::bare_segs_out`](crate::kernel::Sock::bare_segs_out)) ...
+    pub(crate) bare_segs_out: u32,
+    /// ... the next sequence number it expected (`rcv_nxt`) ...
+    pub(crate) rcv_nxt: u32,
+    /// ... and the segments without data it had received
+    /// ([`Sock::bare_segs_in`](crate::kernel::Sock::bare_segs_in)).
+    pub(crate) bare_segs_in: u32,
+}
+
+/// Socket (`struct sock *`) -> its [`Probing`]. A lower `icsk_probes_out`
+/// than the probe reported means the kernel took an ACK as the answer
 /// (`tcp_ack()` resets it). LRU: an entry lost to eviction loses one answer.
 #[map]
-pub(crate) static PROBING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+pub(crate) static PROBING: LruHashMap<u64, Probing> = LruHashMap::with_max_entries(65536, 0);
+
+/// Tests only (`Settings::test_skip_probing_callbacks`): keepalive callbacks
+/// that began after keepidle of silence, on the host.
+#[map]
+pub(crate) static TEST_PROBING_CALLBACKS: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Sockets probing a zero window (`struct sock *`), to report when it opens.
 #[map]

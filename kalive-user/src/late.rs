@@ -3,7 +3,7 @@
 //! because the kernel's count was ahead. They send one record for all of them
 //! (the last probe's, with how many in `cause`); users get one per probe.
 
-use kalive_common::{FLAG_LATE, Kind, Record};
+use kalive_common::{FLAG_LATE, IDLE_NONE, Kind, Record};
 
 /// `record`, or for a late probe standing for several, one record per probe:
 /// numbered up to the last, each one keepalive interval (`hz` jiffies a
@@ -21,9 +21,11 @@ pub fn expand(record: Record, hz: u64) -> impl Iterator<Item = Record> {
         if late {
             r.probes = record.probes - before;
             r.ts_ns = record.ts_ns.saturating_sub(u64::from(before) * intvl_ns);
-            r.idle = record
-                .idle
-                .saturating_sub(u32::from(before) * record.keepintvl);
+            if record.idle != IDLE_NONE {
+                r.idle = record
+                    .idle
+                    .saturating_sub(u32::from(before) * record.keepintvl);
+            }
             r.cause = 0;
         }
         r
@@ -68,6 +70,18 @@ mod tests {
         acked.flags = FLAG_LATE;
         acked.cause = 2;
         assert_eq!(expand(acked, 250).count(), 1);
+    }
+
+    #[test]
+    fn an_unknown_silence_stays_unknown() {
+        let mut r = Record::zeroed(Kind::ProbeSent);
+        r.flags = FLAG_LATE;
+        r.cause = 2;
+        r.probes = 2;
+        r.keepintvl = 250;
+        r.idle = IDLE_NONE;
+        let got: Vec<_> = expand(r, 250).map(|r| r.idle).collect();
+        assert_eq!(got, [IDLE_NONE, IDLE_NONE]);
     }
 
     #[test]

@@ -83,6 +83,10 @@ pub fn discover(btf: &KernelBtf, symbols: &Symbols, tracefs: &Path, hz: u32) -> 
         tcp_rcv_wup: tcp("rcv_wup", 4)?,
         tcp_rcv_wnd: tcp("rcv_wnd", 4)?,
         tcp_ts_recent: tcp("rx_opt.ts_recent", 4)?,
+        tcp_segs_out: tcp("segs_out", 4)?,
+        tcp_data_segs_out: tcp("data_segs_out", 4)?,
+        tcp_segs_in: tcp("segs_in", 4)?,
+        tcp_data_segs_in: tcp("data_segs_in", 4)?,
 
         net_ns_inum: net("ns.inum", 4)?,
         net_keepalive_time: net("ipv4.sysctl_tcp_keepalive_time", 4)?,

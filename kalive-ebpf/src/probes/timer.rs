@@ -23,11 +23,14 @@ use kalive_common::{
 use super::{Args, hook};
 use crate::{
     emit::{
-        answered, caught_up, emit, jiffies32, probing, zero_window_not_probing,
-        zero_window_probed_again, zero_window_probing,
+        answered, caught_up, emit, jiffies32, keepalive_armed, missed_answered, probing,
+        zero_window_not_probing, zero_window_probed_again, zero_window_probing,
     },
     kernel::{ICSK_TIME_PROBE0, Sock, layout, setting, timer_expires, timer_function},
-    maps::{CALLBACK, Callback, DEFERRED, KEEPALIVE, SEEN_CLOSE, SEEN_PROBE, SEEN_REARM, WRITE},
+    maps::{
+        CALLBACK, Callback, DEFERRED, KEEPALIVE, SEEN_CLOSE, SEEN_PROBE, SEEN_REARM,
+        TEST_PROBING_CALLBACKS, WRITE,
+    },
 };
 
 use super::state::{TCP_CLOSE, is_reset, killed_by, report_kill};
@@ -55,12 +58,13 @@ pub(crate) fn callback_begin(kind: u8, timer: u64, sk: Sock) {
     if setting!(test_defer_callback_end) != 0 {
         deferred_end(sk.0);
     }
-    // Tests: a keepalive callback as if the kernel had not run its programs;
-    // a write-timer callback as if it ran later, in process context (the
-    // socket was locked: tcp_release_cb()).
+    // Tests: a keepalive callback as if the kernel had not run its programs
+    // (nor those of the hooks inside it: the slot keeps the timer, with no
+    // socket); a write-timer callback as if it ran later, in process context
+    // (the socket was locked: tcp_release_cb()).
     let skip = if kind == KEEPALIVE {
         let n = setting!(test_skip_callbacks);
-        n != 0 && sk.probes_out() == n - 1
+        (n != 0 && sk.probes_out() == n - 1) || test_skip_probing(sk)
     } else {
         let n = setting!(test_skip_write_callbacks);
         n != 0 && sk.backoff() >= n - 1
@@ -68,7 +72,7 @@ pub(crate) fn callback_begin(kind: u8, timer: u64, sk: Sock) {
     if skip {
         // SAFETY: this CPU's slot.
         unsafe {
-            (*cb).timer = 0;
+            (*cb).timer = if kind == KEEPALIVE { timer } else { 0 };
             (*cb).sk = 0;
         }
         return;
@@ -77,8 +81,10 @@ pub(crate) fn callback_begin(kind: u8, timer: u64, sk: Sock) {
     if kind == KEEPALIVE {
         // An ACK since the last probe is found here, at the latest one
         // interval after it (tcp_keepalive_timer() re-arms one apart).
+        // Probes whose own callbacks went unseen, answered since ...
+        missed_answered(sk, timer);
         answered(sk, AckSeen::KeepaliveTimer);
-        // Probes whose own callbacks went unseen, found one interval later.
+        // ... or still out, found one interval later.
         caught_up(sk, timer);
     } else if pending != ICSK_TIME_PROBE0 {
         // The write timer fires for something else than the persist timer
@@ -96,6 +102,23 @@ pub(crate) fn callback_begin(kind: u8, timer: u64, sk: Sock) {
         (*cb).state_before = sk.state();
         (*cb).seen = 0;
         (*cb).began = jiffies32();
+    }
+}
+
+/// Tests only: whether to ignore this keepalive callback of `sk`, the n-th
+/// on the host to begin after keepidle of silence.
+fn test_skip_probing(sk: Sock) -> bool {
+    let n = setting!(test_skip_probing_callbacks);
+    if n == 0 || !sk.silent_for_keepidle() {
+        return false;
+    }
+    let Some(count) = TEST_PROBING_CALLBACKS.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: a valid slot; tests run one socket at a time.
+    unsafe {
+        *count += 1;
+        *count % u32::from(n) == 0
     }
 }
 
@@ -302,6 +325,18 @@ fn start<const BTF: bool>(args: Args) {
     let Some((kind, sk)) = tcp_timer(timer) else {
         return;
     };
+    let Some(cb) = CALLBACK.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot.
+    let cb = unsafe { &mut *cb };
+    // Tests: the re-arm of a callback ignored as unseen is unseen too.
+    if cb.timer == timer && cb.sk == 0 {
+        return;
+    }
+    if kind == KEEPALIVE && sk.keepalive_on() {
+        keepalive_armed(sk, timer_expires(timer) as u32);
+    }
     let does = setting!(timer_start_does);
     let pending = if kind == WRITE { sk.pending() } else { 0 };
     // The write timer armed for something else than the persist timer: if the
@@ -320,11 +355,6 @@ fn start<const BTF: bool>(args: Args) {
     if does & wanted == 0 {
         return;
     }
-    let Some(cb) = CALLBACK.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's slot.
-    let cb = unsafe { &mut *cb };
     // Only a re-arm from inside the timer's own callback is its verdict; but a
     // write timer that found its socket locked runs later in process context
     // (tcp_release_cb()), and a socket already probing shows whether it did.

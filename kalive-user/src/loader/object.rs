@@ -35,6 +35,9 @@ pub fn settings(
             std::env::var_os("KALIVE_TEST_DEFER_CALLBACK_END").is_some(),
         ),
         test_skip_write_callbacks: test_count("KALIVE_TEST_SKIP_WRITE_CALLBACKS"),
+        test_skip_probing_callbacks: test_count("KALIVE_TEST_SKIP_PROBING_CALLBACKS")
+            .saturating_sub(1),
+        pad: [0; 7],
         started_ns: boot_ns(),
     }
 }
@@ -44,7 +47,9 @@ pub fn settings(
 /// does not run them (seen on 6.18 while another program attaches to the timer
 /// tracepoints). The probes those callbacks send must still be reported.
 /// `KALIVE_TEST_SKIP_WRITE_CALLBACKS=N`: every write-timer callback that
-/// begins with a backoff of N or more. Returns N + 1, or 0 when unset.
+/// begins with a backoff of N or more. `KALIVE_TEST_SKIP_PROBING_CALLBACKS=N`:
+/// every N-th keepalive callback that will probe (counted on the host), whose
+/// probe is then answered unseen. Returns N + 1, or 0 when unset.
 fn test_count(variable: &str) -> u8 {
     std::env::var(variable)
         .ok()
