@@ -214,9 +214,30 @@ fn raise_fd_limit() -> Result<()> {
 /// accept queue, which answers probes until the server is muted, and needs no
 /// descriptors. Closing resets them.
 pub struct Connections {
-    holders: Vec<Child>,
+    holders: Vec<Holder>,
     _listener: thread::JoinHandle<Result<()>>,
     stop_listener: mpsc::Sender<()>,
+}
+
+/// A connection holder process, and its stdout (one line per command).
+struct Holder {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Holder {
+    /// Sends `command` and waits for the holder's answer, which must be `done`.
+    fn ask(&mut self, command: &str) -> Result<()> {
+        let stdin = self.child.stdin.as_mut().expect("piped");
+        writeln!(stdin, "{command}")?;
+        stdin.flush()?;
+        let mut line = String::new();
+        self.out.read_line(&mut line)?;
+        if line.trim() != "done" {
+            bail!("a connection holder failed {command:?}: {line:?}");
+        }
+        Ok(())
+    }
 }
 
 impl Connections {
@@ -266,9 +287,10 @@ impl Connections {
                 .stdout(Stdio::piped())
                 .spawn()
                 .context("starting a connection holder")?;
+            let mut out = BufReader::new(child.stdout.take().expect("piped"));
             let mut line = String::new();
-            BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
-            conns.holders.push(child);
+            out.read_line(&mut line)?;
+            conns.holders.push(Holder { child, out });
             if line.trim() != "ready" {
                 bail!("a connection holder failed: {line:?}");
             }
@@ -276,9 +298,18 @@ impl Connections {
         Ok(conns)
     }
 
+    /// Sets every connection's keepalive idle time to `secs` (`TCP_KEEPIDLE`;
+    /// on a connection idle longer than that, its timer fires at once).
+    pub fn set_idle(&mut self, secs: u32) -> Result<()> {
+        for holder in &mut self.holders {
+            holder.ask(&format!("idle {secs}"))?;
+        }
+        Ok(())
+    }
+
     /// Resets every connection; returns once the holders have exited.
     pub fn close(mut self) -> Result<()> {
-        for mut child in self.holders.drain(..) {
+        for Holder { mut child, .. } in self.holders.drain(..) {
             drop(child.stdin.take());
             let status = child.wait()?;
             if !status.success() {
@@ -291,9 +322,9 @@ impl Connections {
 
 impl Drop for Connections {
     fn drop(&mut self) {
-        for child in &mut self.holders {
-            let _ = child.kill();
-            let _ = child.wait();
+        for holder in &mut self.holders {
+            let _ = holder.child.kill();
+            let _ = holder.child.wait();
         }
         let _ = self.stop_listener.send(());
     }
@@ -301,7 +332,8 @@ impl Drop for Connections {
 
 /// `cargo xtask bench-hold ADDR N IDLE INTVL CNT` (run by the benchmark in the
 /// client namespace): opens N keepalive connections to ADDR, says "ready",
-/// holds them until stdin closes, then resets them.
+/// holds them until stdin closes, then resets them. A line `idle S` on stdin
+/// sets their `TCP_KEEPIDLE` to S seconds; it answers `done`.
 pub fn hold(addr: SocketAddr, n: usize, idle: i32, intvl: i32, cnt: i32) -> Result<()> {
     raise_fd_limit()?;
     let mut clients = Vec::with_capacity(n);
@@ -320,8 +352,26 @@ pub fn hold(addr: SocketAddr, n: usize, idle: i32, intvl: i32, cnt: i32) -> Resu
     }
     println!("ready");
     std::io::stdout().flush()?;
-    let mut rest = Vec::new();
-    std::io::stdin().read_to_end(&mut rest)?;
+    for line in std::io::stdin().lines() {
+        let line = line?;
+        let idle: i32 = line
+            .strip_prefix("idle ")
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("unknown command {line:?}"))?;
+        let keepalive = Keepalive {
+            idle: Some(idle),
+            intvl: None,
+            cnt: None,
+            user_timeout: None,
+        };
+        for s in &clients {
+            keepalive
+                .apply(s.as_raw_fd(), false)
+                .context("TCP_KEEPIDLE")?;
+        }
+        println!("done");
+        std::io::stdout().flush()?;
+    }
     for s in &clients {
         kalive_testkit::sockopt::reset_on_close(s.as_raw_fd()).context("SO_LINGER")?;
     }

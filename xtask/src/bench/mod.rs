@@ -393,6 +393,9 @@ fn program_costs(kalive: &Path, tracer: &Tracer, plan: &Plan) -> Result<Costs> {
     })
 }
 
+/// How long the capacity runs' peer answers every socket's probes.
+pub const ANSWERED: Duration = Duration::from_secs(3);
+
 /// The ring buffer the capacity runs give kalive from 50k sockets on.
 pub const BIG_RING: u32 = 32 << 20;
 
@@ -437,8 +440,13 @@ fn capacity_run(kalive: &Path, backend: &str, n: usize, secs: Duration) -> Resul
     };
     let kernel_before = pair.client.counter("TcpExtTCPKeepAlive")?;
     let cpu_before = running.cpu()?;
-    // Probes far longer than the run: no connection times out.
-    let conns = Connections::open(&pair, n, 1, 1, 120)?;
+    // Opened idle for an hour, so that none probes while the others open
+    // (at 100k that takes minutes); then all at once after a second, answered
+    // for a few seconds, and unanswered for `secs`. Probes far longer than the
+    // run: no connection times out.
+    let mut conns = Connections::open(&pair, n, 3600, 1, 120)?;
+    conns.set_idle(1)?;
+    thread::sleep(ANSWERED);
     pair.mute_server()?;
     thread::sleep(secs);
     conns.close()?;

@@ -227,16 +227,18 @@ fn ms(us: u64) -> f64 {
 pub fn capacity(md: &mut String, runs: &[Capacity]) {
     md.push_str(
         "## 2. Capacity\n\n\
-         N idle connections between two network namespaces, keepalive after 1 s, \
-         every 1 s, 120 probes; once all are open the server's namespace drops \
-         everything to its port, so every socket probes every second. kalive runs \
+         N idle connections between two network namespaces, opened with \
+         keepalive after an hour, every 1 s, 120 probes; once all are open, \
+         their keepalive idle time is set to 1 s, the server answers every \
+         probe for 3 s, then its namespace drops everything to its port, so \
+         every socket probes every second, unanswered. kalive runs \
          with `--port` on the server's ports (two: one client address has room \
          for 64k connections per port) and JSON output into a pipe the \
          benchmark reads; from 50k sockets on with `--ring-size` 32 MiB (about \
          two seconds of records at 100k sockets) and `--max-sockets` twice the \
          sockets. \
          Probes are the client namespace's `TcpExtTCPKeepAlive` \
-         delta over the run (opening, probing, reset); delivered are the \
+         delta over the run (opening, probing answered and unanswered, reset); delivered are the \
          `probe_sent` records for them. The kernel counts attempts: a probe the \
          client's veth drops (its backlog full) is counted, not sent, and TCP \
          retries it in 500 ms; kalive reports such a try with `\"sent\": false`. \
