@@ -476,8 +476,8 @@ pub struct Settings {
     /// from `tcp_release_cb()`, in no callback; 0 for none.
     pub test_skip_write_callbacks: u8,
     /// For tests only (`KALIVE_TEST_SKIP_PROBING_CALLBACKS`): the programs
-    /// ignore every n-th keepalive timer callback (counted on the host) that
-    /// begins after keepidle of silence, which is one that probes: as when
+    /// ignore every n-th keepalive timer callback of each socket that begins
+    /// after keepidle of silence, which is one that probes: as when
     /// the kernel runs no program for a callback, whose probe is then answered
     /// before the next; 0 for none.
     pub test_skip_probing_callbacks: u8,

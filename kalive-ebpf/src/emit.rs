@@ -227,16 +227,29 @@ fn update_probing(sk: Sock, change: impl FnOnce(&mut Probing)) {
     }
 }
 
-/// Notes that `sk`'s keepalive timer was armed to fire at `expires`, and what
-/// the socket had sent and received then (see [`missed_answered`]).
+/// Notes that a callback kalive saw left `sk`'s keepalive timer armed to
+/// fire at `expires`, and what the socket had sent and received then (see
+/// [`missed_answered`]).
 pub(crate) fn keepalive_armed(sk: Sock, expires: u32) {
-    let (bare_out, bare_in, rcv_nxt) = (sk.bare_segs_out(), sk.bare_segs_in(), sk.rcv_nxt());
+    let (segs_out, data_segs_out) = sk.segs_out();
+    let (probes, bare_in, rcv_nxt) = (sk.probes_out(), sk.bare_segs_in(), sk.rcv_nxt());
     update_probing(sk, |p| {
         p.armed = expires;
-        p.bare_segs_out = bare_out;
+        p.probes_then = probes;
+        p.segs_out = segs_out;
+        p.data_segs_out = data_segs_out;
         p.bare_segs_in = bare_in;
         p.rcv_nxt = rcv_nxt;
     });
+}
+
+/// Forgets where `sk`'s keepalive timer was left: a keepalive `setsockopt()`
+/// re-arms or stops it where kalive does not look.
+pub(crate) fn forget_armed(sk: Sock) {
+    if let Some(slot) = PROBING.get_ptr_mut(&sk.0) {
+        // SAFETY: a valid element.
+        unsafe { (*slot).armed = 0 };
+    }
 }
 
 /// Reports the keepalive probes `sk` sent, and the peer answered, in callbacks
@@ -245,21 +258,28 @@ pub(crate) fn keepalive_armed(sk: Sock, expires: u32) {
 /// and [`caught_up`] finds nothing. (Seen on this 6.18 machine: for a whole
 /// timer softirq at a time, no BPF program ran, where ftrace saw every event.)
 ///
-/// Each keepalive callback re-arms the timer, and kalive sees each arm it
-/// runs a program for: a callback for an expiry it did not see armed followed
+/// Each keepalive callback re-arms the timer, and kalive notes where each
+/// callback it sees leaves it: a callback for another expiry followed
 /// callbacks it did not see. One that probed re-armed the timer one
 /// `keepintvl` after it ran (late by up to the timer wheel's granularity);
-/// one that did not, for the rest of `keepidle`. So `k` unseen callbacks that
-/// each probed end `k` intervals (and a little) after the last expiry seen.
-/// A re-arm for the rest of `keepidle` can end there too when the peer was
-/// heard from at just the wrong time; the socket's segments tell them apart:
-/// each probe is a segment without data, and with no data received (so no
-/// data to acknowledge) the socket sent fewer bare segments than `k` unless
-/// the callbacks probed. Ambiguous cases are left unreported, not guessed.
+/// one that did not, for the rest of `keepidle`, 50 ms later (socket locked)
+/// or half a second later (probe not sent). So `k` unseen callbacks that each
+/// probed end `k` intervals (and a little) after the last expiry seen. The
+/// socket's counters must agree: `k` more segments without data sent and
+/// none with data, no data received, and an ACK since the last of those
+/// probes (not before it: a re-arm for the rest of `keepidle` can end at the
+/// same place when the peer was heard from at just the wrong time, and the
+/// bare segments can be the socket's answers to the peer's own probes).
+/// Cases that fit less well are left unreported, not guessed.
 pub(crate) fn missed_answered(sk: Sock, timer: u64) {
-    // SAFETY: the value is copied out at once.
-    let Some(&p) = (unsafe { PROBING.get(&sk.0) }) else {
+    let Some(slot) = PROBING.get_ptr_mut(&sk.0) else {
         return;
+    };
+    // SAFETY: a valid element, copied out; then its expiry is used up.
+    let p = unsafe {
+        let p = *slot;
+        (*slot).armed = 0;
+        p
     };
     let expires = timer_expires(timer) as u32;
     // Probes still counted are caught_up()'s.
@@ -277,47 +297,59 @@ pub(crate) fn missed_answered(sk: Sock, timer: u64) {
     if k > 16 || gap - k * intvl > k * (intvl / 8 + 4) {
         return;
     }
-    let bare = sk.bare_segs_out().wrapping_sub(p.bare_segs_out);
-    if sk.rcv_nxt() != p.rcv_nxt || bare < k {
-        return;
-    }
     // The last left one interval before this callback was due.
     let last = expires.wrapping_sub(intvl);
+    let (segs_out, data_segs_out) = sk.segs_out();
+    let answer = sk.rcv_tstamp();
+    if data_segs_out != p.data_segs_out
+        || segs_out.wrapping_sub(p.segs_out) < k
+        || sk.rcv_nxt() != p.rcv_nxt
+        || (answer.wrapping_sub(last) as i32) < 0
+    {
+        return;
+    }
     let hz = u64::from(layout!(hz)).max(1);
     let ago = u64::from(jiffies32().wrapping_sub(last));
     let ts = now_ns().saturating_sub(ago * 1_000_000_000 / hz);
     if ts < setting!(started_ns) {
         return;
     }
-    let mut reported = if p.known != 0 { p.probes } else { 0 };
+    let mut reported = if p.known != 0 {
+        p.probes
+    } else {
+        p.probes_then
+    };
     let mut silent_since = p.silent_since;
     // With keepidle no longer than keepintvl, a callback one interval after a
     // probe probes whether or not that one was answered. A live peer answers
     // each probe with its own ACK, within the interval: more ACKs than unseen
     // probes mean the last probe reported was answered before them, and the
-    // kernel numbered the next from 1. (Several unseen, each answered before
-    // the next, are not told apart here: left unreported.)
+    // kernel numbered the next from 1; several unseen probes each answered
+    // are each numbered 1, which one record cannot say: left unreported.
     let answers = sk.bare_segs_in().wrapping_sub(p.bare_segs_in);
+    if idle <= intvl && k > 1 && answers > 1 {
+        return;
+    }
+    let mut silence_known = p.known != 0;
     if reported > 0 && idle <= intvl && answers > k {
-        if k > 1 {
-            return;
+        // As long after its probe (when the last callback seen ran: one
+        // interval before the expiry it left) as the peer took to answer the
+        // next one; and at least keepidle before that one, which it let leave.
+        let took = answer.wrapping_sub(last);
+        let mut inferred = p.armed.wrapping_sub(intvl).wrapping_add(took);
+        if (last.wrapping_sub(inferred) as i32) < idle as i32 {
+            inferred = last.wrapping_sub(idle);
         }
-        // As long after its probe (one interval before the last seen
-        // expiry) as the peer took to answer the next one.
-        let took = sk.rcv_tstamp().wrapping_sub(last);
-        let answer = p
-            .armed
-            .wrapping_sub(intvl)
-            .wrapping_add(if took < intvl { took } else { 0 });
-        let ago = u64::from(jiffies32().wrapping_sub(answer));
+        let ago = u64::from(jiffies32().wrapping_sub(inferred));
         emit(Kind::ProbeAcked, sk, 0, None, |r| {
             r.ts_ns = now_ns().saturating_sub(ago * 1_000_000_000 / hz);
-            r.idle = answer.wrapping_sub(silent_since);
+            r.idle = inferred.wrapping_sub(silent_since);
             r.probes = 0;
             r.cause = AckSeen::Inferred as u8;
         });
         reported = 0;
-        silent_since = answer;
+        silent_since = inferred;
+        silence_known = true;
     }
     let probes = reported.saturating_add(k as u8);
     // Numbered after the last reported; answered() next reports the answer.
@@ -330,7 +362,7 @@ pub(crate) fn missed_answered(sk: Sock, timer: u64) {
         r.ts_ns = ts;
         r.probes = probes;
         r.next = intvl;
-        r.idle = if p.known != 0 {
+        r.idle = if silence_known {
             last.wrapping_sub(silent_since)
         } else {
             IDLE_NONE

@@ -270,12 +270,14 @@ impl Sock {
         }
     }
 
-    /// Segments the socket sent without data: keepalive probes, bare ACKs,
-    /// window updates (`segs_out - data_segs_out`).
-    pub(crate) fn bare_segs_out(self) -> u32 {
-        let all: u32 = read(self.0, layout!(tcp_segs_out));
-        let data: u32 = read(self.0, layout!(tcp_data_segs_out));
-        all.wrapping_sub(data)
+    /// Segments the socket sent (`segs_out`), and those with data
+    /// (`data_segs_out`): the others are keepalive probes, bare ACKs, window
+    /// updates.
+    pub(crate) fn segs_out(self) -> (u32, u32) {
+        (
+            read(self.0, layout!(tcp_segs_out)),
+            read(self.0, layout!(tcp_data_segs_out)),
+        )
     }
 
     /// Segments the socket received without data: ACKs, such as the answers

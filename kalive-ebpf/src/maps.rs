@@ -58,6 +58,10 @@ pub(crate) struct Callback {
     pub(crate) pad: [u8; 3],
     /// Jiffies when the callback began.
     pub(crate) began: u32,
+    /// The timer's `expires` then (truncated): a different one at its end
+    /// means the callback re-armed it.
+    pub(crate) expires: u32,
+    pub(crate) pad2: u32,
 }
 
 /// [`Callback::seen`]: the callback re-armed its own timer (`timer_start`).
@@ -94,19 +98,22 @@ pub(crate) struct Probing {
     /// When the peer was last heard from then (`rcv_tstamp`), or when the
     /// answer came.
     pub(crate) silent_since: u32,
-    /// `expires` of the keepalive timer when kalive last saw it armed
-    /// (jiffies, truncated); 0 when it saw none. A callback for another
-    /// expiry means the kernel re-armed the timer where no program of
-    /// kalive's ran: in a callback it did not see.
+    /// `expires` of the keepalive timer as a callback kalive saw left it
+    /// (jiffies, truncated); 0 when unknown. Used once: a callback for
+    /// another expiry followed callbacks no program of kalive's ran for.
     pub(crate) armed: u32,
-    /// Then: the segments without data the socket had sent
-    /// ([`Sock::bare_segs_out`](crate::kernel::Sock::bare_segs_out)) ...
-    pub(crate) bare_segs_out: u32,
-    /// ... the next sequence number it expected (`rcv_nxt`) ...
-    pub(crate) rcv_nxt: u32,
-    /// ... and the segments without data it had received
-    /// ([`Sock::bare_segs_in`](crate::kernel::Sock::bare_segs_in)).
+    /// Then: `icsk_probes_out`, ...
+    pub(crate) probes_then: u8,
+    pub(crate) pad2: [u8; 3],
+    /// ... the segments sent and those with data
+    /// ([`Sock::segs_out`](crate::kernel::Sock::segs_out)), ...
+    pub(crate) segs_out: u32,
+    pub(crate) data_segs_out: u32,
+    /// ... the segments received without data
+    /// ([`Sock::bare_segs_in`](crate::kernel::Sock::bare_segs_in)), ...
     pub(crate) bare_segs_in: u32,
+    /// ... and the next sequence number expected (`rcv_nxt`).
+    pub(crate) rcv_nxt: u32,
 }
 
 /// Socket (`struct sock *`) -> its [`Probing`]. A lower `icsk_probes_out`
@@ -115,10 +122,11 @@ pub(crate) struct Probing {
 #[map]
 pub(crate) static PROBING: LruHashMap<u64, Probing> = LruHashMap::with_max_entries(65536, 0);
 
-/// Tests only (`Settings::test_skip_probing_callbacks`): keepalive callbacks
-/// that began after keepidle of silence, on the host.
+/// Tests only (`Settings::test_skip_probing_callbacks`): socket -> its
+/// keepalive callbacks that began after keepidle of silence.
 #[map]
-pub(crate) static TEST_PROBING_CALLBACKS: Array<u32> = Array::with_max_entries(1, 0);
+pub(crate) static TEST_PROBING_CALLBACKS: LruHashMap<u64, u32> =
+    LruHashMap::with_max_entries(1024, 0);
 
 /// Sockets probing a zero window (`struct sock *`), to report when it opens.
 #[map]

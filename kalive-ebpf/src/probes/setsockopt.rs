@@ -17,7 +17,7 @@ use aya_ebpf::{
 use kalive_common::{AckSeen, FLAG_KEEPALIVE, FLAG_USER_TIMEOUT, Kind, Record};
 
 use crate::{
-    emit::{answered, emit, learn_owner},
+    emit::{answered, emit, forget_armed, learn_owner},
     kernel::{Sock, layout, sock_of_fd},
     maps::SETSOCKOPT,
 };
@@ -189,5 +189,7 @@ fn keepalive_set(sk: Sock, extra: impl FnOnce(&mut Record)) {
     // An answer not noticed yet comes first: turning keepalive off stops the
     // timer that would notice it.
     answered(sk, AckSeen::Setsockopt);
+    // The kernel re-arms or stops the timer where kalive does not look.
+    forget_armed(sk);
     emit(Kind::KeepaliveSet, sk, 0, Some(&owner), extra);
 }

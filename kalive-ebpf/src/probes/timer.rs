@@ -102,24 +102,29 @@ pub(crate) fn callback_begin(kind: u8, timer: u64, sk: Sock) {
         (*cb).state_before = sk.state();
         (*cb).seen = 0;
         (*cb).began = jiffies32();
+        (*cb).expires = timer_expires(timer) as u32;
     }
 }
 
-/// Tests only: whether to ignore this keepalive callback of `sk`, the n-th
-/// on the host to begin after keepidle of silence.
+/// Tests only: whether to ignore this keepalive callback of `sk`, its n-th
+/// to begin after keepidle of silence.
 fn test_skip_probing(sk: Sock) -> bool {
     let n = setting!(test_skip_probing_callbacks);
     if n == 0 || !sk.silent_for_keepidle() {
         return false;
     }
-    let Some(count) = TEST_PROBING_CALLBACKS.get_ptr_mut(0) else {
-        return false;
+    let count = match TEST_PROBING_CALLBACKS.get_ptr_mut(&sk.0) {
+        // SAFETY: a valid element; one socket's callbacks do not overlap.
+        Some(count) => unsafe {
+            *count += 1;
+            *count
+        },
+        None => {
+            let _ = TEST_PROBING_CALLBACKS.insert(&sk.0, &1, 0);
+            1
+        }
     };
-    // SAFETY: a valid slot; tests run one socket at a time.
-    unsafe {
-        *count += 1;
-        *count % u32::from(n) == 0
-    }
+    count % u32::from(n) == 0
 }
 
 /// The callback of `timer` (or, when the hook cannot tell, 0: whichever ran)
@@ -137,6 +142,14 @@ pub(crate) fn callback_end(timer: u64) {
     }
     if timer != 0 && timer != cb.timer {
         return;
+    }
+    if cb.sk != 0 && cb.kind == KEEPALIVE {
+        // Where the callback left its timer, if it re-armed it.
+        let sk = Sock(cb.sk);
+        let expires = timer_expires(cb.timer) as u32;
+        if expires != cb.expires && sk.keepalive_on() {
+            keepalive_armed(sk, expires);
+        }
     }
     if cb.sk != 0 {
         if defer && cb.kind == KEEPALIVE {
@@ -334,7 +347,9 @@ fn start<const BTF: bool>(args: Args) {
     if cb.timer == timer && cb.sk == 0 {
         return;
     }
-    if kind == KEEPALIVE && sk.keepalive_on() {
+    // Armed outside its callback (connect, accept, a keepalive setsockopt()):
+    // noted here; a callback's own re-arm is noted as it ends.
+    if kind == KEEPALIVE && cb.timer != timer && sk.keepalive_on() {
         keepalive_armed(sk, timer_expires(timer) as u32);
     }
     let does = setting!(timer_start_does);

@@ -48,7 +48,7 @@ pub fn settings(
 /// tracepoints). The probes those callbacks send must still be reported.
 /// `KALIVE_TEST_SKIP_WRITE_CALLBACKS=N`: every write-timer callback that
 /// begins with a backoff of N or more. `KALIVE_TEST_SKIP_PROBING_CALLBACKS=N`:
-/// every N-th keepalive callback that will probe (counted on the host), whose
+/// every N-th keepalive callback of a socket that will probe, whose
 /// probe is then answered unseen. Returns N + 1, or 0 when unset.
 fn test_count(variable: &str) -> u8 {
     std::env::var(variable)
