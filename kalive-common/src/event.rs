@@ -54,6 +54,9 @@ pub struct Head {
     /// `events_lost`'s count.
     #[serde(default)]
     pub count: Option<u64>,
+    /// `probe_sent`'s `late`.
+    #[serde(default)]
+    pub late: Option<bool>,
 }
 
 /// The socket a record is about, and the keepalive settings in effect.

@@ -548,8 +548,11 @@ fn tally(input: impl BufRead + Send + 'static, probes: &AtomicU64) -> Result<Tal
         match head.event {
             Kind::ProbeSent => {
                 probes.fetch_add(1, Ordering::Relaxed);
-                let late = read.as_microsecond() - head.ts.as_microsecond();
-                t.latency_us.push(u64::try_from(late).unwrap_or(0));
+                // A late probe is found at the socket's next timer, by design.
+                if head.late != Some(true) {
+                    let delay = read.as_microsecond() - head.ts.as_microsecond();
+                    t.latency_us.push(u64::try_from(delay).unwrap_or(0));
+                }
             }
             Kind::EventsLost => t.lost += head.count.unwrap_or(0),
             _ => {}
@@ -640,6 +643,17 @@ mod tests {
         assert_eq!(tally.latency_us.len(), 1);
         // Read now, sent on 2026-11-22.
         assert!(tally.latency_us[0] > 0);
+        let late = probe.replace("\"next_ms\":1000,", "\"next_ms\":1000,\"late\":true,");
+        let tally = super::tally(
+            std::io::Cursor::new(format!("{late}\n")),
+            &AtomicU64::new(0),
+        )
+        .expect("tally");
+        assert_eq!(tally.events["probe_sent"], 1);
+        assert!(
+            tally.latency_us.is_empty(),
+            "a late probe is late by design"
+        );
         assert!(
             super::tally(
                 std::io::Cursor::new("not json\n".to_owned()),
