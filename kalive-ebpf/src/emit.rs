@@ -27,6 +27,12 @@ fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_boot_ns() }
 }
 
+/// `CLOCK_BOOTTIME` (the records' clock) at `jiffies`, a time past.
+fn boot_ns_at(jiffies: u32) -> u64 {
+    let ago = u64::from(jiffies32().wrapping_sub(jiffies));
+    now_ns().saturating_sub(ago * 1_000_000_000 / u64::from(layout!(hz)).max(1))
+}
+
 /// The owner of `sk` (whose inode is `ino`), unless the entry is stale: the
 /// socket memory was reused, or the owner exited after it was learned.
 pub(crate) fn owner_of(sk: Sock, ino: u64) -> Option<&'static Owner> {
@@ -114,10 +120,9 @@ pub(crate) fn answered(sk: Sock, seen_at: AckSeen) {
     }
     // Kept, with no probe out: probes after this one are numbered from 1.
     answered_at(sk, answer);
-    let ago = u64::from(jiffies32().wrapping_sub(answer));
-    let hz = u64::from(layout!(hz)).max(1);
+    let ts = boot_ns_at(answer);
     emit(Kind::ProbeAcked, sk, 0, None, |r| {
-        r.ts_ns = r.ts_ns.saturating_sub(ago * 1_000_000_000 / hz);
+        r.ts_ns = ts;
         r.idle = answer.wrapping_sub(silent_since);
         r.cause = seen_at as u8;
     });
@@ -174,16 +179,14 @@ pub(crate) fn caught_up(sk: Sock, keepalive_timer: u64) {
         return;
     }
     probing(sk, probes);
-    let hz = u64::from(layout!(hz)).max(1);
-    let ago = u64::from(jiffies32().wrapping_sub(last));
-    let ts = now_ns().saturating_sub(ago * 1_000_000_000 / hz);
+    let ts = boot_ns_at(last);
     let started = setting!(started_ns);
     if ts < started {
         // Sent before kalive watched: not kalive's to report.
         return;
     }
     // Only those sent since kalive watched.
-    let intvl_ns = u64::from(intvl) * 1_000_000_000 / hz;
+    let intvl_ns = u64::from(intvl) * 1_000_000_000 / u64::from(layout!(hz)).max(1);
     let watched = if intvl_ns == 0 {
         1
     } else {
@@ -308,9 +311,7 @@ pub(crate) fn missed_answered(sk: Sock, timer: u64) {
     {
         return;
     }
-    let hz = u64::from(layout!(hz)).max(1);
-    let ago = u64::from(jiffies32().wrapping_sub(last));
-    let ts = now_ns().saturating_sub(ago * 1_000_000_000 / hz);
+    let ts = boot_ns_at(last);
     if ts < setting!(started_ns) {
         return;
     }
@@ -340,9 +341,9 @@ pub(crate) fn missed_answered(sk: Sock, timer: u64) {
         if (last.wrapping_sub(inferred) as i32) < idle as i32 {
             inferred = last.wrapping_sub(idle);
         }
-        let ago = u64::from(jiffies32().wrapping_sub(inferred));
+        let ts = boot_ns_at(inferred);
         emit(Kind::ProbeAcked, sk, 0, None, |r| {
-            r.ts_ns = now_ns().saturating_sub(ago * 1_000_000_000 / hz);
+            r.ts_ns = ts;
             r.idle = inferred.wrapping_sub(silent_since);
             r.probes = 0;
             r.cause = AckSeen::Inferred as u8;

@@ -338,6 +338,17 @@ fn start<const BTF: bool>(args: Args) {
     let Some((kind, sk)) = tcp_timer(timer) else {
         return;
     };
+    let does = setting!(timer_start_does);
+    let pending = if kind == WRITE { sk.pending() } else { 0 };
+    // The write timer armed for something else than the persist timer (every
+    // send arms it: the hot path ends here): if the socket was probing a zero
+    // window, the window opened (tcp_ack_probe()).
+    if kind == WRITE && pending != ICSK_TIME_PROBE0 {
+        if does & TIMER_START_ZERO_WINDOW_OPEN != 0 {
+            zero_window_not_probing(sk);
+        }
+        return;
+    }
     let Some(cb) = CALLBACK.get_ptr_mut(0) else {
         return;
     };
@@ -351,16 +362,6 @@ fn start<const BTF: bool>(args: Args) {
     // noted here; a callback's own re-arm is noted as it ends.
     if kind == KEEPALIVE && cb.timer != timer && sk.keepalive_on() {
         keepalive_armed(sk, timer_expires(timer) as u32);
-    }
-    let does = setting!(timer_start_does);
-    let pending = if kind == WRITE { sk.pending() } else { 0 };
-    // The write timer armed for something else than the persist timer: if the
-    // socket was probing a zero window, the window opened (tcp_ack_probe()).
-    if kind == WRITE && pending != ICSK_TIME_PROBE0 {
-        if does & TIMER_START_ZERO_WINDOW_OPEN != 0 {
-            zero_window_not_probing(sk);
-        }
-        return;
     }
     let wanted = if kind == KEEPALIVE {
         TIMER_START_KEEPALIVE_PROBES
