@@ -166,6 +166,13 @@ pub const FLAG_LATE: u8 = 1 << 4;
 /// full device queue). The kernel counts it (`TcpExtTCPKeepAlive`) but not in
 /// `icsk_probes_out`, and tries again in 500 ms (`TCP_RESOURCE_PROBE_INTERVAL`).
 pub const FLAG_UNSENT: u8 = 1 << 5;
+/// [`Record::flags`] of a late [`Kind::ProbeSent`]: each probe it stands for
+/// (as many as its [`Record::cause`], one `keepintvl` apart, the last at its
+/// time) left after the peer answered the one before, so is numbered 1; the
+/// answer to each but the last came as long after it as [`Record::idle`]
+/// falls short of `keepintvl` (userspace writes a `probe_acked` with
+/// [`AckSeen::Inferred`] for each). Set only with [`FLAG_LATE`].
+pub const FLAG_EACH_ANSWERED: u8 = 1 << 6;
 
 /// [`OwnerSource::Unknown`] as the programs write it.
 pub const OWNER_UNKNOWN: u8 = OwnerSource::Unknown as u8;
@@ -481,14 +488,18 @@ pub struct Settings {
     /// the kernel runs no program for a callback, whose probe is then answered
     /// before the next; 0 for none.
     pub test_skip_probing_callbacks: u8,
+    /// For tests only (`KALIVE_TEST_SKIP_PROBING_RUN`): with
+    /// `test_skip_probing_callbacks`, ignore the last `n` of every run of
+    /// that many (at least 1, less than the run): several in a row.
+    pub test_skip_probing_run: u8,
     /// Keeps `started_ns` aligned without hidden padding (never read).
-    pub pad: [u8; 7],
+    pub pad: [u8; 6],
     /// `CLOCK_BOOTTIME` when kalive loaded its programs: a probe found late
     /// whose time is before this was sent before kalive watched.
     pub started_ns: u64,
 }
 
-// Sixteen bytes of u8 (seven of them explicit padding) and a u64.
+// Sixteen bytes of u8 (six of them explicit padding) and a u64.
 const _: () = assert!(core::mem::size_of::<Settings>() == 16 + 8);
 
 /// [`Settings::timer_start_does`]: keepalive probes (else: `tcp_write_wakeup` returns).

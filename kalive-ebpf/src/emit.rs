@@ -3,8 +3,8 @@
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_boot_ns};
 use kalive_common::{
-    AckSeen, FLAG_KEEPALIVE, FLAG_LATE, FLAG_SHARED, FLAG_UNFILTERED, FLAG_USER_TIMEOUT, IDLE_NONE,
-    Kind, OWNER_KERNEL, Owner, RECORD_VERSION, Record, TcpState,
+    AckSeen, FLAG_EACH_ANSWERED, FLAG_KEEPALIVE, FLAG_LATE, FLAG_SHARED, FLAG_UNFILTERED,
+    FLAG_USER_TIMEOUT, IDLE_NONE, Kind, OWNER_KERNEL, Owner, RECORD_VERSION, Record, TcpState,
 };
 
 use crate::{
@@ -12,7 +12,8 @@ use crate::{
         ICSK_TIME_PROBE0, Sock, current_process_comm, layout, netns_ino, setting, timer_expires,
     },
     maps::{
-        EVENTS, EXITED, LOST, OWNERS, PIDS, PORTS, PROBING, Probing, ZERO_WINDOW, ZERO_WINDOW_LAST,
+        EVENTS, EXITED, LOST, OWNERS, PIDS, PORTS, PROBING, Probing, UNNUMBERED, ZERO_WINDOW,
+        ZERO_WINDOW_LAST,
     },
 };
 
@@ -273,7 +274,8 @@ pub(crate) fn forget_armed(sk: Sock) {
 /// probes (not before it: a re-arm for the rest of `keepidle` can end at the
 /// same place when the peer was heard from at just the wrong time, and the
 /// bare segments can be the socket's answers to the peer's own probes).
-/// Cases that fit less well are left unreported, not guessed.
+/// Cases that fit less well are left unreported, not guessed; probes known to
+/// have left whose numbers are not known are counted ([`UNNUMBERED`]).
 pub(crate) fn missed_answered(sk: Sock, timer: u64) {
     let Some(slot) = PROBING.get_ptr_mut(&sk.0) else {
         return;
@@ -321,56 +323,111 @@ pub(crate) fn missed_answered(sk: Sock, timer: u64) {
         p.probes_then
     };
     let mut silent_since = p.silent_since;
+    let mut silence_known = p.known != 0;
     // With keepidle no longer than keepintvl, a callback one interval after a
-    // probe probes whether or not that one was answered. A live peer answers
-    // each probe with its own ACK, within the interval: more ACKs than unseen
-    // probes mean the last probe reported was answered before them, and the
-    // kernel numbered the next from 1; several unseen probes each answered
-    // are each numbered 1, which one record cannot say: left unreported.
+    // probe probes whether or not that one was answered, and a live peer
+    // answers each probe with its own ACK within the interval: with `a` ACKs,
+    // the last `a` probes (of the one reported, if out, and the unseen ones)
+    // were each answered before the next left. (The last was: no probe is
+    // out.) The kernel numbers a probe after an answer 1.
     let answers = sk.bare_segs_in().wrapping_sub(p.bare_segs_in);
-    if idle <= intvl && k > 1 && answers > 1 {
+    let chain = k + u32::from(reported > 0);
+    let mut each = if idle <= intvl {
+        answers.max(1).min(chain)
+    } else {
+        1
+    };
+    // Unless the socket sent more than its probes (its ACKs of the peer's own
+    // probes, say): then some ACKs were not answers, and which probes they
+    // answered is not known. One unseen probe is numbered after the reported
+    // one, answered or not; several cannot be numbered: counted, not reported.
+    if each > 1 && k > 1 && segs_out.wrapping_sub(p.segs_out) != k {
+        unnumbered(k);
         return;
     }
-    let mut silence_known = p.known != 0;
-    if reported > 0 && idle <= intvl && answers > k {
-        // As long after its probe (when the last callback seen ran: one
-        // interval before the expiry it left) as the peer took to answer the
-        // next one; and at least keepidle before that one, which it let leave.
-        let took = answer.wrapping_sub(last);
+    // How long after the last probe the peer answered it.
+    let took = answer.wrapping_sub(last);
+    if reported > 0 && each == chain {
+        // The reported probe was answered: as long after it (one interval
+        // before the expiry the last callback seen left) as the peer took to
+        // answer the last one; and at least keepidle before the next, which
+        // it let leave.
         let mut inferred = p.armed.wrapping_sub(intvl).wrapping_add(took);
-        if (last.wrapping_sub(inferred) as i32) < idle as i32 {
-            inferred = last.wrapping_sub(idle);
+        if (last.wrapping_sub((k - 1) * intvl).wrapping_sub(inferred) as i32) < idle as i32 {
+            inferred = last.wrapping_sub((k - 1) * intvl).wrapping_sub(idle);
         }
-        let ts = boot_ns_at(inferred);
-        emit(Kind::ProbeAcked, sk, 0, None, |r| {
-            r.ts_ns = ts;
-            r.idle = inferred.wrapping_sub(silent_since);
-            r.probes = 0;
-            r.cause = AckSeen::Inferred as u8;
-        });
+        inferred_answer(sk, inferred, silent_since, silence_known);
         reported = 0;
         silent_since = inferred;
         silence_known = true;
+        each -= 1;
     }
-    let probes = reported.saturating_add(k as u8);
+    // The unseen probes: the first `k - each + 1` numbered after the reported
+    // one (the last of them answered when `each` > 1) ...
+    let first = k + 1 - each;
+    let at = last.wrapping_sub((each - 1) * intvl);
+    let probes = reported.saturating_add(first as u8);
+    emit(Kind::ProbeSent, sk, 0, None, |r| {
+        r.ts_ns = boot_ns_at(at);
+        r.probes = probes;
+        r.next = intvl;
+        r.idle = if silence_known {
+            at.wrapping_sub(silent_since)
+        } else {
+            IDLE_NONE
+        };
+        r.flags |= FLAG_LATE;
+        r.cause = first as u8;
+    });
+    let probes = if each > 1 {
+        // ... and the others each numbered 1, the peer's ACK of each the
+        // same time after it as that of the last.
+        let answered = at.wrapping_add(took);
+        inferred_answer(sk, answered, silent_since, silence_known);
+        silent_since = last.wrapping_sub(intvl).wrapping_add(took);
+        emit(Kind::ProbeSent, sk, 0, None, |r| {
+            r.ts_ns = ts;
+            r.probes = 1;
+            r.next = intvl;
+            r.idle = intvl.saturating_sub(took);
+            r.flags |= FLAG_LATE | FLAG_EACH_ANSWERED;
+            r.cause = (each - 1) as u8;
+        });
+        1
+    } else {
+        probes
+    };
     // Numbered after the last reported; answered() next reports the answer.
     update_probing(sk, |p| {
         p.probes = probes;
         p.silent_since = silent_since;
         p.known = 1;
     });
-    emit(Kind::ProbeSent, sk, 0, None, |r| {
-        r.ts_ns = ts;
-        r.probes = probes;
-        r.next = intvl;
+}
+
+/// Reports an answer to a probe whose time kalive infers (`when`, jiffies;
+/// see [`missed_answered`]), after silence since `silent_since` if known.
+#[inline(always)]
+fn inferred_answer(sk: Sock, when: u32, silent_since: u32, silence_known: bool) {
+    emit(Kind::ProbeAcked, sk, 0, None, |r| {
+        r.ts_ns = boot_ns_at(when);
         r.idle = if silence_known {
-            last.wrapping_sub(silent_since)
+            when.wrapping_sub(silent_since)
         } else {
             IDLE_NONE
         };
-        r.flags |= FLAG_LATE;
-        r.cause = k as u8;
+        r.probes = 0;
+        r.cause = AckSeen::Inferred as u8;
     });
+}
+
+/// Counts `n` keepalive probes the programs know left but cannot number:
+/// userspace counts them with the probes that have no record.
+fn unnumbered(n: u32) {
+    if let Some(count) = UNNUMBERED.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        unsafe { *count += u64::from(n) };
+    }
 }
 
 /// Forgets the probes of a socket that closes, is destroyed, or whose answer

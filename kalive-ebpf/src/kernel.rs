@@ -28,7 +28,8 @@ pub(crate) static SETTINGS: Settings = Settings {
     test_defer_callback_end: 0,
     test_skip_write_callbacks: 0,
     test_skip_probing_callbacks: 0,
-    pad: [0; 7],
+    test_skip_probing_run: 0,
+    pad: [0; 6],
     started_ns: 0,
 };
 

@@ -116,6 +116,12 @@ pub(crate) struct Probing {
     pub(crate) rcv_nxt: u32,
 }
 
+/// Keepalive probes the programs know left, in callbacks no program ran for,
+/// but cannot number (see `missed_answered`): userspace counts them with the
+/// probes that have no record.
+#[map]
+pub(crate) static UNNUMBERED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Socket (`struct sock *`) -> its [`Probing`]. A lower `icsk_probes_out`
 /// than the probe reported means the kernel took an ACK as the answer
 /// (`tcp_ack()` resets it). LRU: an entry lost to eviction loses one answer.

@@ -1,35 +1,64 @@
 //! Keepalive probes found late: the programs saw none of their timer
 //! callbacks, and found them at the socket's next keepalive timer (or close)
-//! because the kernel's count was ahead. They send one record for all of them
-//! (the last probe's, with how many in `cause`); users get one per probe.
+//! because the kernel's count was ahead, or because the counters say probes
+//! left and were answered. They send one record for all of them (the last
+//! probe's, with how many in `cause`); users get one per probe, and with
+//! [`FLAG_EACH_ANSWERED`] the inferred answer between each two.
 
-use kalive_common::{FLAG_LATE, IDLE_NONE, Kind, Record};
+use kalive_common::{AckSeen, FLAG_EACH_ANSWERED, FLAG_LATE, IDLE_NONE, Kind, Record};
 
 /// `record`, or for a late probe standing for several, one record per probe:
-/// numbered up to the last, each one keepalive interval (`hz` jiffies a
-/// second) before the next.
+/// each one keepalive interval (`hz` jiffies a second) before the next;
+/// numbered up to the last, or each numbered 1 after an answer to the one
+/// before.
 pub fn expand(record: Record, hz: u64) -> impl Iterator<Item = Record> {
     let late = record.kind() == Some(Kind::ProbeSent) && record.flags & FLAG_LATE != 0;
-    let count = if late {
-        record.cause.clamp(1, record.probes.max(1))
-    } else {
-        1
+    let each_answered = late && record.flags & FLAG_EACH_ANSWERED != 0;
+    let count = match (late, each_answered) {
+        (false, _) => 1,
+        (true, false) => record.cause.clamp(1, record.probes.max(1)),
+        (true, true) => record.cause.max(1),
     };
-    let intvl_ns = u64::from(record.keepintvl) * 1_000_000_000 / hz.max(1);
-    (0..count).rev().map(move |before| {
-        let mut r = record;
-        if late {
-            r.probes = record.probes - before;
-            r.ts_ns = record.ts_ns.saturating_sub(u64::from(before) * intvl_ns);
-            if record.idle != IDLE_NONE {
-                r.idle = record
-                    .idle
-                    .saturating_sub(u32::from(before) * record.keepintvl);
+    let jiffies_ns = move |j: u32| u64::from(j) * 1_000_000_000 / hz.max(1);
+    let intvl_ns = jiffies_ns(record.keepintvl);
+    (0..count)
+        .rev()
+        .flat_map(move |before| {
+            let mut r = record;
+            if !late {
+                return [Some(r), None];
             }
+            r.flags &= !FLAG_EACH_ANSWERED;
+            r.ts_ns = record.ts_ns.saturating_sub(u64::from(before) * intvl_ns);
             r.cause = 0;
-        }
-        r
-    })
+            if !each_answered {
+                r.probes = record.probes - before;
+                if record.idle != IDLE_NONE {
+                    r.idle = record
+                        .idle
+                        .saturating_sub(u32::from(before) * record.keepintvl);
+                }
+                return [Some(r), None];
+            }
+            // Each numbered 1, as silent as the last (since the answer to the
+            // one before); then the answer, as long after it as the peer took.
+            if before == 0 {
+                return [Some(r), None];
+            }
+            let took = record.keepintvl.saturating_sub(record.idle);
+            let mut answer = Record {
+                kind: Kind::ProbeAcked as u8,
+                ts_ns: r.ts_ns + jiffies_ns(took),
+                probes: 0,
+                idle: record.keepintvl,
+                next: 0,
+                cause: AckSeen::Inferred as u8,
+                ..r
+            };
+            answer.flags &= !FLAG_LATE;
+            [Some(r), Some(answer)]
+        })
+        .flatten()
 }
 
 #[cfg(test)]
@@ -82,6 +111,33 @@ mod tests {
         r.idle = IDLE_NONE;
         let got: Vec<_> = expand(r, 250).map(|r| r.idle).collect();
         assert_eq!(got, [IDLE_NONE, IDLE_NONE]);
+    }
+
+    #[test]
+    fn each_answered_one_by_one() {
+        let mut r = Record::zeroed(Kind::ProbeSent);
+        r.flags = FLAG_LATE | FLAG_EACH_ANSWERED;
+        r.cause = 3;
+        r.probes = 1;
+        r.keepintvl = 250;
+        // Answered 50 jiffies (200 ms) after each.
+        r.idle = 200;
+        r.ts_ns = 10_000_000_000;
+        let got: Vec<_> = expand(r, 250)
+            .map(|r| (r.kind(), r.probes, r.ts_ns, r.idle, r.cause, r.flags))
+            .collect();
+        let (sent, acked) = (Some(Kind::ProbeSent), Some(Kind::ProbeAcked));
+        let inferred = AckSeen::Inferred as u8;
+        assert_eq!(
+            got,
+            [
+                (sent, 1, 8_000_000_000, 200, 0, FLAG_LATE),
+                (acked, 0, 8_200_000_000, 250, inferred, 0),
+                (sent, 1, 9_000_000_000, 200, 0, FLAG_LATE),
+                (acked, 0, 9_200_000_000, 250, inferred, 0),
+                (sent, 1, 10_000_000_000, 200, 0, FLAG_LATE),
+            ]
+        );
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct Tally {
     skipped: u64,
     /// Keepalive probes found after their own timer callback went unseen.
     late: u64,
+    /// Keepalive probes found to have left, unseen, that could not be numbered.
+    unnumbered: u64,
 }
 
 impl Tally {
@@ -97,12 +99,22 @@ impl Tally {
                 self.late
             );
         }
-        if self.gaps.unseen > 0 {
-            let _ = write!(
-                line,
-                "; {} keepalive probes had no record (gaps in their sockets' probe numbers)",
-                self.gaps.unseen
-            );
+        let unreported = self.gaps.unseen + self.unnumbered;
+        if unreported > 0 {
+            let _ = write!(line, "; {unreported} keepalive probes had no record (");
+            if self.gaps.unseen > 0 {
+                line.push_str("gaps in their sockets' probe numbers");
+            }
+            if self.unnumbered > 0 {
+                let _ = write!(
+                    line,
+                    "{}{} found with no program run for their timer callbacks, \
+                     and answered, but with their numbers unknown",
+                    if self.gaps.unseen > 0 { "; " } else { "" },
+                    self.unnumbered
+                );
+            }
+            line.push(')');
         }
         line
     }
@@ -297,6 +309,17 @@ impl<W: Write> Stream<W> {
             self.tally.lost = lost;
             self.writer.flush()?;
         }
+        let unnumbered = self.tracer.unnumbered().map_err(io::Error::other)?;
+        if unnumbered > self.tally.unnumbered {
+            if self.tally.unnumbered == 0 && self.tally.gaps.unseen == 0 {
+                say!(
+                    "some keepalive probes have no record (no program ran for their timer \
+                     callbacks, and they were answered, but their numbers are not known); \
+                     the count is in the summary at exit"
+                );
+            }
+            self.tally.unnumbered = unnumbered;
+        }
         let skipped = self.tracer.skipped().map_err(io::Error::other)?;
         if skipped > self.tally.skipped {
             if self.tally.skipped == 0 {
@@ -362,6 +385,24 @@ mod tests {
              program ran for their timer callbacks; reported with \"late\": true and the time \
              their timer gives); 2 keepalive probes had no record (gaps in their sockets' \
              probe numbers)"
+        );
+        tally.late = 0;
+        tally.unnumbered = 3;
+        assert_eq!(
+            tally.summary(),
+            "stopped: 0 records written, 0 lost; 5 keepalive probes had no record (gaps in \
+             their sockets' probe numbers; 3 found with no program run for their timer \
+             callbacks, and answered, but with their numbers unknown)"
+        );
+        let tally = Tally {
+            unnumbered: 2,
+            ..Tally::default()
+        };
+        assert_eq!(
+            tally.summary(),
+            "stopped: 0 records written, 0 lost; 2 keepalive probes had no record (2 found \
+             with no program run for their timer callbacks, and answered, but with their \
+             numbers unknown)"
         );
     }
 }

@@ -443,6 +443,45 @@ fn answered_probes_unseen() {
     }
 }
 
+/// Two keepalive callbacks in a row that no program saw, each probe answered
+/// before the next: each is numbered 1, with the answer between them inferred.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn answered_probes_unseen_in_a_row() {
+    let rest = answered(
+        "ansrow",
+        Family::V4,
+        &[
+            ("KALIVE_TEST_SKIP_PROBING_CALLBACKS", "3"),
+            ("KALIVE_TEST_SKIP_PROBING_RUN", "2"),
+        ],
+    );
+    let sent: Vec<_> = rest.iter().filter(|r| r["event"] == "probe_sent").collect();
+    let late = sent.iter().filter(|r| r["late"] == true).count();
+    assert!(late >= 2 && late < sent.len(), "{sent:#?}");
+    // Between two late probes, an answer kalive inferred.
+    assert!(
+        rest.windows(3)
+            .any(|w| w[0]["late"] == true && w[1]["seen_at"] == "inferred" && w[2]["late"] == true),
+        "{rest:#?}"
+    );
+    for pair in sent.windows(2) {
+        let gap = gap_ms(pair[0], pair[1]);
+        assert!((950..=1150).contains(&gap), "{gap} ms apart: {pair:#?}");
+    }
+    let acks: Vec<_> = rest
+        .iter()
+        .filter(|r| r["event"] == "probe_acked")
+        .collect();
+    for (probe, answer) in sent.iter().zip(&acks) {
+        let took = gap_ms(probe, answer);
+        assert!(
+            (-10..500).contains(&took),
+            "answered {took} ms later: {probe} {answer}"
+        );
+    }
+}
+
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn user_timeout_ipv4() {

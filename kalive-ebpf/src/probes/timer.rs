@@ -106,8 +106,8 @@ pub(crate) fn callback_begin(kind: u8, timer: u64, sk: Sock) {
     }
 }
 
-/// Tests only: whether to ignore this keepalive callback of `sk`, its n-th
-/// to begin after keepidle of silence.
+/// Tests only: whether to ignore this keepalive callback of `sk`, one of the
+/// last `run` of every `n` to begin after keepidle of silence.
 fn test_skip_probing(sk: Sock) -> bool {
     let n = setting!(test_skip_probing_callbacks);
     if n == 0 || !sk.silent_for_keepidle() {
@@ -124,7 +124,8 @@ fn test_skip_probing(sk: Sock) -> bool {
             1
         }
     };
-    count % u32::from(n) == 0
+    let left = u32::from(n) - count % u32::from(n);
+    left == u32::from(n) || left < u32::from(setting!(test_skip_probing_run))
 }
 
 /// The callback of `timer` (or, when the hook cannot tell, 0: whichever ran)

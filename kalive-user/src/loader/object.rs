@@ -24,6 +24,7 @@ pub fn settings(
     live_acks: bool,
     timer_start_does: u8,
 ) -> Settings {
+    let skip_probing = test_count("KALIVE_TEST_SKIP_PROBING_CALLBACKS").saturating_sub(1);
     Settings {
         state_changes: u8::from(state_changes),
         filter_pids: u8::from(!filters.pids.is_empty()),
@@ -35,9 +36,13 @@ pub fn settings(
             std::env::var_os("KALIVE_TEST_DEFER_CALLBACK_END").is_some(),
         ),
         test_skip_write_callbacks: test_count("KALIVE_TEST_SKIP_WRITE_CALLBACKS"),
-        test_skip_probing_callbacks: test_count("KALIVE_TEST_SKIP_PROBING_CALLBACKS")
-            .saturating_sub(1),
-        pad: [0; 7],
+        test_skip_probing_callbacks: skip_probing,
+        test_skip_probing_run: std::env::var("KALIVE_TEST_SKIP_PROBING_RUN")
+            .ok()
+            .and_then(|n| n.parse::<u8>().ok())
+            .unwrap_or(1)
+            .clamp(1, skip_probing.saturating_sub(1).max(1)),
+        pad: [0; 6],
         started_ns: boot_ns(),
     }
 }
@@ -49,7 +54,8 @@ pub fn settings(
 /// `KALIVE_TEST_SKIP_WRITE_CALLBACKS=N`: every write-timer callback that
 /// begins with a backoff of N or more. `KALIVE_TEST_SKIP_PROBING_CALLBACKS=N`:
 /// every N-th keepalive callback of a socket that will probe, whose
-/// probe is then answered unseen. Returns N + 1, or 0 when unset.
+/// probe is then answered unseen; with `KALIVE_TEST_SKIP_PROBING_RUN=R`, the
+/// last R of every N (several in a row). Returns N + 1, or 0 when unset.
 fn test_count(variable: &str) -> u8 {
     std::env::var(variable)
         .ok()

@@ -23,6 +23,7 @@ use crate::timings::timed;
 pub struct Tracer {
     ebpf: Ebpf,
     lost: PerCpuArray<MapData, u64>,
+    unnumbered: PerCpuArray<MapData, u64>,
     owners: HashMap<MapData, u64, Owner>,
     pub backend: Backend,
     pub attached: Attached,
@@ -79,6 +80,7 @@ impl Tracer {
         let events = RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?)?;
         let tracer = Self {
             lost: PerCpuArray::try_from(take_map(&mut ebpf, "LOST")?)?,
+            unnumbered: PerCpuArray::try_from(take_map(&mut ebpf, "UNNUMBERED")?)?,
             owners: HashMap::try_from(take_map(&mut ebpf, "OWNERS")?)?,
             ebpf,
             backend,
@@ -95,6 +97,15 @@ impl Tracer {
     /// When the map cannot be read.
     pub fn lost(&self) -> Result<u64> {
         Ok(self.lost.get(&0, 0)?.iter().sum())
+    }
+
+    /// Keepalive probes the programs found had left (their callbacks unseen)
+    /// but could not number, so did not report, summed over CPUs.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn unnumbered(&self) -> Result<u64> {
+        Ok(self.unnumbered.get(&0, 0)?.iter().sum())
     }
 
     /// Runs of kalive's programs the kernel skipped, summed: its recursion
