@@ -168,10 +168,11 @@ pub const FLAG_LATE: u8 = 1 << 4;
 pub const FLAG_UNSENT: u8 = 1 << 5;
 /// [`Record::flags`] of a late [`Kind::ProbeSent`]: each probe it stands for
 /// (as many as its [`Record::cause`], one `keepintvl` apart, the last at its
-/// time) left after the peer answered the one before, so is numbered 1; the
-/// answer to each but the last came as long after it as [`Record::idle`]
-/// falls short of `keepintvl` (userspace writes a `probe_acked` with
-/// [`AckSeen::Inferred`] for each). Set only with [`FLAG_LATE`].
+/// time) left after the peer answered the one before, so is numbered 1, and
+/// [`Record::idle`] is the silence at each (since that answer). Userspace
+/// writes the answer before each as a `probe_acked` with
+/// [`AckSeen::Inferred`]; [`Record::error`] holds the silence before the
+/// first of them (jiffies, or [`IDLE_NONE`]). Set only with [`FLAG_LATE`].
 pub const FLAG_EACH_ANSWERED: u8 = 1 << 6;
 
 /// [`OwnerSource::Unknown`] as the programs write it.
@@ -250,7 +251,8 @@ pub struct Record {
     pub idle: u32,
     /// [`Kind::ProbeSent`]: jiffies until the timer fires next.
     pub next: u32,
-    /// [`Kind::KeepaliveTimeout`]: `sk_err` (an errno).
+    /// [`Kind::KeepaliveTimeout`]: `sk_err` (an errno). A late
+    /// [`Kind::ProbeSent`] with [`FLAG_EACH_ANSWERED`]: see there.
     pub error: u32,
     /// [`Kind::KeepaliveSet`]: the caller's file descriptor; -1 otherwise.
     pub fd: i32,

@@ -276,23 +276,29 @@ pub(crate) fn forget_armed(sk: Sock) {
 /// bare segments can be the socket's answers to the peer's own probes).
 /// Cases that fit less well are left unreported, not guessed; probes known to
 /// have left whose numbers are not known are counted ([`UNNUMBERED`]).
+///
+/// A function of its own in the object: inlined, its stack frame would add
+/// to its caller's, and on 6.1 the callback's deepest chain of calls would
+/// outgrow the verifier's 512 bytes.
+#[inline(never)]
 pub(crate) fn missed_answered(sk: Sock, timer: u64) {
     let Some(slot) = PROBING.get_ptr_mut(&sk.0) else {
         return;
     };
-    // SAFETY: a valid element, copied out; then its expiry is used up.
-    let p = unsafe {
-        let p = *slot;
-        (*slot).armed = 0;
-        p
-    };
+    // SAFETY: a valid element (read field by field: a copy would take a
+    // stack slot for each, and this runs deep in the callback's calls); its
+    // expiry is used up.
+    let p = unsafe { &*slot };
+    let armed = p.armed;
+    // SAFETY: as above.
+    unsafe { (*slot).armed = 0 };
     let expires = timer_expires(timer) as u32;
     // Probes still counted are caught_up()'s.
-    if p.armed == 0 || p.armed == expires || sk.probes_out() != 0 {
+    if armed == 0 || armed == expires || sk.probes_out() != 0 {
         return;
     }
     let (idle, intvl, _) = sk.keepalive_config(sk.net());
-    let gap = expires.wrapping_sub(p.armed);
+    let gap = expires.wrapping_sub(armed);
     if intvl == 0 || (gap as i32) < intvl as i32 {
         return;
     }
@@ -317,13 +323,13 @@ pub(crate) fn missed_answered(sk: Sock, timer: u64) {
     if ts < setting!(started_ns) {
         return;
     }
-    let mut reported = if p.known != 0 {
+    let reported = if p.known != 0 {
         p.probes
     } else {
         p.probes_then
     };
-    let mut silent_since = p.silent_since;
-    let mut silence_known = p.known != 0;
+    let silent_since = p.silent_since;
+    let silence_known = p.known != 0;
     // With keepidle no longer than keepintvl, a callback one interval after a
     // probe probes whether or not that one was answered, and a live peer
     // answers each probe with its own ACK within the interval: with `a` ACKs,
@@ -332,7 +338,7 @@ pub(crate) fn missed_answered(sk: Sock, timer: u64) {
     // out.) The kernel numbers a probe after an answer 1.
     let answers = sk.bare_segs_in().wrapping_sub(p.bare_segs_in);
     let chain = k + u32::from(reported > 0);
-    let mut each = if idle <= intvl {
+    let each = if idle <= intvl {
         answers.max(1).min(chain)
     } else {
         1
@@ -345,80 +351,86 @@ pub(crate) fn missed_answered(sk: Sock, timer: u64) {
         unnumbered(k);
         return;
     }
-    // How long after the last probe the peer answered it.
-    let took = answer.wrapping_sub(last);
-    if reported > 0 && each == chain {
-        // The reported probe was answered: as long after it (one interval
-        // before the expiry the last callback seen left) as the peer took to
-        // answer the last one; and at least keepidle before the next, which
-        // it let leave.
-        let mut inferred = p.armed.wrapping_sub(intvl).wrapping_add(took);
-        if (last.wrapping_sub((k - 1) * intvl).wrapping_sub(inferred) as i32) < idle as i32 {
-            inferred = last.wrapping_sub((k - 1) * intvl).wrapping_sub(idle);
-        }
-        inferred_answer(sk, inferred, silent_since, silence_known);
-        reported = 0;
-        silent_since = inferred;
-        silence_known = true;
-        each -= 1;
-    }
-    // The unseen probes: the first `k - each + 1` numbered after the reported
-    // one (the last of them answered when `each` > 1) ...
-    let first = k + 1 - each;
-    let at = last.wrapping_sub((each - 1) * intvl);
-    let probes = reported.saturating_add(first as u8);
-    emit(Kind::ProbeSent, sk, 0, None, |r| {
-        r.ts_ns = boot_ns_at(at);
-        r.probes = probes;
-        r.next = intvl;
-        r.idle = if silence_known {
+    // Each answered probe but the last was answered as long after it as the
+    // last was (`rcv_tstamp`), and the next left keepidle after that at the
+    // earliest: the silence at each probe after an answer.
+    let after_answer = intvl
+        .saturating_sub(answer.wrapping_sub(last))
+        .max(idle)
+        .min(intvl);
+    let silence = move |at: u32| {
+        if silence_known {
             at.wrapping_sub(silent_since)
         } else {
             IDLE_NONE
-        };
-        r.flags |= FLAG_LATE;
-        r.cause = first as u8;
-    });
-    let probes = if each > 1 {
-        // ... and the others each numbered 1, the peer's ACK of each the
-        // same time after it as that of the last.
-        let answered = at.wrapping_add(took);
-        inferred_answer(sk, answered, silent_since, silence_known);
-        silent_since = last.wrapping_sub(intvl).wrapping_add(took);
-        emit(Kind::ProbeSent, sk, 0, None, |r| {
-            r.ts_ns = ts;
-            r.probes = 1;
-            r.next = intvl;
-            r.idle = intvl.saturating_sub(took);
-            r.flags |= FLAG_LATE | FLAG_EACH_ANSWERED;
-            r.cause = (each - 1) as u8;
-        });
-        1
-    } else {
-        probes
+        }
     };
+    // The unseen probes: unless the reported one was answered too, the first
+    // `k - each + 1` numbered after it (the last of them answered when
+    // `each` > 1) ...
+    let numbered = if reported > 0 && each == chain {
+        0
+    } else {
+        k + 1 - each
+    };
+    let at = last.wrapping_sub((k - numbered) * intvl);
+    let numbered_probes = reported.saturating_add(numbered as u8);
+    // ... and the others each numbered 1, after the answer to the one before.
+    let answered_each = k - numbered;
+    let answered = last
+        .wrapping_sub(answered_each.saturating_sub(1) * intvl)
+        .wrapping_sub(after_answer);
     // Numbered after the last reported; answered() next reports the answer.
+    let (probes, since) = if answered_each > 0 {
+        (1, last.wrapping_sub(after_answer))
+    } else {
+        (numbered_probes, silent_since)
+    };
+    // Few values live across the emit: each is a stack slot.
+    let numbered_at = if numbered > 0 { boot_ns_at(at) } else { 0 };
+    let numbered_fields =
+        u64::from(silence(at)) << 32 | u64::from(numbered_probes) << 8 | u64::from(numbered as u8);
+    let each_fields = u64::from(silence(answered)) << 32 | u64::from(after_answer);
+    let each_count = answered_each as u8;
+    emit_and(
+        Kind::ProbeSent,
+        sk,
+        0,
+        None,
+        move |r| {
+            r.next = intvl;
+            r.flags |= FLAG_LATE;
+            if numbered_at == 0 {
+                each_numbered_1(r, ts, each_fields, each_count);
+            } else {
+                r.ts_ns = numbered_at;
+                r.idle = (numbered_fields >> 32) as u32;
+                r.probes = (numbered_fields >> 8) as u8;
+                r.cause = numbered_fields as u8;
+            }
+        },
+        // A copy of the first, with `next` and `FLAG_LATE`.
+        (numbered_at != 0 && answered_each > 0)
+            .then_some(move |r: &mut Record| each_numbered_1(r, ts, each_fields, each_count)),
+    );
     update_probing(sk, |p| {
         p.probes = probes;
-        p.silent_since = silent_since;
+        p.silent_since = since;
         p.known = 1;
     });
 }
 
-/// Reports an answer to a probe whose time kalive infers (`when`, jiffies;
-/// see [`missed_answered`]), after silence since `silent_since` if known.
+/// Fills in the record of probes each numbered 1 after an answer (see
+/// [`FLAG_EACH_ANSWERED`]): `count` of them, the last at `ts_ns`; `silences`
+/// holds the silence before the first answer (high 32 bits) and at each probe.
 #[inline(always)]
-fn inferred_answer(sk: Sock, when: u32, silent_since: u32, silence_known: bool) {
-    emit(Kind::ProbeAcked, sk, 0, None, |r| {
-        r.ts_ns = boot_ns_at(when);
-        r.idle = if silence_known {
-            when.wrapping_sub(silent_since)
-        } else {
-            IDLE_NONE
-        };
-        r.probes = 0;
-        r.cause = AckSeen::Inferred as u8;
-    });
+fn each_numbered_1(r: &mut Record, ts_ns: u64, silences: u64, count: u8) {
+    r.ts_ns = ts_ns;
+    r.probes = 1;
+    r.error = (silences >> 32) as u32;
+    r.idle = silences as u32;
+    r.flags |= FLAG_EACH_ANSWERED;
+    r.cause = count;
 }
 
 /// Counts `n` keepalive probes the programs know left but cannot number:
@@ -506,6 +518,21 @@ pub(crate) fn emit(
     owner: Option<&Owner>,
     extra: impl FnOnce(&mut Record),
 ) {
+    emit_and(kind, sk, cookie, owner, extra, None::<fn(&mut Record)>);
+}
+
+/// [`emit`], then, with `and`, a second record: a copy of the first adjusted
+/// by `and` (the socket is read, and the filters applied, once: a second
+/// [`emit`] would cost the verifier all of it again).
+#[inline(always)]
+pub(crate) fn emit_and(
+    kind: Kind,
+    sk: Sock,
+    cookie: u64,
+    owner: Option<&Owner>,
+    extra: impl FnOnce(&mut Record),
+    and: Option<impl FnOnce(&mut Record)>,
+) {
     let (sport, dport) = (sk.sport(), sk.dport());
     if !ports_match(sport, dport) {
         return;
@@ -525,6 +552,9 @@ pub(crate) fn emit(
 
     let Some(mut entry) = EVENTS.reserve::<Record>(0) else {
         count(&LOST);
+        if and.is_some() {
+            count(&LOST);
+        }
         return;
     };
     // Filled in place: a record built on the stack and copied would cost a
@@ -579,6 +609,20 @@ pub(crate) fn emit(
     }
     r.flags = flags;
     extra(r);
+    if let Some(and) = and {
+        if let Some(mut second) = EVENTS.reserve::<Record>(0) {
+            // SAFETY: both are reserved, writable, properly sized entries.
+            let copy = unsafe {
+                core::ptr::copy_nonoverlapping(p.cast_const(), second.as_mut_ptr(), 1);
+                &mut *second.as_mut_ptr()
+            };
+            and(copy);
+            entry.submit(0);
+            second.submit(0);
+            return;
+        }
+        count(&LOST);
+    }
     entry.submit(0);
 }
 

@@ -3,7 +3,7 @@
 //! because the kernel's count was ahead, or because the counters say probes
 //! left and were answered. They send one record for all of them (the last
 //! probe's, with how many in `cause`); users get one per probe, and with
-//! [`FLAG_EACH_ANSWERED`] the inferred answer between each two.
+//! [`FLAG_EACH_ANSWERED`] the inferred answer before each.
 
 use kalive_common::{AckSeen, FLAG_EACH_ANSWERED, FLAG_LATE, IDLE_NONE, Kind, Record};
 
@@ -41,22 +41,25 @@ pub fn expand(record: Record, hz: u64) -> impl Iterator<Item = Record> {
                 return [Some(r), None];
             }
             // Each numbered 1, as silent as the last (since the answer to the
-            // one before); then the answer, as long after it as the peer took.
-            if before == 0 {
-                return [Some(r), None];
-            }
-            let took = record.keepintvl.saturating_sub(record.idle);
-            let mut answer = Record {
+            // one before), and that answer written before it.
+            let answer = Record {
                 kind: Kind::ProbeAcked as u8,
-                ts_ns: r.ts_ns + jiffies_ns(took),
+                flags: r.flags & !FLAG_LATE,
+                ts_ns: r.ts_ns.saturating_sub(jiffies_ns(record.idle)),
                 probes: 0,
-                idle: record.keepintvl,
+                idle: if before + 1 == count {
+                    record.error
+                } else {
+                    record.keepintvl
+                },
                 next: 0,
+                error: 0,
                 cause: AckSeen::Inferred as u8,
                 ..r
             };
-            answer.flags &= !FLAG_LATE;
-            [Some(r), Some(answer)]
+            r.probes = 1;
+            r.error = 0;
+            [Some(answer), Some(r)]
         })
         .flatten()
 }
@@ -120,22 +123,35 @@ mod tests {
         r.cause = 3;
         r.probes = 1;
         r.keepintvl = 250;
-        // Answered 50 jiffies (200 ms) after each.
+        // Answered 50 jiffies (200 ms) after each: silent for 200 at each.
         r.idle = 200;
+        // The peer was silent for 300 before the first answer.
+        r.error = 300;
         r.ts_ns = 10_000_000_000;
         let got: Vec<_> = expand(r, 250)
-            .map(|r| (r.kind(), r.probes, r.ts_ns, r.idle, r.cause, r.flags))
+            .map(|r| {
+                (
+                    r.kind(),
+                    r.probes,
+                    r.ts_ns,
+                    r.idle,
+                    r.cause,
+                    r.flags,
+                    r.error,
+                )
+            })
             .collect();
         let (sent, acked) = (Some(Kind::ProbeSent), Some(Kind::ProbeAcked));
         let inferred = AckSeen::Inferred as u8;
         assert_eq!(
             got,
             [
-                (sent, 1, 8_000_000_000, 200, 0, FLAG_LATE),
-                (acked, 0, 8_200_000_000, 250, inferred, 0),
-                (sent, 1, 9_000_000_000, 200, 0, FLAG_LATE),
-                (acked, 0, 9_200_000_000, 250, inferred, 0),
-                (sent, 1, 10_000_000_000, 200, 0, FLAG_LATE),
+                (acked, 0, 7_200_000_000, 300, inferred, 0, 0),
+                (sent, 1, 8_000_000_000, 200, 0, FLAG_LATE, 0),
+                (acked, 0, 8_200_000_000, 250, inferred, 0, 0),
+                (sent, 1, 9_000_000_000, 200, 0, FLAG_LATE, 0),
+                (acked, 0, 9_200_000_000, 250, inferred, 0, 0),
+                (sent, 1, 10_000_000_000, 200, 0, FLAG_LATE, 0),
             ]
         );
     }
