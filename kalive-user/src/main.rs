@@ -14,6 +14,7 @@ mod clock;
 mod event;
 mod gaps;
 mod kernel;
+mod kernel_count;
 mod late;
 mod layout;
 mod loader;
@@ -232,6 +233,14 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
     let (tracer, events) = Tracer::start(cli.backend, &config)?;
     timings.step("load");
     timings.split_last(&tracer.times.parts());
+    // The kernel's count of probes, to find at exit any that kalive has no
+    // record of: read once tracing, so that every probe it counts from now on
+    // is one kalive should record (namespaces without a process are read
+    // while kalive may still join them). Without filters only: with them,
+    // records are not all the kernel's probes.
+    let kernel_counts = (filters.pids.is_empty() && filters.ports.is_empty())
+        .then(|| kernel_count::KeepaliveCounts::read(root));
+    timings.step("kernel's probe counts");
     announce(&tracer);
     // Attached: what only loading needed goes now.
     drop_privileges(cli.user, root)?;
@@ -248,6 +257,7 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
         tracer,
         sockets,
         pids: filters.pids.iter().copied().collect(),
+        kernel_counts,
         tally: Tally::default(),
     };
     stream.follow(events, sigint, sigterm).await

@@ -4,7 +4,7 @@
 //! written; and what became of them is tallied for the summary at exit.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fmt::Write as _,
     io::{self, Write},
     time::Duration,
@@ -18,7 +18,10 @@ use tokio::{
     signal::unix::Signal,
 };
 
-use crate::{clock::WallClock, event::Decoder, gaps, late, loader::Tracer, output::Writer, owners};
+use crate::{
+    clock::WallClock, event::Decoder, gaps, kernel_count::KeepaliveCounts, late, loader::Tracer,
+    output::Writer, owners,
+};
 
 pub struct Stream<W: Write> {
     pub writer: Writer<W>,
@@ -28,6 +31,9 @@ pub struct Stream<W: Write> {
     pub sockets: owners::Sockets,
     /// `--pid` values, for records the kernel could not filter.
     pub pids: HashSet<u32>,
+    /// The kernel's count of keepalive probes at start, without filters (with
+    /// them, records are not all the kernel's probes).
+    pub kernel_counts: Option<KeepaliveCounts>,
     pub tally: Tally,
 }
 
@@ -47,6 +53,11 @@ pub struct Tally {
     late: u64,
     /// Keepalive probes found to have left, unseen, that could not be numbered.
     unnumbered: u64,
+    /// `probe_sent` records per network namespace.
+    recorded: HashMap<u32, u64>,
+    /// Keepalive probes the kernel counted beyond those recorded, in the
+    /// namespaces compared at exit.
+    kernel_unrecorded: u64,
 }
 
 impl Tally {
@@ -99,22 +110,34 @@ impl Tally {
                 self.late
             );
         }
-        let unreported = self.gaps.unseen + self.unnumbered;
+        // Each way of finding them is a lower bound; the kernel's count covers
+        // the others when it is higher.
+        let found = self.gaps.unseen + self.unnumbered;
+        let unreported = found.max(self.kernel_unrecorded);
         if unreported > 0 {
-            let _ = write!(line, "; {unreported} keepalive probes had no record (");
+            let mut why = Vec::new();
             if self.gaps.unseen > 0 {
-                line.push_str("gaps in their sockets' probe numbers");
+                why.push("gaps in their sockets' probe numbers".to_owned());
             }
             if self.unnumbered > 0 {
-                let _ = write!(
-                    line,
-                    "{}{} found with no program run for their timer callbacks, \
-                     and answered, but with their numbers unknown",
-                    if self.gaps.unseen > 0 { "; " } else { "" },
+                why.push(format!(
+                    "{} found with no program run for their timer callbacks, and answered, \
+                     but with their numbers unknown",
                     self.unnumbered
-                );
+                ));
             }
-            line.push(')');
+            if self.kernel_unrecorded > found {
+                why.push(format!(
+                    "the kernel counted {} more than kalive recorded: TcpExtTCPKeepAlive, per \
+                     network namespace",
+                    self.kernel_unrecorded
+                ));
+            }
+            let _ = write!(
+                line,
+                "; {unreported} keepalive probes had no record ({})",
+                why.join("; ")
+            );
         }
         line
     }
@@ -159,6 +182,10 @@ impl<W: Write> Stream<W> {
         let result = result
             .and_then(|()| self.drain(events.get_mut()))
             .and_then(|()| self.check_counters());
+        if let Some(start) = &self.kernel_counts {
+            self.tally.kernel_unrecorded =
+                start.unrecorded(&KeepaliveCounts::read(false), &self.tally.recorded);
+        }
         say!("{}", self.tally.summary());
         match result {
             // A closed stdout (`kalive | head -1`) is a clean stop, not an error.
@@ -203,6 +230,9 @@ impl<W: Write> Stream<W> {
                      probe numbers); the count is in the summary at exit"
                 );
             }
+        }
+        if record.kind() == Some(Kind::ProbeSent) {
+            *self.tally.recorded.entry(record.netns).or_default() += 1;
         }
         if record.kind() == Some(Kind::ProbeSent) && record.flags & FLAG_LATE != 0 {
             if self.tally.late == 0 {
@@ -394,7 +424,7 @@ mod tests {
              their sockets' probe numbers; 3 found with no program run for their timer \
              callbacks, and answered, but with their numbers unknown)"
         );
-        let tally = Tally {
+        let mut tally = Tally {
             unnumbered: 2,
             ..Tally::default()
         };
@@ -404,5 +434,15 @@ mod tests {
              with no program run for their timer callbacks, and answered, but with their \
              numbers unknown)"
         );
+        tally.kernel_unrecorded = 5;
+        assert_eq!(
+            tally.summary(),
+            "stopped: 0 records written, 0 lost; 5 keepalive probes had no record (2 found \
+             with no program run for their timer callbacks, and answered, but with their \
+             numbers unknown; the kernel counted 5 more than kalive recorded: \
+             TcpExtTCPKeepAlive, per network namespace)"
+        );
+        tally.kernel_unrecorded = 1;
+        assert!(tally.summary().ends_with("numbers unknown)"));
     }
 }

@@ -4,7 +4,10 @@
 
 mod support;
 
-use std::{net::IpAddr, time::Duration};
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use serde_json::Value;
 use support::{Connection, Family, Kalive, connect};
@@ -480,6 +483,63 @@ fn answered_probes_unseen_in_a_row() {
             "answered {took} ms later: {probe} {answer}"
         );
     }
+}
+
+/// Probes kalive cannot report at all (an unseen callback's probe, answered,
+/// then a keepalive `setsockopt()` before the next callback: where the timer
+/// was left is forgotten) are still counted at exit, from the kernel's own
+/// count per namespace.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn probes_with_no_record_are_counted_from_the_kernel() {
+    // Alone: the kernel's count is per namespace, and the summary per host.
+    let _alone = support::alone();
+    let mut c = connect(
+        "uncnt",
+        Family::V4,
+        &["--idle", "1", "--intvl", "1", "--cnt", "2"],
+    );
+    // Started once the namespace exists: its count is read at start.
+    let mut kalive = Kalive::start_with_env(&[], &[("KALIVE_TEST_SKIP_PROBING_CALLBACKS", "2")]);
+    let ns = &c.net.client;
+    let probes0 = ns.counter("TcpExtTCPKeepAlive").expect("nstat");
+    c.client.send("go");
+    c.client.expect("configured");
+    // Keepalive re-configured four times a second (an interval of 1 s, as
+    // before: the kernel does not re-arm the timer for it).
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        c.client.send("set keepintvl 1");
+        c.client.expect("set keepintvl ok");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    c.client.send("disable");
+    c.client.expect("disabled Ok");
+    std::thread::sleep(Duration::from_millis(1500));
+    let probes = ns.counter("TcpExtTCPKeepAlive").expect("nstat") - probes0;
+    assert!(kalive.stop().success());
+    kalive.drain();
+    let cookie = c.info.cookie;
+    let recorded = kalive
+        .socket(cookie)
+        .iter()
+        .filter(|r| r["event"] == "probe_sent")
+        .count() as u64;
+    assert!(
+        recorded < probes,
+        "{recorded} of {probes}: the test must hide some"
+    );
+    let summary = kalive.stderr_line("kalive: stopped: ");
+    assert!(
+        summary.contains(&format!(
+            "; {} keepalive probes had no record (the kernel counted {} more than kalive \
+             recorded: TcpExtTCPKeepAlive, per network namespace)",
+            probes - recorded,
+            probes - recorded
+        )),
+        "{probes} probes, {recorded} recorded: {summary}"
+    );
+    c.server.close_stdin();
 }
 
 #[test]
