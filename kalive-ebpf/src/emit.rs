@@ -28,10 +28,14 @@ fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_boot_ns() }
 }
 
+/// `jiffies` as nanoseconds.
+fn jiffies_ns(jiffies: u32) -> u64 {
+    u64::from(jiffies) * 1_000_000_000 / u64::from(layout!(hz)).max(1)
+}
+
 /// `CLOCK_BOOTTIME` (the records' clock) at `jiffies`, a time past.
 fn boot_ns_at(jiffies: u32) -> u64 {
-    let ago = u64::from(jiffies32().wrapping_sub(jiffies));
-    now_ns().saturating_sub(ago * 1_000_000_000 / u64::from(layout!(hz)).max(1))
+    now_ns().saturating_sub(jiffies_ns(jiffies32().wrapping_sub(jiffies)))
 }
 
 /// The owner of `sk` (whose inode is `ino`), unless the entry is stale: the
@@ -187,7 +191,7 @@ pub(crate) fn caught_up(sk: Sock, keepalive_timer: u64) {
         return;
     }
     // Only those sent since kalive watched.
-    let intvl_ns = u64::from(intvl) * 1_000_000_000 / u64::from(layout!(hz)).max(1);
+    let intvl_ns = jiffies_ns(intvl);
     let watched = if intvl_ns == 0 {
         1
     } else {
@@ -386,7 +390,10 @@ pub(crate) fn missed_answered(sk: Sock, timer: u64) {
     } else {
         (numbered_probes, silent_since)
     };
-    // Few values live across the emit: each is a stack slot.
+    // Few values live across the emit, packed: each is a stack slot, and the
+    // verifier tracks each (closures over the plain values measured 216 bytes
+    // of stack and 44k verified instructions for the callback, against 176
+    // and 25k).
     let numbered_at = if numbered > 0 { boot_ns_at(at) } else { 0 };
     let numbered_fields =
         u64::from(silence(at)) << 32 | u64::from(numbered_probes) << 8 | u64::from(numbered as u8);

@@ -231,7 +231,7 @@ impl<W: Write> Stream<W> {
                 );
             }
         }
-        if record.kind() == Some(Kind::ProbeSent) {
+        if record.kind() == Some(Kind::ProbeSent) && self.kernel_counts.is_some() {
             *self.tally.recorded.entry(record.netns).or_default() += 1;
         }
         if record.kind() == Some(Kind::ProbeSent) && record.flags & FLAG_LATE != 0 {

@@ -20,6 +20,8 @@ use anyhow::{Context as _, Result, anyhow, bail};
 
 use kalive_testkit::sockopt::Keepalive;
 
+use crate::cmd::KillOnDrop;
+
 pub use kalive_testkit::Netns;
 
 /// A global sysctl raised for a while, restored on drop.
@@ -162,6 +164,18 @@ impl Pair {
         links[0]["stats64"]["tx"]["dropped"]
             .as_u64()
             .ok_or_else(|| anyhow!("no tx drop count in {out}"))
+    }
+
+    /// A process in the client namespace until dropped.
+    pub fn client_process(&self) -> Result<KillOnDrop> {
+        let child = self
+            .client
+            .command("sleep")
+            .arg("infinity")
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .context("a process in the client namespace")?;
+        Ok(KillOnDrop(child))
     }
 
     /// The server stops answering: everything to its ports is dropped.

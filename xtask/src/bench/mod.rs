@@ -399,28 +399,6 @@ pub const ANSWERED: Duration = Duration::from_secs(3);
 /// The ring buffer the capacity runs give kalive from 50k sockets on.
 pub const BIG_RING: u32 = 32 << 20;
 
-/// A process that is killed (and reaped) when dropped, on every return.
-struct Keeper(std::process::Child);
-
-impl Keeper {
-    fn sleeping_in(ns: &load::Netns) -> Result<Self> {
-        let child = ns
-            .command("sleep")
-            .arg("infinity")
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .context("a process in the client namespace")?;
-        Ok(Self(child))
-    }
-}
-
-impl Drop for Keeper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `n` idle connections with keepalive 1 s/1 s to a peer that stops
 /// answering: every socket probes every second.
 fn capacity_run(kalive: &Path, backend: &str, n: usize, secs: Duration) -> Result<Capacity> {
@@ -433,7 +411,7 @@ fn capacity_run(kalive: &Path, backend: &str, n: usize, secs: Duration) -> Resul
     let pair = Pair::new()?;
     // A process in the client namespace for as long as kalive runs, as on a
     // host: kalive reads the namespace's count of probes at exit through it.
-    let keeper = Keeper::sleeping_in(&pair.client)?;
+    let keeper = pair.client_process()?;
     let mut args: Vec<String> = load::SERVER_PORTS
         .iter()
         .flat_map(|p| ["--port".to_owned(), p.to_string()])

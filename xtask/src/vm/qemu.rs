@@ -16,6 +16,7 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use super::{Job, kernel::Kernel};
+use crate::cmd::KillOnDrop;
 
 /// The whole run, boot to power-off.
 const DEADLINE: Duration = Duration::from_mins(40);
@@ -157,16 +158,6 @@ fn spawn_tied(cmd: &mut Command) -> io::Result<Child> {
         })
     };
     cmd.spawn()
-}
-
-/// A child killed and reaped on drop.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[cfg(test)]
