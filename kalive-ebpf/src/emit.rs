@@ -23,7 +23,7 @@ pub(crate) fn jiffies32() -> u32 {
     unsafe { bpf_jiffies64() as u32 }
 }
 
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     // SAFETY: no preconditions.
     unsafe { bpf_ktime_get_boot_ns() }
 }
@@ -90,14 +90,15 @@ pub(crate) fn process_exited() {
     let _ = EXITED.insert(&pid, &now_ns(), 0);
 }
 
-/// Notes that keepalive probe number `probes` left `sk`, to tell an answer
-/// later (see [`PROBING`]).
-pub(crate) fn probing(sk: Sock, probes: u8) {
+/// Notes that keepalive probe number `probes` left `sk` at `sent_ns` (its
+/// record's time), to tell an answer later (see [`PROBING`]).
+pub(crate) fn probing(sk: Sock, probes: u8, sent_ns: u64) {
     let silent_since = sk.rcv_tstamp();
     update_probing(sk, |p| {
         p.probes = probes;
         p.silent_since = silent_since;
         p.known = 1;
+        p.sent_ns = sent_ns;
     });
 }
 
@@ -112,6 +113,7 @@ pub(crate) fn answered(sk: Sock, seen_at: AckSeen) {
         probes: reported,
         known: 1,
         silent_since,
+        sent_ns,
         ..
     }) = (unsafe { PROBING.get(&sk.0) })
     else {
@@ -125,7 +127,8 @@ pub(crate) fn answered(sk: Sock, seen_at: AckSeen) {
     }
     // Kept, with no probe out: probes after this one are numbered from 1.
     answered_at(sk, answer);
-    let ts = boot_ns_at(answer);
+    // Not before the probe it answers, whatever the tick's lag.
+    let ts = boot_ns_at(answer).max(sent_ns);
     emit(Kind::ProbeAcked, sk, 0, None, |r| {
         r.ts_ns = ts;
         r.idle = answer.wrapping_sub(silent_since);
@@ -183,8 +186,8 @@ pub(crate) fn caught_up(sk: Sock, keepalive_timer: u64) {
     if (last.wrapping_sub(sk.last_heard()) as i32) < idle as i32 {
         return;
     }
-    probing(sk, probes);
     let ts = boot_ns_at(last);
+    probing(sk, probes, ts);
     let started = setting!(started_ns);
     if ts < started {
         // Sent before kalive watched: not kalive's to report.

@@ -114,6 +114,10 @@ pub(crate) struct Probing {
     pub(crate) bare_segs_in: u32,
     /// ... and the next sequence number expected (`rcv_nxt`).
     pub(crate) rcv_nxt: u32,
+    /// The record time (`CLOCK_BOOTTIME`) of the probe `probes`: its answer
+    /// is not reported before it. (The answer's time comes from jiffies,
+    /// which can lag the clock by ticks: seen 12.7 ms under QEMU's TCG.)
+    pub(crate) sent_ns: u64,
 }
 
 /// Keepalive probes the programs know left, in callbacks no program ran for,

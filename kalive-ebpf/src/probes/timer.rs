@@ -23,7 +23,7 @@ use kalive_common::{
 use super::{Args, hook};
 use crate::{
     emit::{
-        answered, caught_up, emit, jiffies32, keepalive_armed, missed_answered, probing,
+        answered, caught_up, emit, jiffies32, keepalive_armed, missed_answered, now_ns, probing,
         zero_window_not_probing, zero_window_probed_again, zero_window_probing,
     },
     kernel::{ICSK_TIME_PROBE0, Sock, layout, setting, timer_expires, timer_function},
@@ -230,8 +230,12 @@ fn unseen(cb: &mut Callback) {
 fn probe_left(kind: u8, timer: u64, sk: Sock, now: u32) {
     if kind == KEEPALIVE {
         let next = (timer_expires(timer) as u32).wrapping_sub(now);
-        probing(sk, sk.probes_out());
-        emit(Kind::ProbeSent, sk, 0, None, |r| r.next = next);
+        let at = now_ns();
+        probing(sk, sk.probes_out(), at);
+        emit(Kind::ProbeSent, sk, 0, None, |r| {
+            r.ts_ns = at;
+            r.next = next;
+        });
     } else {
         // tcp_probe_timer() -> tcp_send_probe0()
         zero_window_probe(sk, 0);
@@ -269,8 +273,10 @@ pub(crate) fn write_wakeup_returned(sk: Sock, ret: i64, cookie: u64) {
         return;
     }
     let probes = sk.probes_out().wrapping_add(1);
-    probing(sk, probes);
+    let at = now_ns();
+    probing(sk, probes, at);
     emit(Kind::ProbeSent, sk, cookie, None, |r| {
+        r.ts_ns = at;
         r.probes = probes;
         r.next = r.keepintvl;
     });
