@@ -16,6 +16,8 @@ pub const RECORD_VERSION: u8 = 5;
 #[macro_use]
 mod declare;
 #[cfg(feature = "event")]
+pub mod dead;
+#[cfg(feature = "event")]
 pub mod event;
 
 kinds! {
