@@ -310,6 +310,34 @@ impl Record {
     }
 }
 
+/// One TCP socket as the `iter/tcp` program reads it for `kalive ls` (work in
+/// progress): its identity and its keepalive as the kernel has it. Settings
+/// are raw: 0 means the namespace's sysctl (also given) applies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockEntry {
+    pub sk: u64,
+    pub cookie: u64,
+    pub ino: u64,
+    pub netns: u32,
+    pub state: u8,
+    pub keepalive: u8,
+    pub probes: u8,
+    pub keepcnt: u8,
+    pub keepidle: u32,
+    pub keepintvl: u32,
+    pub net_keepidle: u32,
+    pub net_keepintvl: u32,
+    pub net_keepcnt: u8,
+    pub pad: [u8; 3],
+    pub user_timeout_ms: u32,
+    /// Jiffies: now, the last ACK, the last segment received.
+    pub now: u32,
+    pub rcv_tstamp: u32,
+    pub lrcvtime: u32,
+    pub pad2: u32,
+}
+
 /// The process that owns a socket: the value of the programs' map of owners,
 /// keyed by `struct sock *`.
 #[repr(C)]

@@ -3,6 +3,7 @@
 //! loader uses tp_btf where it loads and falls back to raw_tp per hook.
 
 mod functions;
+pub(crate) mod iter;
 mod owner;
 mod setsockopt;
 mod state;

@@ -150,4 +150,73 @@ mod tests {
             "not in the BPF object: {missing:?}; it has {have:?}"
         );
     }
+
+    /// Work in progress (`kalive ls`): the `iter/tcp` program loads on this
+    /// kernel and lists a socket with its own keepalive settings, raw.
+    #[test]
+    #[ignore = "needs root"]
+    fn the_tcp_iterator_lists_a_socket_with_its_settings() {
+        use std::{
+            io::Read as _,
+            net::{TcpListener, TcpStream},
+            os::fd::AsRawFd as _,
+            path::Path,
+        };
+
+        use aya::programs::Iter;
+        use kalive_common::SockEntry;
+
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        kalive_testkit::sockopt::Keepalive {
+            idle: Some(7),
+            intvl: Some(3),
+            cnt: Some(4),
+            user_timeout: None,
+        }
+        .apply(client.as_raw_fd(), true)
+        .expect("keepalive");
+        let local = client.local_addr().expect("local").port();
+
+        let kernel_btf = crate::btf::KernelBtf::open(Path::new(crate::btf::VMLINUX)).expect("btf");
+        let tracefs = crate::kernel::tracefs().expect("tracefs");
+        let hz = crate::kernel::hz().expect("hz");
+        let symbols = crate::kernel::Symbols::read(crate::loader::FUNCTIONS).expect("kallsyms");
+        let layout = crate::layout::discover(&kernel_btf, &symbols, &tracefs, hz).expect("layout");
+        let btf = aya::Btf::from_sys_fs().expect("btf");
+        let mut ebpf = load(
+            &btf,
+            &layout,
+            settings(&Filters::default(), false, false, 0),
+            1 << 20,
+            1024,
+        )
+        .expect("load");
+        let iter: &mut Iter = program(&mut ebpf, "tcp_sockets")
+            .expect("program")
+            .try_into()
+            .expect("an iterator");
+        iter.load("tcp", &btf).expect("loading iter/tcp");
+        let link = iter.attach().expect("attach");
+        let link = iter.take_link(link).expect("link");
+        let mut bytes = Vec::new();
+        link.into_file()
+            .expect("iterator file")
+            .read_to_end(&mut bytes)
+            .expect("reading the iterator");
+        let entries: Vec<SockEntry> = bytes
+            .chunks_exact(size_of::<SockEntry>())
+            // SAFETY: plain data, written whole by the program.
+            .map(|c| unsafe { c.as_ptr().cast::<SockEntry>().read_unaligned() })
+            .collect();
+        let ours = entries
+            .iter()
+            .find(|e| {
+                e.keepalive == 1 && e.keepidle == 7 * hz && e.keepintvl == 3 * hz && e.keepcnt == 4
+            })
+            .unwrap_or_else(|| panic!("port {local} not among {} sockets", entries.len()));
+        assert_eq!(ours.state, 1, "ESTABLISHED");
+        assert!(ours.ino != 0 && ours.netns != 0, "{ours:?}");
+        drop(client);
+    }
 }
