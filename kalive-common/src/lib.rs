@@ -335,8 +335,24 @@ pub struct SockEntry {
     pub now: u32,
     pub rcv_tstamp: u32,
     pub lrcvtime: u32,
+    /// The keepalive timer's expiry (jiffies), when `timer_pending`.
+    pub timer_expires: u32,
+    pub family: u16,
+    /// Ports, network order.
+    pub sport: u16,
+    pub dport: u16,
+    pub timer_pending: u8,
+    /// `icsk_pending`: the write timer armed (`ICSK_TIME_*`).
+    pub write_timer: u8,
+    /// Segments in flight.
+    pub packets_out: u32,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
     pub pad2: u32,
 }
+
+// No hidden padding: the program writes it whole from its stack.
+const _: () = assert!(core::mem::size_of::<SockEntry>() == 120);
 
 /// The process that owns a socket: the value of the programs' map of owners,
 /// keyed by `struct sock *`.
@@ -438,6 +454,8 @@ pub struct Layout {
     /// such as the answers to keepalive probes.
     pub tcp_segs_in: u32,
     pub tcp_data_segs_in: u32,
+    /// Segments in flight (`kalive ls`).
+    pub tcp_packets_out: u32,
 
     // struct net
     pub net_ns_inum: u32,
@@ -453,6 +471,8 @@ pub struct Layout {
     // struct timer_list
     pub timer_function: u32,
     pub timer_expires: u32,
+    /// `timer_list.entry.pprev`: not NULL while the timer is pending.
+    pub timer_pprev: u32,
 
     // the file behind a descriptor: task -> files -> fdt -> fd[n] -> private_data
     pub task_files: u32,
@@ -481,8 +501,8 @@ pub struct Layout {
     pub accept4_ret: u32,
 }
 
-// Two u64 and 70 u32 (one of them explicit padding): no hidden padding.
-const _: () = assert!(core::mem::size_of::<Layout>() == 2 * 8 + 70 * 4);
+// Two u64 and 72 u32 (one of them explicit padding): no hidden padding.
+const _: () = assert!(core::mem::size_of::<Layout>() == 2 * 8 + 72 * 4);
 
 /// What the user asked for, handed to the programs as a read-only global.
 #[repr(C)]

@@ -87,6 +87,7 @@ pub fn discover(btf: &KernelBtf, symbols: &Symbols, tracefs: &Path, hz: u32) -> 
         tcp_data_segs_out: tcp("data_segs_out", 4)?,
         tcp_segs_in: tcp("segs_in", 4)?,
         tcp_data_segs_in: tcp("data_segs_in", 4)?,
+        tcp_packets_out: tcp("packets_out", 4)?,
 
         net_ns_inum: net("ns.inum", 4)?,
         net_keepalive_time: net("ipv4.sysctl_tcp_keepalive_time", 4)?,
@@ -99,6 +100,7 @@ pub fn discover(btf: &KernelBtf, symbols: &Symbols, tracefs: &Path, hz: u32) -> 
 
         timer_function: btf.offset("timer_list", "function", PTR)?,
         timer_expires: btf.offset("timer_list", "expires", PTR)?,
+        timer_pprev: btf.offset("timer_list", "entry.pprev", PTR)?,
 
         task_files: btf.offset("task_struct", "files", PTR)?,
         files_fdt: btf.offset("files_struct", "fdt", PTR)?,

@@ -39,7 +39,9 @@ pub extern "C" fn tcp_sockets(ctx: *const IterTcp) -> i32 {
         read::<u32>(sk.0, layout!(tcp_keepalive_intvl)),
         read::<u8>(sk.0, layout!(tcp_keepalive_probes)),
     );
-    let entry = SockEntry {
+    let timer = sk.keepalive_timer();
+    let family = sk.family();
+    let mut entry = SockEntry {
         sk: sk.0,
         cookie: sk.cookie(),
         ino: sk.ino(),
@@ -58,8 +60,19 @@ pub extern "C" fn tcp_sockets(ctx: *const IterTcp) -> i32 {
         now: jiffies32(),
         rcv_tstamp: sk.rcv_tstamp(),
         lrcvtime: read(sk.0, layout!(icsk_lrcvtime)),
+        timer_expires: read::<u64>(timer, layout!(timer_expires)) as u32,
+        family,
+        sport: sk.sport(),
+        dport: sk.dport(),
+        timer_pending: u8::from(read::<u64>(timer, layout!(timer_pprev)) != 0),
+        write_timer: sk.pending(),
+        packets_out: read(sk.0, layout!(tcp_packets_out)),
+        saddr: [0; 16],
+        daddr: [0; 16],
         pad2: 0,
     };
+    let (saddr, daddr) = (&mut entry.saddr, &mut entry.daddr);
+    sk.addrs(family, saddr, daddr);
     // SAFETY: the seq_file the kernel handed this run; `entry` is plain data.
     unsafe {
         bpf_seq_write(

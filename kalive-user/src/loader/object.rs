@@ -211,12 +211,25 @@ mod tests {
             .collect();
         let ours = entries
             .iter()
-            .find(|e| {
-                e.keepalive == 1 && e.keepidle == 7 * hz && e.keepintvl == 3 * hz && e.keepcnt == 4
-            })
+            .find(|e| e.sport == local.to_be() && e.family == kalive_common::AF_INET)
             .unwrap_or_else(|| panic!("port {local} not among {} sockets", entries.len()));
         assert_eq!(ours.state, 1, "ESTABLISHED");
         assert!(ours.ino != 0 && ours.netns != 0, "{ours:?}");
+        assert_eq!(
+            (ours.keepalive, ours.keepidle, ours.keepintvl, ours.keepcnt),
+            (1, 7 * hz, 3 * hz, 4)
+        );
+        assert_eq!(ours.saddr[..4], [127, 0, 0, 1]);
+        assert_eq!(ours.timer_pending, 1, "the keepalive timer is armed");
+        // Setting TCP_KEEPIDLE re-arms it keepidle after the peer was last
+        // heard from.
+        let heard = if ours.lrcvtime.wrapping_sub(ours.rcv_tstamp) as i32 > 0 {
+            ours.lrcvtime
+        } else {
+            ours.rcv_tstamp
+        };
+        assert_eq!(ours.timer_expires, heard.wrapping_add(7 * hz), "{ours:?}");
+        assert_eq!(ours.packets_out, 0);
         drop(client);
     }
 }
