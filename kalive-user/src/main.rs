@@ -18,6 +18,8 @@ mod kernel_count;
 mod late;
 mod layout;
 mod loader;
+#[allow(dead_code, reason = "work in progress: kalive ls")]
+mod ls;
 mod output;
 mod owners;
 mod pipeline;

@@ -25,7 +25,7 @@ mod attach;
 mod backend;
 mod bpf_info;
 mod hooks;
-mod object;
+pub(crate) mod object;
 mod tracer;
 
 pub use attach::Config;

@@ -125,7 +125,7 @@ pub fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::progra
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::loader::{backend::Backend, hooks};
 
@@ -151,32 +151,12 @@ mod tests {
         );
     }
 
-    /// Work in progress (`kalive ls`): the `iter/tcp` program loads on this
-    /// kernel and lists a socket with its own keepalive settings, raw.
-    #[test]
-    #[ignore = "needs root"]
-    fn the_tcp_iterator_lists_a_socket_with_its_settings() {
-        use std::{
-            io::Read as _,
-            net::{TcpListener, TcpStream},
-            os::fd::AsRawFd as _,
-            path::Path,
-        };
+    /// Kalive's object loaded for this kernel with its `iter/tcp` program
+    /// loaded (needs root), and HZ.
+    pub(crate) fn loaded_tcp_iterator() -> (aya::Ebpf, u32) {
+        use std::path::Path;
 
         use aya::programs::Iter;
-        use kalive_common::SockEntry;
-
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        kalive_testkit::sockopt::Keepalive {
-            idle: Some(7),
-            intvl: Some(3),
-            cnt: Some(4),
-            user_timeout: None,
-        }
-        .apply(client.as_raw_fd(), true)
-        .expect("keepalive");
-        let local = client.local_addr().expect("local").port();
 
         let kernel_btf = crate::btf::KernelBtf::open(Path::new(crate::btf::VMLINUX)).expect("btf");
         let tracefs = crate::kernel::tracefs().expect("tracefs");
@@ -197,6 +177,40 @@ mod tests {
             .try_into()
             .expect("an iterator");
         iter.load("tcp", &btf).expect("loading iter/tcp");
+        (ebpf, hz)
+    }
+
+    /// Work in progress (`kalive ls`): the `iter/tcp` program loads on this
+    /// kernel and lists a socket with its own keepalive settings, raw.
+    #[test]
+    #[ignore = "needs root"]
+    fn the_tcp_iterator_lists_a_socket_with_its_settings() {
+        use std::{
+            io::Read as _,
+            net::{TcpListener, TcpStream},
+            os::fd::AsRawFd as _,
+        };
+
+        use aya::programs::Iter;
+        use kalive_common::SockEntry;
+
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        kalive_testkit::sockopt::Keepalive {
+            idle: Some(7),
+            intvl: Some(3),
+            cnt: Some(4),
+            user_timeout: None,
+        }
+        .apply(client.as_raw_fd(), true)
+        .expect("keepalive");
+        let local = client.local_addr().expect("local").port();
+
+        let (mut ebpf, hz) = loaded_tcp_iterator();
+        let iter: &mut Iter = program(&mut ebpf, "tcp_sockets")
+            .expect("program")
+            .try_into()
+            .expect("an iterator");
         let link = iter.attach().expect("attach");
         let link = iter.take_link(link).expect("link");
         let mut bytes = Vec::new();
@@ -223,7 +237,7 @@ mod tests {
         assert_eq!(ours.timer_pending, 1, "the keepalive timer is armed");
         // Setting TCP_KEEPIDLE re-arms it keepidle after the peer was last
         // heard from.
-        let heard = if ours.lrcvtime.wrapping_sub(ours.rcv_tstamp) as i32 > 0 {
+        let heard = if ours.lrcvtime.wrapping_sub(ours.rcv_tstamp).cast_signed() > 0 {
             ours.lrcvtime
         } else {
             ours.rcv_tstamp
