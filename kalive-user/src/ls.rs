@@ -6,7 +6,7 @@
 use std::{
     collections::HashMap,
     fs::{self, File},
-    io::Read as _,
+    io::{Read as _, Write as _},
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     thread,
@@ -14,8 +14,180 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::programs::Iter;
-use kalive_common::SockEntry;
+use kalive_common::{AF_INET6, SockEntry, TcpState, dead};
 use nix::sched::{CloneFlags, setns};
+use serde_json::{Value, json};
+
+use crate::{
+    btf, kernel, layout,
+    loader::{
+        self,
+        object::{self, Filters},
+    },
+    output::Format,
+    owners,
+};
+
+/// `kalive ls`: a snapshot of every TCP connection's protection against a
+/// dead peer, then exit (work in progress: keepalive only so far).
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Output format [default: text on a terminal, json otherwise]
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+
+    /// Only sockets held by this process (repeatable)
+    #[arg(short, long = "pid", value_name = "PID")]
+    pids: Vec<u32>,
+
+    /// Only sockets with this local or remote port (repeatable)
+    #[arg(short = 'P', long = "port", value_name = "PORT")]
+    ports: Vec<u16>,
+
+    /// Also listening sockets (accepted connections inherit their keepalive)
+    #[arg(long)]
+    listening: bool,
+}
+
+/// Runs `kalive ls`.
+///
+/// # Errors
+/// When the kernel's sockets cannot be read.
+pub fn run(args: &Args) -> Result<()> {
+    let kernel_btf = btf::KernelBtf::open(Path::new(btf::VMLINUX))?;
+    let tracefs = kernel::tracefs()?;
+    let hz = kernel::hz().context("finding the kernel's HZ")?;
+    let symbols = kernel::Symbols::read(loader::FUNCTIONS)?;
+    let layout = layout::discover(&kernel_btf, &symbols, &tracefs, hz)?;
+    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+    let mut ebpf = object::load(
+        &btf,
+        &layout,
+        object::settings(&Filters::default(), false, false, 0),
+        1 << 12,
+        1024,
+    )?;
+    let iter: &mut Iter = object::program(&mut ebpf, "tcp_sockets")?.try_into()?;
+    iter.load("tcp", &btf).context("loading the TCP iterator")?;
+    let mut holders = owners::Sockets::scan();
+    let mut out = std::io::stdout().lock();
+    for ns in namespaces() {
+        let entries = match sockets_in(iter, &ns) {
+            Ok(entries) => entries,
+            Err(err) if !still(&ns.path, ns.inode) => {
+                log::info!("namespace {} went away: {err:#}", ns.inode);
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
+        for e in entries {
+            let state = TcpState::from_kernel(e.state);
+            if state == TcpState::Listen && !args.listening {
+                continue;
+            }
+            let (sport, dport) = (u16::from_be(e.sport), u16::from_be(e.dport));
+            if !args.ports.is_empty() && !args.ports.iter().any(|&p| p == sport || p == dport) {
+                continue;
+            }
+            let held = holders
+                .holders(e.ino)
+                .map(<[_]>::to_vec)
+                .unwrap_or_default();
+            if !args.pids.is_empty() && !held.iter().any(|h| args.pids.contains(&h.pid)) {
+                continue;
+            }
+            let record = record(&e, state, &held, hz);
+            writeln!(out, "{record}")?;
+        }
+    }
+    let _ = args.format;
+    Ok(())
+}
+
+/// One socket's record.
+fn record(e: &SockEntry, state: TcpState, held: &[owners::Holder], hz: u32) -> Value {
+    let ms = |jiffies: u32| u64::from(jiffies) * 1000 / u64::from(hz.max(1));
+    let (family, len) = if e.family == AF_INET6 {
+        ("ipv6", 16)
+    } else {
+        ("ipv4", 4)
+    };
+    let addr = |a: &[u8; 16]| -> String {
+        if len == 4 {
+            std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).to_string()
+        } else {
+            std::net::Ipv6Addr::from(*a).to_string()
+        }
+    };
+    let own = |raw: u32| if raw != 0 { "socket" } else { "sysctl" };
+    let pick = |raw: u32, net: u32| if raw != 0 { raw } else { net };
+    let keepidle = pick(e.keepidle, e.net_keepidle);
+    let keepintvl = pick(e.keepintvl, e.net_keepintvl);
+    let keepcnt = if e.keepcnt != 0 {
+        e.keepcnt
+    } else {
+        e.net_keepcnt
+    };
+    let heard = if e.lrcvtime.wrapping_sub(e.rcv_tstamp).cast_signed() > 0 {
+        e.lrcvtime
+    } else {
+        e.rcv_tstamp
+    };
+    let idle = state.connected().then(|| ms(e.now.wrapping_sub(heard)));
+    let timer_ms = (e.timer_pending != 0).then(|| ms(e.timer_expires.wrapping_sub(e.now)));
+    // Keepalive alone decides while nothing is in flight; the rest is to come.
+    let (dead_after, detected_by) = match (
+        e.keepalive != 0,
+        e.packets_out,
+        e.write_timer,
+        idle,
+        timer_ms,
+    ) {
+        (true, 0, 0, Some(idle_ms), Some(timer_ms)) => {
+            let (after, verdict) = dead::keepalive(&dead::Keepalive {
+                keepidle_ms: ms(keepidle),
+                keepintvl_ms: ms(keepintvl),
+                keepcnt: u32::from(keepcnt),
+                user_timeout_ms: u64::from(e.user_timeout_ms),
+                idle_ms,
+                timer_ms,
+                probes: u32::from(e.probes),
+            });
+            (
+                Some(after),
+                Some(format!("keepalive_{verdict:?}").to_lowercase()),
+            )
+        }
+        _ => (None, None),
+    };
+    let holders: Vec<Value> = held
+        .iter()
+        .map(|h| json!({"pid": h.pid, "fd": h.fd, "comm": String::from_utf8_lossy(&h.comm)}))
+        .collect();
+    json!({
+        "family": family,
+        "saddr": addr(&e.saddr),
+        "sport": u16::from_be(e.sport),
+        "daddr": addr(&e.daddr),
+        "dport": u16::from_be(e.dport),
+        "netns": e.netns,
+        "cookie": e.cookie,
+        "state": state.name(),
+        "holders": holders,
+        "keepalive": e.keepalive != 0,
+        "keepidle_ms": ms(keepidle),
+        "keepintvl_ms": ms(keepintvl),
+        "keepcnt": keepcnt,
+        "user_timeout_ms": e.user_timeout_ms,
+        "from": {"keepidle": own(e.keepidle), "keepintvl": own(e.keepintvl), "keepcnt": own(u32::from(e.keepcnt))},
+        "keepalive_timer_ms": timer_ms,
+        "probes": e.probes,
+        "unacked": e.packets_out,
+        "idle_ms": idle,
+        "dead_after_ms": dead_after,
+        "detected_by": detected_by,
+    })
+}
 
 /// A network namespace, and a file that opens it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,7 +18,6 @@ mod kernel_count;
 mod late;
 mod layout;
 mod loader;
-#[allow(dead_code, reason = "work in progress: kalive ls")]
 mod ls;
 mod output;
 mod owners;
@@ -62,7 +61,7 @@ EXAMPLES:
 /// Streams what the kernel does with TCP keepalive, socket by socket: keepalive
 /// configured, probes sent and answered, connections killed by keepalive.
 #[derive(Debug, Parser)]
-#[command(name = "kalive", version, after_help = EXAMPLES)]
+#[command(name = "kalive", version, after_help = EXAMPLES, args_conflicts_with_subcommands = true)]
 struct Cli {
     /// Output format [default: text on a terminal, json otherwise]
     #[arg(long, value_enum)]
@@ -112,6 +111,16 @@ struct Cli {
     /// the capabilities it still needs [default: nobody when started as root]
     #[arg(long, value_name = "NAME", value_parser = User::lookup)]
     user: Option<User>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// A snapshot of every TCP connection's protection against a dead peer
+    /// (work in progress)
+    Ls(ls::Args),
 }
 
 fn parse_pid(value: &str) -> Result<u32, String> {
@@ -162,6 +171,15 @@ fn main() -> ExitCode {
         .target(env_logger::Target::Stderr)
         .init();
     let cli = Cli::parse();
+    if let Some(Command::Ls(args)) = &cli.command {
+        return match ls::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                say!("{err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
