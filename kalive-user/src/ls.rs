@@ -7,6 +7,7 @@ use std::{
     collections::HashMap,
     fs::{self, File},
     io::{Read as _, Write as _},
+    net::IpAddr,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     thread,
@@ -14,9 +15,9 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::programs::Iter;
-use kalive_common::{AF_INET6, SockEntry, TcpState, dead};
+use kalive_common::{AF_INET6, SockEntry, TcpState, dead, event::Family};
 use nix::sched::{CloneFlags, setns};
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use crate::{
     btf, kernel, layout,
@@ -47,6 +48,11 @@ pub struct Args {
     /// Also listening sockets (accepted connections inherit their keepalive)
     #[arg(long)]
     listening: bool,
+
+    /// Mark connections a middlebox that forgets flows idle this long would
+    /// forget before keepalive sends anything (`over_budget`)
+    #[arg(long, value_name = "SECONDS")]
+    idle_budget: Option<u64>,
 }
 
 /// Runs `kalive ls`.
@@ -96,33 +102,111 @@ pub fn run(args: &Args) -> Result<()> {
             if !args.pids.is_empty() && !held.iter().any(|h| args.pids.contains(&h.pid)) {
                 continue;
             }
-            let record = record(&e, state, &held, hz);
-            writeln!(out, "{record}")?;
+            let record = record(
+                &e,
+                state,
+                &held,
+                hz,
+                args.idle_budget.map(|s| s.saturating_mul(1000)),
+            );
+            serde_json::to_writer(&mut out, &record)?;
+            writeln!(out)?;
         }
     }
     let _ = args.format;
     Ok(())
 }
 
-/// One socket's record.
-fn record(e: &SockEntry, state: TcpState, held: &[owners::Holder], hz: u32) -> Value {
+/// Where an effective keepalive setting comes from: the socket's own option,
+/// or its namespace's sysctl (which a sysctl change reaches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Socket,
+    Sysctl,
+}
+
+/// Where each of the three keepalive settings comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Sources {
+    pub keepidle: Source,
+    pub keepintvl: Source,
+    pub keepcnt: Source,
+}
+
+/// A process holding the socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Holding {
+    pub pid: u32,
+    pub fd: i32,
+    pub comm: String,
+}
+
+/// One connection in `kalive ls`'s snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Connection {
+    pub family: Family,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub netns: u32,
+    pub cookie: u64,
+    pub state: TcpState,
+    /// The first holder (lowest pid); `null` when no process holds it.
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub holders: Vec<Holding>,
+    pub keepalive: bool,
+    pub keepidle_ms: u64,
+    pub keepintvl_ms: u64,
+    pub keepcnt: u8,
+    pub user_timeout_ms: u32,
+    pub from: Sources,
+    /// When the keepalive timer fires, if pending.
+    pub keepalive_timer_ms: Option<u64>,
+    pub probes: u8,
+    /// Segments in flight: while there are any, keepalive does not probe.
+    pub unacked: u32,
+    /// The kernel's keepalive idle: since the later of the last segment and
+    /// the last ACK received.
+    pub idle_ms: Option<u64>,
+    /// If the peer went silent now, how long until the kernel closes the
+    /// connection (keepalive only so far; `null` otherwise).
+    pub dead_after_ms: Option<u64>,
+    pub detected_by: Option<String>,
+    /// With `--idle-budget S`: a middlebox that forgets flows idle for S
+    /// seconds would forget this one before keepalive sends anything.
+    pub over_budget: Option<bool>,
+}
+
+/// One socket's record; `budget_ms` is `--idle-budget`.
+fn record(
+    e: &SockEntry,
+    state: TcpState,
+    held: &[owners::Holder],
+    hz: u32,
+    budget_ms: Option<u64>,
+) -> Connection {
     let ms = |jiffies: u32| u64::from(jiffies) * 1000 / u64::from(hz.max(1));
-    let (family, len) = if e.family == AF_INET6 {
-        ("ipv6", 16)
-    } else {
-        ("ipv4", 4)
-    };
-    let addr = |a: &[u8; 16]| -> String {
-        if len == 4 {
-            std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).to_string()
+    let ipv6 = e.family == AF_INET6;
+    let addr = |a: &[u8; 16]| -> IpAddr {
+        if ipv6 {
+            IpAddr::from(*a)
         } else {
-            std::net::Ipv6Addr::from(*a).to_string()
+            IpAddr::from([a[0], a[1], a[2], a[3]])
         }
     };
-    let own = |raw: u32| if raw != 0 { "socket" } else { "sysctl" };
+    let from = |raw: u32| {
+        if raw != 0 {
+            Source::Socket
+        } else {
+            Source::Sysctl
+        }
+    };
     let pick = |raw: u32, net: u32| if raw != 0 { raw } else { net };
-    let keepidle = pick(e.keepidle, e.net_keepidle);
-    let keepintvl = pick(e.keepintvl, e.net_keepintvl);
+    let keepidle_ms = ms(pick(e.keepidle, e.net_keepidle));
+    let keepintvl_ms = ms(pick(e.keepintvl, e.net_keepintvl));
     let keepcnt = if e.keepcnt != 0 {
         e.keepcnt
     } else {
@@ -135,58 +219,67 @@ fn record(e: &SockEntry, state: TcpState, held: &[owners::Holder], hz: u32) -> V
     };
     let idle = state.connected().then(|| ms(e.now.wrapping_sub(heard)));
     let timer_ms = (e.timer_pending != 0).then(|| ms(e.timer_expires.wrapping_sub(e.now)));
+    let keepalive = e.keepalive != 0;
     // Keepalive alone decides while nothing is in flight; the rest is to come.
-    let (dead_after, detected_by) = match (
-        e.keepalive != 0,
-        e.packets_out,
-        e.write_timer,
-        idle,
-        timer_ms,
-    ) {
-        (true, 0, 0, Some(idle_ms), Some(timer_ms)) => {
-            let (after, verdict) = dead::keepalive(&dead::Keepalive {
-                keepidle_ms: ms(keepidle),
-                keepintvl_ms: ms(keepintvl),
-                keepcnt: u32::from(keepcnt),
-                user_timeout_ms: u64::from(e.user_timeout_ms),
-                idle_ms,
-                timer_ms,
-                probes: u32::from(e.probes),
-            });
-            (
-                Some(after),
-                Some(format!("keepalive_{verdict:?}").to_lowercase()),
-            )
-        }
-        _ => (None, None),
-    };
-    let holders: Vec<Value> = held
+    let (dead_after_ms, detected_by) =
+        match (keepalive, e.packets_out, e.write_timer, idle, timer_ms) {
+            (true, 0, 0, Some(idle_ms), Some(timer_ms)) => {
+                let (after, verdict) = dead::keepalive(&dead::Keepalive {
+                    keepidle_ms,
+                    keepintvl_ms,
+                    keepcnt: u32::from(keepcnt),
+                    user_timeout_ms: u64::from(e.user_timeout_ms),
+                    idle_ms,
+                    timer_ms,
+                    probes: u32::from(e.probes),
+                });
+                (
+                    Some(after),
+                    Some(format!("keepalive_{verdict:?}").to_lowercase()),
+                )
+            }
+            _ => (None, None),
+        };
+    let mut holders: Vec<Holding> = held
         .iter()
-        .map(|h| json!({"pid": h.pid, "fd": h.fd, "comm": String::from_utf8_lossy(&h.comm)}))
+        .map(|h| Holding {
+            pid: h.pid,
+            fd: h.fd,
+            comm: String::from_utf8_lossy(&h.comm).into_owned(),
+        })
         .collect();
-    json!({
-        "family": family,
-        "saddr": addr(&e.saddr),
-        "sport": u16::from_be(e.sport),
-        "daddr": addr(&e.daddr),
-        "dport": u16::from_be(e.dport),
-        "netns": e.netns,
-        "cookie": e.cookie,
-        "state": state.name(),
-        "holders": holders,
-        "keepalive": e.keepalive != 0,
-        "keepidle_ms": ms(keepidle),
-        "keepintvl_ms": ms(keepintvl),
-        "keepcnt": keepcnt,
-        "user_timeout_ms": e.user_timeout_ms,
-        "from": {"keepidle": own(e.keepidle), "keepintvl": own(e.keepintvl), "keepcnt": own(u32::from(e.keepcnt))},
-        "keepalive_timer_ms": timer_ms,
-        "probes": e.probes,
-        "unacked": e.packets_out,
-        "idle_ms": idle,
-        "dead_after_ms": dead_after,
-        "detected_by": detected_by,
-    })
+    holders.sort_by_key(|h| (h.pid, h.fd));
+    Connection {
+        family: if ipv6 { Family::Ipv6 } else { Family::Ipv4 },
+        saddr: addr(&e.saddr),
+        sport: u16::from_be(e.sport),
+        daddr: addr(&e.daddr),
+        dport: u16::from_be(e.dport),
+        netns: e.netns,
+        cookie: e.cookie,
+        state,
+        pid: holders.first().map(|h| h.pid),
+        comm: holders.first().map(|h| h.comm.clone()),
+        holders,
+        keepalive,
+        keepidle_ms,
+        keepintvl_ms,
+        keepcnt,
+        user_timeout_ms: e.user_timeout_ms,
+        from: Sources {
+            keepidle: from(e.keepidle),
+            keepintvl: from(e.keepintvl),
+            keepcnt: from(u32::from(e.keepcnt)),
+        },
+        keepalive_timer_ms: timer_ms,
+        probes: e.probes,
+        unacked: e.packets_out,
+        idle_ms: idle,
+        dead_after_ms,
+        detected_by,
+        // The first probe leaves keepidle into the silence.
+        over_budget: budget_ms.map(|budget| !keepalive || keepidle_ms > budget),
+    }
 }
 
 /// A network namespace, and a file that opens it.
@@ -284,6 +377,79 @@ mod tests {
 
     use super::*;
     use crate::loader::object::tests::loaded_tcp_iterator;
+
+    /// An established IPv4 connection at HZ=250 (jiffies are 4 ms), silent
+    /// for 10 s, with keepalive `on`, keepidle `idle` s of its own (0: the
+    /// sysctl's 7200 s) and the sysctls' interval and count.
+    fn established(on: bool, idle: u32) -> SockEntry {
+        SockEntry {
+            state: 1,
+            keepalive: u8::from(on),
+            keepidle: idle * 250,
+            net_keepidle: 7200 * 250,
+            net_keepintvl: 75 * 250,
+            net_keepcnt: 9,
+            now: 100_000,
+            rcv_tstamp: 100_000 - 2500,
+            lrcvtime: 100_000 - 2600,
+            timer_pending: u8::from(on),
+            timer_expires: 100_000 - 2500 + idle.max(7200) * 250,
+            family: 2,
+            saddr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            sport: 40000u16.to_be(),
+            ..SockEntry::default()
+        }
+    }
+
+    #[test]
+    fn effective_settings_say_where_they_come_from() {
+        let c = record(
+            &established(true, 600),
+            TcpState::Established,
+            &[],
+            250,
+            None,
+        );
+        assert_eq!(
+            (c.keepidle_ms, c.keepintvl_ms, c.keepcnt),
+            (600_000, 75_000, 9)
+        );
+        assert_eq!(
+            c.from,
+            Sources {
+                keepidle: Source::Socket,
+                keepintvl: Source::Sysctl,
+                keepcnt: Source::Sysctl,
+            }
+        );
+        assert_eq!(c.idle_ms, Some(10_000), "the later of segment and ACK");
+        assert_eq!(
+            (c.saddr.to_string(), c.sport),
+            ("10.0.0.1".to_owned(), 40000)
+        );
+        assert_eq!((c.pid, c.over_budget), (None, None));
+    }
+
+    #[test]
+    fn over_budget_when_keepalive_would_not_probe_in_time() {
+        let budget = Some(350_000);
+        let over = |on, idle| {
+            record(
+                &established(on, idle),
+                TcpState::Established,
+                &[],
+                250,
+                budget,
+            )
+            .over_budget
+        };
+        // AWS NLB's 350 s: a 600 s keepidle comes too late, 300 s in time,
+        // and without keepalive nothing ever comes.
+        assert_eq!(over(true, 600), Some(true));
+        assert_eq!(over(true, 300), Some(false));
+        assert_eq!(over(false, 300), Some(true));
+        assert_eq!(over(true, 0), Some(true), "the sysctl's two hours");
+    }
 
     /// Needs root: a socket in a namespace of the test's own is listed with
     /// that namespace, and the host's namespace is listed too.
