@@ -5,8 +5,9 @@
 
 use std::{
     collections::HashMap,
+    fmt::Write as _,
     fs::{self, File},
-    io::{Read as _, Write as _},
+    io::{IsTerminal as _, Read as _, Write as _},
     net::IpAddr,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -76,7 +77,7 @@ pub fn run(args: &Args) -> Result<()> {
     let iter: &mut Iter = object::program(&mut ebpf, "tcp_sockets")?.try_into()?;
     iter.load("tcp", &btf).context("loading the TCP iterator")?;
     let mut holders = owners::Sockets::scan();
-    let mut out = std::io::stdout().lock();
+    let mut all = Vec::new();
     for ns in namespaces() {
         let entries = match sockets_in(iter, &ns) {
             Ok(entries) => entries,
@@ -109,12 +110,133 @@ pub fn run(args: &Args) -> Result<()> {
                 hz,
                 args.idle_budget.map(|s| s.saturating_mul(1000)),
             );
-            serde_json::to_writer(&mut out, &record)?;
-            writeln!(out)?;
+            all.push(record);
         }
     }
-    let _ = args.format;
+    // The worst protected first: never found, then the slowest.
+    all.sort_by_key(|c| {
+        (
+            c.dead_after_ms.is_some(),
+            std::cmp::Reverse(c.dead_after_ms),
+        )
+    });
+    let stdout = std::io::stdout();
+    let format = args.format.unwrap_or(if stdout.is_terminal() {
+        Format::Text
+    } else {
+        Format::Json
+    });
+    let mut out = stdout.lock();
+    match format {
+        Format::Json => {
+            for c in &all {
+                serde_json::to_writer(&mut out, c)?;
+                writeln!(out)?;
+            }
+        }
+        Format::Text => {
+            out.write_all(table(&all).as_bytes())?;
+            writeln!(out, "{}", summary(&all, args.idle_budget))?;
+        }
+    }
     Ok(())
+}
+
+/// Aligned columns, one connection a line, with a header.
+fn table(all: &[Connection]) -> String {
+    let mut rows = vec![[
+        "STATE".to_owned(),
+        "LOCAL".to_owned(),
+        "PEER".to_owned(),
+        "PROCESS".to_owned(),
+        "KEEPALIVE".to_owned(),
+        "IDLE".to_owned(),
+        "DEAD AFTER".to_owned(),
+        "BY".to_owned(),
+    ]];
+    let endpoint = |a: IpAddr, p: u16| match a {
+        IpAddr::V4(a) => format!("{a}:{p}"),
+        IpAddr::V6(a) => format!("[{a}]:{p}"),
+    };
+    for c in all {
+        rows.push([
+            c.state.name().to_owned(),
+            endpoint(c.saddr, c.sport),
+            endpoint(c.daddr, c.dport),
+            c.pid.map_or_else(
+                || "-".to_owned(),
+                |pid| format!("{pid}/{}", c.comm.as_deref().unwrap_or("")),
+            ),
+            if c.keepalive {
+                format!(
+                    "{}/{}/{}",
+                    duration(c.keepidle_ms),
+                    duration(c.keepintvl_ms),
+                    c.keepcnt
+                )
+            } else {
+                "off".to_owned()
+            },
+            c.idle_ms.map_or_else(|| "-".to_owned(), duration),
+            c.dead_after_ms.map_or_else(|| "never".to_owned(), duration),
+            c.detected_by.clone().unwrap_or_else(|| "-".to_owned()),
+        ]);
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut text = String::new();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, &w)| format!("{cell:<w$}"))
+            .collect();
+        text.push_str(line.join("  ").trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// The line after the table: how many connections, how many without
+/// keepalive, how many would take over an hour to find a dead peer (or never
+/// would), and how many are over the budget.
+fn summary(all: &[Connection], budget: Option<u64>) -> String {
+    let off = all.iter().filter(|c| !c.keepalive).count();
+    let slow = all
+        .iter()
+        .filter(|c| c.dead_after_ms.is_none_or(|ms| ms > 3_600_000))
+        .count();
+    let mut line = format!(
+        "{} connections: {off} without keepalive, {slow} would take over an hour to find \
+         a dead peer (or never would)",
+        all.len()
+    );
+    if let Some(budget) = budget {
+        let over = all.iter().filter(|c| c.over_budget == Some(true)).count();
+        let _ = write!(line, ", {over} over the {budget} s idle budget");
+    }
+    line
+}
+
+/// Milliseconds, shortly: `350ms`, `75s`, `10m`, `2h11m15s`.
+fn duration(ms: u64) -> String {
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let s = ms / 1000;
+    let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
+    let mut out = String::new();
+    if h > 0 {
+        let _ = write!(out, "{h}h");
+    }
+    if m > 0 {
+        let _ = write!(out, "{m}m");
+    }
+    if s > 0 || out.is_empty() {
+        let _ = write!(out, "{s}s");
+    }
+    out
 }
 
 /// Where an effective keepalive setting comes from: the socket's own option,
@@ -393,7 +515,8 @@ mod tests {
             rcv_tstamp: 100_000 - 2500,
             lrcvtime: 100_000 - 2600,
             timer_pending: u8::from(on),
-            timer_expires: 100_000 - 2500 + idle.max(7200) * 250,
+            // Due keepidle after the peer was last heard from.
+            timer_expires: 100_000 - 2500 + if idle != 0 { idle } else { 7200 } * 250,
             family: 2,
             saddr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             sport: 40000u16.to_be(),
@@ -428,6 +551,40 @@ mod tests {
             ("10.0.0.1".to_owned(), 40000)
         );
         assert_eq!((c.pid, c.over_budget), (None, None));
+    }
+
+    #[test]
+    fn text_has_a_column_each_and_a_summary() {
+        let on = record(
+            &established(true, 600),
+            TcpState::Established,
+            &[],
+            250,
+            Some(350_000),
+        );
+        let off = record(
+            &established(false, 0),
+            TcpState::Established,
+            &[],
+            250,
+            Some(350_000),
+        );
+        let text = table(&[off.clone(), on.clone()]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("STATE"), "{text}");
+        assert!(
+            lines[1].contains(" off ") && lines[1].contains(" never"),
+            "{text}"
+        );
+        assert!(lines[2].contains(" 10m/1m15s/9 "), "{text}");
+        assert_eq!(
+            summary(&[off, on], Some(350)),
+            "2 connections: 1 without keepalive, 1 would take over an hour to find a dead \
+             peer (or never would), 2 over the 350 s idle budget"
+        );
+        assert_eq!(duration(7_875_000), "2h11m15s");
+        assert_eq!(duration(350), "350ms");
+        assert_eq!(duration(0), "0ms");
     }
 
     #[test]
