@@ -1,0 +1,84 @@
+//! `kalive ls` against real sockets in namespaces of the test's own.
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::Value;
+use support::{Family, connect};
+
+/// `kalive ls` as JSON, one record a line.
+fn ls(args: &[&str]) -> Vec<Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_kalive"))
+        .arg("ls")
+        .args(["--format", "json"])
+        .args(args)
+        .output()
+        .expect("kalive ls");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON record"))
+        .collect()
+}
+
+/// A connection with its own keepalive settings, and the server's accepted
+/// end with none: each listed with its effective settings, where they come
+/// from, its holder and namespace, and when a dead peer would be found.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn lists_a_connection_with_its_settings_and_prediction() {
+    let _alone = support::alone();
+    let mut c = connect(
+        "lsset",
+        Family::V4,
+        &["--idle", "7", "--intvl", "3", "--cnt", "4"],
+    );
+    c.client.send("go");
+    c.client.expect("configured");
+    let port = c.info.local.port().to_string();
+    let records = ls(&["-P", &port]);
+    let client = records
+        .iter()
+        .find(|r| r["cookie"] == c.info.cookie)
+        .unwrap_or_else(|| panic!("the client's socket in {records:#?}"));
+    assert_eq!(client["state"], "ESTABLISHED");
+    assert_eq!(client["pid"], c.info.pid);
+    assert_eq!(client["netns"], c.net.client.inode().expect("inode"));
+    assert_eq!(client["keepalive"], true);
+    assert_eq!(
+        (
+            &client["keepidle_ms"],
+            &client["keepintvl_ms"],
+            &client["keepcnt"]
+        ),
+        (&Value::from(7000), &Value::from(3000), &Value::from(4))
+    );
+    for key in ["keepidle", "keepintvl", "keepcnt"] {
+        assert_eq!(client["from"][key], "socket", "{client}");
+    }
+    // Silent from now: the first probe keepidle after the peer was last
+    // heard from, then four, three seconds apart.
+    let idle = client["idle_ms"].as_u64().expect("idle");
+    let dead = client["dead_after_ms"].as_u64().expect("a prediction");
+    assert!(idle < 2000, "{client}");
+    assert!(
+        (7000 + 12_000 - idle).abs_diff(dead) <= 100,
+        "{dead} ms for {idle} ms idle: {client}"
+    );
+    // The server's end: keepalive off, its namespace's defaults.
+    let server = records
+        .iter()
+        .find(|r| r["dport"] == c.info.local.port())
+        .unwrap_or_else(|| panic!("the server's socket in {records:#?}"));
+    assert_eq!(server["keepalive"], false, "{server}");
+    assert_eq!(server["keepidle_ms"], 7_200_000, "{server}");
+    assert_eq!(server["from"]["keepidle"], "sysctl", "{server}");
+    assert!(server["dead_after_ms"].is_null(), "{server}");
+    c.server.close_stdin();
+}
