@@ -32,13 +32,19 @@ fn ls(args: &[&str]) -> Vec<Value> {
 /// from, its holder and namespace, and when a dead peer would be found.
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
-fn lists_a_connection_with_its_settings_and_prediction() {
+fn lists_a_connection_with_its_settings_and_prediction_ipv4() {
+    lists_a_connection("lsset4", Family::V4);
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn lists_a_connection_with_its_settings_and_prediction_ipv6() {
+    lists_a_connection("lsset6", Family::V6);
+}
+
+fn lists_a_connection(tag: &str, family: Family) {
     let _alone = support::alone();
-    let mut c = connect(
-        "lsset",
-        Family::V4,
-        &["--idle", "7", "--intvl", "3", "--cnt", "4"],
-    );
+    let mut c = connect(tag, family, &["--idle", "7", "--intvl", "3", "--cnt", "4"]);
     c.client.send("go");
     c.client.expect("configured");
     let port = c.info.local.port().to_string();
@@ -48,6 +54,9 @@ fn lists_a_connection_with_its_settings_and_prediction() {
         .find(|r| r["cookie"] == c.info.cookie)
         .unwrap_or_else(|| panic!("the client's socket in {records:#?}"));
     assert_eq!(client["state"], "ESTABLISHED");
+    assert_eq!(client["family"], family.json());
+    assert_eq!(client["saddr"], c.info.local.ip().to_string());
+    assert_eq!(client["daddr"], c.info.peer.ip().to_string());
     assert_eq!(client["pid"], c.info.pid);
     assert_eq!(client["netns"], c.net.client.inode().expect("inode"));
     assert_eq!(client["keepalive"], true);
