@@ -89,5 +89,22 @@ fn lists_a_connection(tag: &str, family: Family) {
     assert_eq!(server["keepidle_ms"], 7_200_000, "{server}");
     assert_eq!(server["from"]["keepidle"], "sysctl", "{server}");
     assert!(server["dead_after_ms"].is_null(), "{server}");
+    // A sysctl change in the server's namespace reaches what comes from it
+    // there, and nothing that is the socket's own.
+    c.net
+        .server
+        .set_sysctl("net.ipv4.tcp_keepalive_time", "600")
+        .expect("sysctl");
+    let records = ls(&["-P", &port]);
+    let server = records
+        .iter()
+        .find(|r| r["dport"] == c.info.local.port())
+        .expect("the server's socket");
+    assert_eq!(server["keepidle_ms"], 600_000, "{server}");
+    let client = records
+        .iter()
+        .find(|r| r["cookie"] == c.info.cookie)
+        .expect("the client's socket");
+    assert_eq!(client["keepidle_ms"], 7000, "{client}");
     c.server.close_stdin();
 }
