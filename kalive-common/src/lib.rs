@@ -348,7 +348,8 @@ pub struct SockEntry {
     pub packets_out: u32,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
-    pub pad2: u32,
+    /// When the write timer (`icsk_retransmit_timer`) is due, jiffies.
+    pub write_expires: u32,
 }
 
 // No hidden padding: the program writes it whole from its stack.

@@ -285,8 +285,11 @@ pub struct Connection {
     pub keepcnt: u8,
     pub user_timeout_ms: u32,
     pub from: Sources,
-    /// When the keepalive timer fires, if pending.
-    pub keepalive_timer_ms: Option<u64>,
+    /// The pending TCP timer: `"retransmit"`, `"zero_window"` (the persist
+    /// timer), `"loss_probe"`, `"reorder"`, `"keepalive"`, or `"none"`.
+    pub timer: &'static str,
+    /// When it fires.
+    pub timer_ms: Option<u64>,
     pub probes: u8,
     /// Segments in flight: while there are any, keepalive does not probe.
     pub unacked: u32,
@@ -342,6 +345,20 @@ fn record(
     let idle = state.connected().then(|| ms(e.now.wrapping_sub(heard)));
     let timer_ms = (e.timer_pending != 0).then(|| ms(e.timer_expires.wrapping_sub(e.now)));
     let keepalive = e.keepalive != 0;
+    // The write timer, when armed, fires before the keepalive timer can
+    // matter (keepalive does not probe while segments are in flight).
+    let write_name = match e.write_timer {
+        1 => Some("retransmit"),
+        3 => Some("zero_window"),
+        5 => Some("loss_probe"),
+        6 => Some("reorder"),
+        _ => None,
+    };
+    let timer = match (write_name, timer_ms) {
+        (Some(name), _) => (name, Some(ms(e.write_expires.wrapping_sub(e.now)))),
+        (None, Some(at)) if state.connected() => ("keepalive", Some(at)),
+        _ => ("none", None),
+    };
     // Keepalive alone decides while nothing is in flight; the rest is to come.
     let (dead_after_ms, detected_by) =
         match (keepalive, e.packets_out, e.write_timer, idle, timer_ms) {
@@ -393,7 +410,8 @@ fn record(
             keepintvl: from(e.keepintvl),
             keepcnt: from(u32::from(e.keepcnt)),
         },
-        keepalive_timer_ms: timer_ms,
+        timer: timer.0,
+        timer_ms: timer.1,
         probes: e.probes,
         unacked: e.packets_out,
         idle_ms: idle,
@@ -585,6 +603,24 @@ mod tests {
         assert_eq!(duration(7_875_000), "2h11m15s");
         assert_eq!(duration(350), "350ms");
         assert_eq!(duration(0), "0ms");
+    }
+
+    #[test]
+    fn the_pending_timer_and_when() {
+        let at = |e: &SockEntry| {
+            let c = record(e, TcpState::Established, &[], 250, None);
+            (c.timer, c.timer_ms)
+        };
+        // Due 600 s after the peer was heard from, 10 s ago.
+        assert_eq!(at(&established(true, 600)), ("keepalive", Some(590_000)));
+        assert_eq!(at(&established(false, 0)), ("none", None));
+        let mut in_flight = established(true, 600);
+        in_flight.packets_out = 2;
+        in_flight.write_timer = 1;
+        in_flight.write_expires = in_flight.now + 50;
+        assert_eq!(at(&in_flight), ("retransmit", Some(200)));
+        in_flight.write_timer = 3;
+        assert_eq!(at(&in_flight).0, "zero_window");
     }
 
     #[test]

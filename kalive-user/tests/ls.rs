@@ -74,6 +74,9 @@ fn lists_a_connection(tag: &str, family: Family) {
     // Silent from now: the first probe keepidle after the peer was last
     // heard from, then four, three seconds apart.
     let idle = client["idle_ms"].as_u64().expect("idle");
+    assert_eq!(client["timer"], "keepalive", "{client}");
+    let due = client["timer_ms"].as_u64().expect("when");
+    assert!((7000 - idle).abs_diff(due) <= 100, "{client}");
     let dead = client["dead_after_ms"].as_u64().expect("a prediction");
     assert!(idle < 2000, "{client}");
     assert!(
@@ -106,5 +109,35 @@ fn lists_a_connection(tag: &str, family: Family) {
         .find(|r| r["cookie"] == c.info.cookie)
         .expect("the client's socket");
     assert_eq!(client["keepidle_ms"], 7000, "{client}");
+    c.server.close_stdin();
+}
+
+/// Data in flight to a silent peer: the retransmission timer is pending, with
+/// the segments in flight; keepalive does not probe meanwhile.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn data_in_flight_shows_the_retransmission_timer() {
+    let _alone = support::alone();
+    let mut c = connect(
+        "lsrto",
+        Family::V4,
+        &["--idle", "7", "--intvl", "3", "--cnt", "4"],
+    );
+    c.client.send("go");
+    c.client.expect("configured");
+    c.net.mute_server();
+    c.client.send("send");
+    c.client.expect("sent true");
+    let port = c.info.local.port().to_string();
+    let records = ls(&["-P", &port]);
+    let client = records
+        .iter()
+        .find(|r| r["cookie"] == c.info.cookie)
+        .unwrap_or_else(|| panic!("the client's socket in {records:#?}"));
+    assert_eq!(client["timer"], "retransmit", "{client}");
+    assert!(client["unacked"].as_u64() >= Some(1), "{client}");
+    // Due within the first RTO (1 s at most with no RTT measured yet, less
+    // with one: the handshake was measured).
+    assert!(client["timer_ms"].as_u64() <= Some(1000), "{client}");
     c.server.close_stdin();
 }

@@ -69,7 +69,10 @@ pub extern "C" fn tcp_sockets(ctx: *const IterTcp) -> i32 {
         packets_out: read(sk.0, layout!(tcp_packets_out)),
         saddr: [0; 16],
         daddr: [0; 16],
-        pad2: 0,
+        write_expires: read::<u64>(
+            sk.0 + u64::from(layout!(write_timer)),
+            layout!(timer_expires),
+        ) as u32,
     };
     let (saddr, daddr) = (&mut entry.saddr, &mut entry.daddr);
     sk.addrs(family, saddr, daddr);
