@@ -305,6 +305,33 @@ pub struct Connection {
     pub over_budget: Option<bool>,
 }
 
+/// The pending TCP timer's name and when it fires (ms), given when the
+/// keepalive timer fires if pending. The write timer, when armed, fires
+/// before the keepalive timer can matter (keepalive does not probe while
+/// segments are in flight).
+fn pending_timer(
+    e: &SockEntry,
+    state: TcpState,
+    keepalive_ms: Option<u64>,
+    hz: u32,
+) -> (&'static str, Option<u64>) {
+    let write = match e.write_timer {
+        1 => Some("retransmit"),
+        3 => Some("zero_window"),
+        5 => Some("loss_probe"),
+        6 => Some("reorder"),
+        _ => None,
+    };
+    match (write, keepalive_ms) {
+        (Some(name), _) => (
+            name,
+            Some(u64::from(e.write_expires.wrapping_sub(e.now)) * 1000 / u64::from(hz.max(1))),
+        ),
+        (None, Some(at)) if state.connected() => ("keepalive", Some(at)),
+        _ => ("none", None),
+    }
+}
+
 /// One socket's record; `budget_ms` is `--idle-budget`.
 fn record(
     e: &SockEntry,
@@ -345,20 +372,7 @@ fn record(
     let idle = state.connected().then(|| ms(e.now.wrapping_sub(heard)));
     let timer_ms = (e.timer_pending != 0).then(|| ms(e.timer_expires.wrapping_sub(e.now)));
     let keepalive = e.keepalive != 0;
-    // The write timer, when armed, fires before the keepalive timer can
-    // matter (keepalive does not probe while segments are in flight).
-    let write_name = match e.write_timer {
-        1 => Some("retransmit"),
-        3 => Some("zero_window"),
-        5 => Some("loss_probe"),
-        6 => Some("reorder"),
-        _ => None,
-    };
-    let timer = match (write_name, timer_ms) {
-        (Some(name), _) => (name, Some(ms(e.write_expires.wrapping_sub(e.now)))),
-        (None, Some(at)) if state.connected() => ("keepalive", Some(at)),
-        _ => ("none", None),
-    };
+    let timer = pending_timer(e, state, timer_ms, hz);
     // Keepalive alone decides while nothing is in flight; the rest is to come.
     let (dead_after_ms, detected_by) =
         match (keepalive, e.packets_out, e.write_timer, idle, timer_ms) {
