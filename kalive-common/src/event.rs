@@ -151,7 +151,7 @@ impl<'de> Deserialize<'de> for Errno {
 
 /// RFC 3339 in UTC with exactly six fractional digits:
 /// `2026-11-22T08:15:02.123456Z`.
-mod micros {
+pub mod micros {
     use super::{Deserialize as _, Deserializer, Serializer, Timestamp, de};
 
     pub fn serialize<S: Serializer>(ts: &Timestamp, s: S) -> Result<S::Ok, S::Error> {

@@ -350,10 +350,40 @@ pub struct SockEntry {
     pub daddr: [u8; 16],
     /// When the write timer (`icsk_retransmit_timer`) is due, jiffies.
     pub write_expires: u32,
+    /// The write timer's state: `icsk_retransmits`, `icsk_backoff`,
+    /// `icsk_syn_retries` (`TCP_SYNCNT`, 0 for the sysctl), whether the
+    /// process closed the socket (`SOCK_DEAD`), and the namespace's
+    /// `tcp_retries2`, `tcp_orphan_retries`, `tcp_syn_retries` and
+    /// `tcp_syn_linear_timeouts` (0 before 6.5).
+    pub retransmits: u8,
+    pub backoff: u8,
+    pub syn_retries: u8,
+    pub orphan: u8,
+    pub net_retries2: u8,
+    pub net_orphan_retries: u8,
+    pub net_syn_retries: u8,
+    pub net_syn_linear: u8,
+    /// `icsk_rto` and `icsk_rto_max` (0 before 6.15: 120 s), jiffies.
+    pub rto: u32,
+    pub rto_max: u32,
+    /// `retrans_stamp`: the first retransmission of the episode (the first
+    /// SYN for a connect), ms (µs when `usec_ts`) on the TCP clock
+    /// (`CLOCK_MONOTONIC`); 0 when none.
+    pub retrans_stamp: u32,
+    /// `icsk_probes_tstamp`: the first window probe of the episode, jiffies.
+    pub probes_tstamp: u32,
+    /// The peer's window.
+    pub snd_wnd: u32,
+    pub usec_ts: u8,
+    pub pad2: [u8; 3],
+    /// `CLOCK_MONOTONIC` now, µs: the TCP clock.
+    pub mono_us: u64,
+    /// `CLOCK_BOOTTIME` now, ns: the records' clock (when it was read).
+    pub boot_ns: u64,
 }
 
-// No hidden padding: the program writes it whole from its stack.
-const _: () = assert!(core::mem::size_of::<SockEntry>() == 120);
+// No hidden padding: the program writes it whole.
+const _: () = assert!(core::mem::size_of::<SockEntry>() == 168);
 
 /// The process that owns a socket: the value of the programs' map of owners,
 /// keyed by `struct sock *`.
@@ -457,12 +487,28 @@ pub struct Layout {
     pub tcp_data_segs_in: u32,
     /// Segments in flight (`kalive ls`).
     pub tcp_packets_out: u32,
+    /// What `kalive ls` predicts a dead peer's detection from: the write
+    /// timer's retransmissions, RTO and its maximum (6.15 on, else
+    /// [`MISSING`]), `TCP_SYNCNT`, the first retransmission's time, and
+    /// whether that time is in microseconds (a bit offset: a bitfield;
+    /// 6.7 on, else [`MISSING`]).
+    pub icsk_retransmits: u32,
+    pub icsk_rto: u32,
+    pub icsk_rto_max: u32,
+    pub icsk_syn_retries: u32,
+    pub tcp_retrans_stamp: u32,
+    pub tcp_usec_ts_bit: u32,
 
     // struct net
     pub net_ns_inum: u32,
     pub net_keepalive_time: u32,
     pub net_keepalive_intvl: u32,
     pub net_keepalive_probes: u32,
+    pub net_tcp_retries2: u32,
+    pub net_tcp_orphan_retries: u32,
+    pub net_tcp_syn_retries: u32,
+    /// 6.5 on, else [`MISSING`].
+    pub net_tcp_syn_linear_timeouts: u32,
 
     // struct sk_buff: the TCP header is at head + transport_header
     pub skb_len: u32,
@@ -502,8 +548,11 @@ pub struct Layout {
     pub accept4_ret: u32,
 }
 
-// Two u64 and 72 u32 (one of them explicit padding): no hidden padding.
-const _: () = assert!(core::mem::size_of::<Layout>() == 2 * 8 + 72 * 4);
+// Two u64 and 82 u32 (one of them explicit padding): no hidden padding.
+const _: () = assert!(core::mem::size_of::<Layout>() == 2 * 8 + 82 * 4);
+
+/// A [`Layout`] offset for a member this kernel does not have.
+pub const MISSING: u32 = u32::MAX;
 
 /// What the user asked for, handed to the programs as a read-only global.
 #[repr(C)]

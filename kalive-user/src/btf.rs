@@ -88,6 +88,42 @@ impl KernelBtf {
         Ok(field.offset)
     }
 
+    /// The bit offset of `member`, a one-bit bitfield of `struct struct_name`
+    /// (searched through anonymous members).
+    ///
+    /// # Errors
+    /// When the structure or the member does not exist, or is not one bit.
+    pub fn bit_offset(&self, struct_name: &str, member: &str) -> Result<u32> {
+        let Type::Struct(st) = self.named_struct(struct_name)? else {
+            bail!("{struct_name} is not a struct");
+        };
+        match self.find_bits(&st, member)? {
+            Some((bits, 1)) => Ok(bits),
+            Some(_) => bail!("{struct_name}.{member} is not a one-bit field"),
+            None => bail!("struct {struct_name} has no member {member}"),
+        }
+    }
+
+    /// Like [`Self::find_member`] for a bitfield: its bit offset and width.
+    fn find_bits(&self, st: &btf_rs::Struct, name: &str) -> Result<Option<(u32, u32)>> {
+        for member in &st.members {
+            let member_name = self.btf.resolve_name(member).unwrap_or_default();
+            if member_name == name {
+                return Ok(member
+                    .bitfield_size()
+                    .map(|bits| (member.bit_offset(), bits)));
+            }
+            if member_name.is_empty()
+                && let Type::Struct(inner) | Type::Union(inner) =
+                    self.strip(self.btf.resolve_chained_type(member)?)?
+                && let Some((bits, width)) = self.find_bits(&inner, name)?
+            {
+                return Ok(Some((member.bit_offset() + bits, width)));
+            }
+        }
+        Ok(None)
+    }
+
     /// Whether `struct struct_name` has `member_path`.
     #[must_use]
     pub fn has_field(&self, struct_name: &str, member_path: &str) -> bool {

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
-use kalive_common::Layout;
+use kalive_common::{Layout, MISSING};
 
 use crate::{
     btf::KernelBtf,
@@ -88,11 +88,22 @@ pub fn discover(btf: &KernelBtf, symbols: &Symbols, tracefs: &Path, hz: u32) -> 
         tcp_segs_in: tcp("segs_in", 4)?,
         tcp_data_segs_in: tcp("data_segs_in", 4)?,
         tcp_packets_out: tcp("packets_out", 4)?,
+        icsk_retransmits: icsk("icsk_retransmits", 1)?,
+        icsk_rto: icsk("icsk_rto", 4)?,
+        icsk_rto_max: icsk("icsk_rto_max", 4).unwrap_or(MISSING),
+        icsk_syn_retries: icsk("icsk_syn_retries", 1)?,
+        tcp_retrans_stamp: tcp("retrans_stamp", 4)?,
+        tcp_usec_ts_bit: btf.bit_offset("tcp_sock", "tcp_usec_ts").unwrap_or(MISSING),
 
         net_ns_inum: net("ns.inum", 4)?,
         net_keepalive_time: net("ipv4.sysctl_tcp_keepalive_time", 4)?,
         net_keepalive_intvl: net("ipv4.sysctl_tcp_keepalive_intvl", 4)?,
         net_keepalive_probes: net("ipv4.sysctl_tcp_keepalive_probes", 1)?,
+        net_tcp_retries2: net("ipv4.sysctl_tcp_retries2", 1)?,
+        net_tcp_orphan_retries: net("ipv4.sysctl_tcp_orphan_retries", 1)?,
+        net_tcp_syn_retries: net("ipv4.sysctl_tcp_syn_retries", 1)?,
+        net_tcp_syn_linear_timeouts: net("ipv4.sysctl_tcp_syn_linear_timeouts", 1)
+            .unwrap_or(MISSING),
 
         skb_len: btf.offset("sk_buff", "len", 4)?,
         skb_head: btf.offset("sk_buff", "head", PTR)?,

@@ -21,7 +21,9 @@ use nix::sched::{CloneFlags, setns};
 use serde::Serialize;
 
 use crate::{
-    btf, kernel, layout,
+    btf,
+    clock::WallClock,
+    kernel, layout,
     loader::{
         self,
         object::{self, Filters},
@@ -77,6 +79,7 @@ pub fn run(args: &Args) -> Result<()> {
     let iter: &mut Iter = object::program(&mut ebpf, "tcp_sockets")?.try_into()?;
     iter.load("tcp", &btf).context("loading the TCP iterator")?;
     let mut holders = owners::Sockets::scan();
+    let clock = WallClock::now();
     let mut all = Vec::new();
     for ns in namespaces() {
         let entries = match sockets_in(iter, &ns) {
@@ -109,6 +112,7 @@ pub fn run(args: &Args) -> Result<()> {
                 &held,
                 hz,
                 args.idle_budget.map(|s| s.saturating_mul(1000)),
+                &clock,
             );
             all.push(record);
         }
@@ -179,7 +183,7 @@ fn table(all: &[Connection]) -> String {
             },
             c.idle_ms.map_or_else(|| "-".to_owned(), duration),
             c.dead_after_ms.map_or_else(|| "never".to_owned(), duration),
-            c.detected_by.clone().unwrap_or_else(|| "-".to_owned()),
+            c.detected_by.unwrap_or("-").to_owned(),
         ]);
     }
     let widths: Vec<usize> = (0..8)
@@ -267,6 +271,10 @@ pub struct Holding {
 /// One connection in `kalive ls`'s snapshot.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Connection {
+    /// When the kernel's socket was read: the time the times below count
+    /// from (`dead_after_ms` after it, the connection would be closed).
+    #[serde(serialize_with = "kalive_common::event::micros::serialize")]
+    pub ts: jiff::Timestamp,
     pub family: Family,
     pub saddr: IpAddr,
     pub sport: u16,
@@ -299,7 +307,7 @@ pub struct Connection {
     /// If the peer went silent now, how long until the kernel closes the
     /// connection (keepalive only so far; `null` otherwise).
     pub dead_after_ms: Option<u64>,
-    pub detected_by: Option<String>,
+    pub detected_by: Option<&'static str>,
     /// With `--idle-budget S`: a middlebox that forgets flows idle for S
     /// seconds would forget this one before keepalive sends anything.
     pub over_budget: Option<bool>,
@@ -339,6 +347,7 @@ fn record(
     held: &[owners::Holder],
     hz: u32,
     budget_ms: Option<u64>,
+    clock: &WallClock,
 ) -> Connection {
     let ms = |jiffies: u32| u64::from(jiffies) * 1000 / u64::from(hz.max(1));
     let ipv6 = e.family == AF_INET6;
@@ -373,10 +382,15 @@ fn record(
     let timer_ms = (e.timer_pending != 0).then(|| ms(e.timer_expires.wrapping_sub(e.now)));
     let keepalive = e.keepalive != 0;
     let timer = pending_timer(e, state, timer_ms, hz);
-    // Keepalive alone decides while nothing is in flight; the rest is to come.
-    let (dead_after_ms, detected_by) =
-        match (keepalive, e.packets_out, e.write_timer, idle, timer_ms) {
-            (true, 0, 0, Some(idle_ms), Some(timer_ms)) => {
+    let (dead_after_ms, detected_by) = match write_timer(e, state, idle, hz) {
+        Some(w) => {
+            let (after, verdict) = dead::write_timer(&w);
+            (Some(after), Some(detector(verdict)))
+        }
+        None => match (keepalive, idle, timer_ms) {
+            // Keepalive decides while nothing is in flight (it does not probe
+            // while segments are).
+            (true, Some(idle_ms), Some(timer_ms)) if e.packets_out == 0 => {
                 let (after, verdict) = dead::keepalive(&dead::Keepalive {
                     keepidle_ms,
                     keepintvl_ms,
@@ -386,13 +400,11 @@ fn record(
                     timer_ms,
                     probes: u32::from(e.probes),
                 });
-                (
-                    Some(after),
-                    Some(format!("keepalive_{verdict:?}").to_lowercase()),
-                )
+                (Some(after), Some(detector(verdict)))
             }
             _ => (None, None),
-        };
+        },
+    };
     let mut holders: Vec<Holding> = held
         .iter()
         .map(|h| Holding {
@@ -403,6 +415,7 @@ fn record(
         .collect();
     holders.sort_by_key(|h| (h.pid, h.fd));
     Connection {
+        ts: clock.timestamp(e.boot_ns),
         family: if ipv6 { Family::Ipv6 } else { Family::Ipv4 },
         saddr: addr(&e.saddr),
         sport: u16::from_be(e.sport),
@@ -434,6 +447,111 @@ fn record(
         // The first probe leaves keepidle into the silence.
         over_budget: budget_ms.map(|budget| !keepalive || keepidle_ms > budget),
     }
+}
+
+/// `detected_by`: the mechanism that would find a dead peer, and the limit.
+fn detector(verdict: dead::Verdict) -> &'static str {
+    use dead::Verdict as V;
+    match verdict {
+        V::ProbesExhausted => "keepalive",
+        V::UserTimeout => "keepalive_user_timeout",
+        V::RetriesExhausted => "retransmit",
+        V::RetransmitUserTimeout => "retransmit_user_timeout",
+        V::OrphanRetriesExhausted => "orphan_retransmit",
+        V::ShrunkWindow => "zero_window_retransmit",
+        V::SynRetriesExhausted => "syn",
+        V::SynUserTimeout => "syn_user_timeout",
+        V::WindowProbesExhausted => "zero_window",
+        V::WindowUserTimeout => "zero_window_user_timeout",
+    }
+}
+
+/// The write timer's state, when it decides: data in flight (retransmission,
+/// or a window shrunk to zero), a SYN out, or a zero window (the persist
+/// timer). `idle` is since the peer was last heard from.
+fn write_timer(
+    e: &SockEntry,
+    state: TcpState,
+    idle: Option<u64>,
+    hz: u32,
+) -> Option<dead::WriteTimer> {
+    use dead::Phase;
+    let ms = |jiffies: u32| u64::from(jiffies) * 1000 / u64::from(hz.max(1));
+    let until = ms(e.write_expires.wrapping_sub(e.now));
+    let rto_ms = ms(e.rto);
+    let (phase, timer_ms) = match (e.write_timer, state) {
+        (1, TcpState::SynSent) => (
+            Phase::Syn {
+                retries: u32::from(if e.syn_retries != 0 {
+                    e.syn_retries
+                } else {
+                    e.net_syn_retries
+                }),
+                linear: u32::from(e.net_syn_linear),
+                timeout_init_ms: 1000,
+            },
+            until,
+        ),
+        (3, _) => (
+            Phase::ZeroWindow {
+                retries2: u32::from(e.net_retries2),
+                orphan_retries: (e.orphan != 0).then_some(u32::from(e.net_orphan_retries)),
+            },
+            until,
+        ),
+        // The retransmission timer, or the loss probe or reorder timer that
+        // comes before it (then the first RTO is about one RTO later).
+        (1 | 5 | 6, _) if e.packets_out > 0 => {
+            let phase = if e.orphan != 0 {
+                Phase::Orphan {
+                    orphan_retries: u32::from(e.net_orphan_retries),
+                }
+            } else if e.snd_wnd == 0 {
+                Phase::ShrunkWindow {
+                    idle_ms: idle.unwrap_or(0),
+                }
+            } else {
+                Phase::Retransmit {
+                    retries2: u32::from(e.net_retries2),
+                }
+            };
+            (
+                phase,
+                if e.write_timer == 1 {
+                    until
+                } else {
+                    until + rto_ms
+                },
+            )
+        }
+        _ => return None,
+    };
+    // retrans_stamp is on the TCP clock (CLOCK_MONOTONIC), in ms or µs.
+    let since_stamp_ms = (e.retrans_stamp != 0).then(|| {
+        if e.usec_ts != 0 {
+            u64::from((e.mono_us as u32).wrapping_sub(e.retrans_stamp)) / 1000
+        } else {
+            u64::from(((e.mono_us / 1000) as u32).wrapping_sub(e.retrans_stamp))
+        }
+    });
+    Some(dead::WriteTimer {
+        phase,
+        timer_ms,
+        retransmits: u32::from(e.retransmits),
+        probes: u32::from(e.probes),
+        backoff: u32::from(e.backoff),
+        rto_ms,
+        rto_max_ms: if e.rto_max == 0 {
+            120_000
+        } else {
+            ms(e.rto_max)
+        },
+        since_stamp_ms,
+        since_probes_ms: (e.probes_tstamp != 0).then(|| ms(e.now.wrapping_sub(e.probes_tstamp))),
+        user_timeout_ms: u64::from(e.user_timeout_ms),
+        hz: u64::from(hz),
+        now_jiffies: u64::from(e.now),
+    })
 }
 
 /// A network namespace, and a file that opens it.
@@ -522,6 +640,7 @@ pub fn still(path: &Path, inode: u64) -> bool {
 
 #[cfg(test)]
 mod tests {
+    const CLOCK: WallClock = WallClock::with_offset(0);
     use std::{
         net::{TcpListener, TcpStream},
         os::fd::AsRawFd as _,
@@ -564,6 +683,7 @@ mod tests {
             &[],
             250,
             None,
+            &CLOCK,
         );
         assert_eq!(
             (c.keepidle_ms, c.keepintvl_ms, c.keepcnt),
@@ -593,6 +713,7 @@ mod tests {
             &[],
             250,
             Some(350_000),
+            &CLOCK,
         );
         let off = record(
             &established(false, 0),
@@ -600,6 +721,7 @@ mod tests {
             &[],
             250,
             Some(350_000),
+            &CLOCK,
         );
         let text = table(&[off.clone(), on.clone()]);
         let lines: Vec<&str> = text.lines().collect();
@@ -622,7 +744,7 @@ mod tests {
     #[test]
     fn the_pending_timer_and_when() {
         let at = |e: &SockEntry| {
-            let c = record(e, TcpState::Established, &[], 250, None);
+            let c = record(e, TcpState::Established, &[], 250, None, &CLOCK);
             (c.timer, c.timer_ms)
         };
         // Due 600 s after the peer was heard from, 10 s ago.
@@ -647,6 +769,7 @@ mod tests {
                 &[],
                 250,
                 budget,
+                &CLOCK,
             )
             .over_budget
         };

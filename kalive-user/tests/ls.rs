@@ -141,3 +141,114 @@ fn data_in_flight_shows_the_retransmission_timer() {
     assert!(client["timer_ms"].as_u64() <= Some(1000), "{client}");
     c.server.close_stdin();
 }
+
+/// The prediction is right: the client's peer goes silent just before
+/// `kalive ls`, and the client gets its error `dead_after_ms` after the
+/// snapshot, within 1 s. `prepare` runs before the peer is muted; `then`
+/// after (data to send into the silence).
+fn predicted(
+    tag: &str,
+    client_args: &[&str],
+    prepare: impl FnOnce(&mut support::Connection),
+    then: impl FnOnce(&mut support::Connection),
+    detected_by: &str,
+) {
+    let _alone = support::alone();
+    let mut c = connect(tag, Family::V4, client_args);
+    prepare(&mut c);
+    c.client.send("go");
+    c.client.expect("configured");
+    c.net.mute_server();
+    then(&mut c);
+    let port = c.info.local.port().to_string();
+    let records = ls(&["-P", &port]);
+    let client = records
+        .iter()
+        .find(|r| r["cookie"] == c.info.cookie)
+        .unwrap_or_else(|| panic!("the client's socket in {records:#?}"));
+    assert_eq!(client["detected_by"], detected_by, "{client}");
+    let dead = client["dead_after_ms"].as_i64().expect("a prediction");
+    assert_eq!(c.client.expect("recv_error"), "recv_error errno=110");
+    let died = jiff::Timestamp::now().as_microsecond();
+    // From when kalive read the socket.
+    let read = support::ts_micros(client);
+    let off_ms = (died - read) / 1000 - dead;
+    eprintln!("{tag}: died {off_ms} ms after the predicted {dead} ms");
+    assert!(
+        off_ms.abs() <= 1000,
+        "died {off_ms} ms off the predicted {dead} ms: {client}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn the_prediction_is_right_for_keepalive_by_count() {
+    predicted(
+        "lsdcnt",
+        &["--idle", "2", "--intvl", "1", "--cnt", "3"],
+        |_| {},
+        |_| {},
+        "keepalive",
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn the_prediction_is_right_for_keepalive_by_user_timeout() {
+    // The count would take 2 + 9 s; the user timeout ends it at the callback
+    // after 3.5 s of silence with a probe out (4 s).
+    predicted(
+        "lsduto",
+        &[
+            "--idle",
+            "2",
+            "--intvl",
+            "1",
+            "--cnt",
+            "9",
+            "--user-timeout",
+            "3500",
+        ],
+        |_| {},
+        |_| {},
+        "keepalive_user_timeout",
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn the_prediction_is_right_with_data_in_flight() {
+    // Keepalive is on and would take 30 s; with data in flight the
+    // retransmission timer decides: tcp_retries2 = 3 gives up after a 3 s
+    // budget from the first retransmission, at the firing past it.
+    predicted(
+        "lsdrto",
+        &["--idle", "20", "--intvl", "5", "--cnt", "2"],
+        |c| {
+            c.net
+                .client
+                .set_sysctl("net.ipv4.tcp_retries2", "3")
+                .expect("sysctl");
+        },
+        |c| {
+            c.client.send("send");
+            c.client.expect("sent true");
+        },
+        "retransmit",
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn the_prediction_is_right_with_data_in_flight_and_a_user_timeout() {
+    predicted(
+        "lsdrtu",
+        &["--idle", "20", "--user-timeout", "2500"],
+        |_| {},
+        |c| {
+            c.client.send("send");
+            c.client.expect("sent true");
+        },
+        "retransmit_user_timeout",
+    );
+}

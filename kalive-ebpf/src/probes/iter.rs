@@ -1,8 +1,12 @@
 //! `kalive ls` (work in progress): a BPF TCP iterator that writes one
 //! [`SockEntry`] per TCP socket of the reading task's network namespace.
 
-use aya_ebpf::helpers::generated::bpf_seq_write;
-use kalive_common::SockEntry;
+use aya_ebpf::{
+    helpers::generated::{bpf_ktime_get_boot_ns, bpf_ktime_get_ns, bpf_seq_write},
+    macros::map,
+    maps::PerCpuArray,
+};
+use kalive_common::{MISSING, SockEntry};
 
 use crate::{
     emit::jiffies32,
@@ -22,6 +26,11 @@ pub(crate) struct IterTcp {
     sk_common: u64,
 }
 
+/// The entry being written: 168 bytes, too many for the stack beside the
+/// helpers' frames.
+#[map]
+static ENTRY: PerCpuArray<SockEntry> = PerCpuArray::with_max_entries(1, 0);
+
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/tcp")]
 pub extern "C" fn tcp_sockets(ctx: *const IterTcp) -> i32 {
@@ -30,57 +39,86 @@ pub extern "C" fn tcp_sockets(ctx: *const IterTcp) -> i32 {
     if sk == 0 || meta.is_null() {
         return 0;
     }
-    // SAFETY: meta is a valid kernel pointer for the program's run.
-    let seq = unsafe { (*meta).seq };
+    let Some(e) = ENTRY.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot, which no other program uses; `meta` is a valid
+    // kernel pointer for the program's run.
+    let (e, seq) = unsafe { (&mut *e, (*meta).seq) };
     let sk = Sock(sk);
     let net = sk.net();
-    let (idle, intvl, cnt) = (
-        read::<u32>(sk.0, layout!(tcp_keepalive_time)),
-        read::<u32>(sk.0, layout!(tcp_keepalive_intvl)),
-        read::<u8>(sk.0, layout!(tcp_keepalive_probes)),
-    );
     let timer = sk.keepalive_timer();
     let family = sk.family();
-    let mut entry = SockEntry {
-        sk: sk.0,
-        cookie: sk.cookie(),
-        ino: sk.ino(),
-        netns: netns_ino(net),
-        state: sk.state(),
-        keepalive: u8::from(sk.keepalive_on()),
-        probes: sk.probes_out(),
-        keepcnt: cnt,
-        keepidle: idle,
-        keepintvl: intvl,
-        net_keepidle: read(net, layout!(net_keepalive_time)),
-        net_keepintvl: read(net, layout!(net_keepalive_intvl)),
-        net_keepcnt: read(net, layout!(net_keepalive_probes)),
-        pad: [0; 3],
-        user_timeout_ms: sk.user_timeout_ms(),
-        now: jiffies32(),
-        rcv_tstamp: sk.rcv_tstamp(),
-        lrcvtime: read(sk.0, layout!(icsk_lrcvtime)),
-        timer_expires: read::<u64>(timer, layout!(timer_expires)) as u32,
-        family,
-        sport: sk.sport(),
-        dport: sk.dport(),
-        timer_pending: u8::from(read::<u64>(timer, layout!(timer_pprev)) != 0),
-        write_timer: sk.pending(),
-        packets_out: read(sk.0, layout!(tcp_packets_out)),
-        saddr: [0; 16],
-        daddr: [0; 16],
-        write_expires: read::<u64>(
-            sk.0 + u64::from(layout!(write_timer)),
-            layout!(timer_expires),
-        ) as u32,
+    e.sk = sk.0;
+    e.cookie = sk.cookie();
+    e.ino = sk.ino();
+    e.netns = netns_ino(net);
+    e.state = sk.state();
+    e.keepalive = u8::from(sk.keepalive_on());
+    e.probes = sk.probes_out();
+    e.keepcnt = read(sk.0, layout!(tcp_keepalive_probes));
+    e.keepidle = read(sk.0, layout!(tcp_keepalive_time));
+    e.keepintvl = read(sk.0, layout!(tcp_keepalive_intvl));
+    e.net_keepidle = read(net, layout!(net_keepalive_time));
+    e.net_keepintvl = read(net, layout!(net_keepalive_intvl));
+    e.net_keepcnt = read(net, layout!(net_keepalive_probes));
+    e.user_timeout_ms = sk.user_timeout_ms();
+    e.now = jiffies32();
+    e.rcv_tstamp = sk.rcv_tstamp();
+    e.lrcvtime = read(sk.0, layout!(icsk_lrcvtime));
+    e.timer_expires = read::<u64>(timer, layout!(timer_expires)) as u32;
+    e.family = family;
+    e.sport = sk.sport();
+    e.dport = sk.dport();
+    e.timer_pending = u8::from(read::<u64>(timer, layout!(timer_pprev)) != 0);
+    e.write_timer = sk.pending();
+    e.packets_out = read(sk.0, layout!(tcp_packets_out));
+    e.saddr = [0; 16];
+    e.daddr = [0; 16];
+    sk.addrs(family, &mut e.saddr, &mut e.daddr);
+    e.write_expires = read::<u64>(
+        sk.0 + u64::from(layout!(write_timer)),
+        layout!(timer_expires),
+    ) as u32;
+    e.retransmits = read(sk.0, layout!(icsk_retransmits));
+    e.backoff = sk.backoff();
+    e.syn_retries = read(sk.0, layout!(icsk_syn_retries));
+    e.orphan = u8::from(sk.orphan());
+    e.net_retries2 = read(net, layout!(net_tcp_retries2));
+    e.net_orphan_retries = read(net, layout!(net_tcp_orphan_retries));
+    e.net_syn_retries = read(net, layout!(net_tcp_syn_retries));
+    // Members some kernels lack.
+    let linear = layout!(net_tcp_syn_linear_timeouts);
+    e.net_syn_linear = if linear == MISSING {
+        0
+    } else {
+        read(net, linear)
     };
-    let (saddr, daddr) = (&mut entry.saddr, &mut entry.daddr);
-    sk.addrs(family, saddr, daddr);
-    // SAFETY: the seq_file the kernel handed this run; `entry` is plain data.
+    e.rto = read(sk.0, layout!(icsk_rto));
+    let rto_max = layout!(icsk_rto_max);
+    e.rto_max = if rto_max == MISSING {
+        0
+    } else {
+        read(sk.0, rto_max)
+    };
+    e.retrans_stamp = read(sk.0, layout!(tcp_retrans_stamp));
+    e.probes_tstamp = read(sk.0, layout!(icsk_probes_tstamp));
+    e.snd_wnd = read(sk.0, layout!(tcp_snd_wnd));
+    let usec_bit = layout!(tcp_usec_ts_bit);
+    e.usec_ts = if usec_bit == MISSING {
+        0
+    } else {
+        (read::<u8>(sk.0, usec_bit / 8) >> (usec_bit % 8)) & 1
+    };
+    // SAFETY: no preconditions.
+    e.mono_us = unsafe { bpf_ktime_get_ns() } / 1000;
+    // SAFETY: no preconditions.
+    e.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    // SAFETY: the seq_file the kernel handed this run; `e` is plain data.
     unsafe {
         bpf_seq_write(
             seq as *mut _,
-            (&raw const entry).cast(),
+            (&raw const *e).cast(),
             size_of::<SockEntry>() as u32,
         );
     }
