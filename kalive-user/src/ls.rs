@@ -41,11 +41,11 @@ pub struct Args {
     format: Option<Format>,
 
     /// Only sockets held by this process (repeatable)
-    #[arg(short, long = "pid", value_name = "PID")]
+    #[arg(short, long = "pid", value_name = "PID", value_parser = crate::parse_pid)]
     pids: Vec<u32>,
 
     /// Only sockets with this local or remote port (repeatable)
-    #[arg(short = 'P', long = "port", value_name = "PORT")]
+    #[arg(short = 'P', long = "port", value_name = "PORT", value_parser = crate::parse_port)]
     ports: Vec<u16>,
 
     /// Also listening sockets (accepted connections inherit their keepalive)
@@ -54,8 +54,19 @@ pub struct Args {
 
     /// Mark connections a middlebox that forgets flows idle this long would
     /// forget before keepalive sends anything (`over_budget`)
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true,
+          value_parser = parse_budget)]
     idle_budget: Option<u64>,
+}
+
+fn parse_budget(value: &str) -> Result<u64, String> {
+    match value.parse::<u64>() {
+        Ok(0) => Err("an idle budget of 0 s forgets every flow at once".to_owned()),
+        Ok(s) if s <= 365 * 86_400 => Ok(s),
+        _ => Err(format!(
+            "{value:?} is not a number of seconds (1 to a year)"
+        )),
+    }
 }
 
 /// Runs `kalive ls`.

@@ -123,7 +123,7 @@ enum Command {
     Ls(ls::Args),
 }
 
-fn parse_pid(value: &str) -> Result<u32, String> {
+pub(crate) fn parse_pid(value: &str) -> Result<u32, String> {
     match value.parse::<u32>() {
         Ok(0) => Err("pid 0 is not a process".to_owned()),
         Ok(pid) if i32::try_from(pid).is_ok() => Ok(pid),
@@ -131,7 +131,7 @@ fn parse_pid(value: &str) -> Result<u32, String> {
     }
 }
 
-fn parse_port(value: &str) -> Result<u16, String> {
+pub(crate) fn parse_port(value: &str) -> Result<u16, String> {
     match value.parse::<u16>() {
         Ok(0) => Err("port 0 is not a port a connection uses".to_owned()),
         Ok(port) => Ok(port),

@@ -36,6 +36,17 @@ fn bad_values_are_usage_errors() {
 }
 
 #[test]
+fn bad_ls_values_are_usage_errors() {
+    assert_usage_error(&["ls", "--idle-budget", "-1"], "not a number of seconds");
+    assert_usage_error(&["ls", "--idle-budget", "abc"], "not a number of seconds");
+    assert_usage_error(&["ls", "--idle-budget", "0"], "forgets every flow");
+    assert_usage_error(&["ls", "--idle-budget"], "a value is required");
+    assert_usage_error(&["ls", "--pid", "0"], "pid 0 is not a process");
+    assert_usage_error(&["ls", "--port", "http"], "not a port");
+    assert_usage_error(&["ls", "--format", "xml"], "invalid value 'xml'");
+}
+
+#[test]
 fn help_lists_examples() {
     let out = kalive(&["--help"]);
     assert!(out.status.success());

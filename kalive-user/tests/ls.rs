@@ -252,3 +252,264 @@ fn the_prediction_is_right_with_data_in_flight_and_a_user_timeout() {
         "retransmit_user_timeout",
     );
 }
+
+/// The record of `cookie` among `records`.
+fn find(records: &[Value], cookie: u64) -> &Value {
+    records
+        .iter()
+        .find(|r| r["cookie"] == cookie)
+        .unwrap_or_else(|| panic!("socket {cookie} in {records:#?}"))
+}
+
+/// A connection whose client is configured (after `go`).
+fn configured(tag: &str, family: Family, args: &[&str]) -> support::Connection {
+    let mut c = connect(tag, family, args);
+    c.client.send("go");
+    c.client.expect("configured");
+    c
+}
+
+/// `--idle-budget`: a middlebox forgetting flows idle for 10 s would forget
+/// the connection whose first probe comes after 30 s of silence and the one
+/// without keepalive, not the one probing after 5 s.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn the_idle_budget_marks_what_a_middlebox_would_forget() {
+    let _alone = support::alone();
+    let over = configured("lsbov", Family::V4, &["--idle", "30"]);
+    let under = configured("lsbun", Family::V4, &["--idle", "5"]);
+    let off = configured("lsbof", Family::V4, &["--no-keepalive"]);
+    let pids: Vec<String> = [&over, &under, &off]
+        .iter()
+        .map(|c| c.info.pid.to_string())
+        .collect();
+    let mut args = vec!["--idle-budget", "10"];
+    for pid in &pids {
+        args.extend(["-p", pid.as_str()]);
+    }
+    let records = ls(&args);
+    assert_eq!(records.len(), 3, "the three clients only: {records:#?}");
+    assert_eq!(find(&records, over.info.cookie)["over_budget"], true);
+    assert_eq!(find(&records, under.info.cookie)["over_budget"], false);
+    let without = find(&records, off.info.cookie);
+    assert_eq!(
+        (&without["keepalive"], &without["over_budget"]),
+        (&Value::from(false), &Value::from(true))
+    );
+    assert!(without["dead_after_ms"].is_null(), "never: {without}");
+    // Text: the worst protected first, and the summary.
+    let out = Command::new(env!("CARGO_BIN_EXE_kalive"))
+        .args(["ls", "--format", "text"])
+        .args(&args)
+        .output()
+        .expect("kalive ls");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    assert!(
+        lines[1].contains(" off ") && lines[1].contains("never"),
+        "{text}"
+    );
+    assert_eq!(
+        lines[4],
+        "3 connections: 1 without keepalive, 1 would take over an hour to find a dead peer \
+         (or never would), 2 over the 10 s idle budget"
+    );
+}
+
+/// Accepted connections inherit the listener's keepalive settings; with
+/// `--listening` the listener is listed too, its settings its own.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn accepted_connections_inherit_the_listeners_settings() {
+    let _alone = support::alone();
+    let net = support::Topology::new("lsinh");
+    let family = Family::V4;
+    let mut server = support::Peer::spawn(
+        &net.server,
+        &[
+            "serve",
+            &family.listen_addr(),
+            "--idle",
+            "9",
+            "--intvl",
+            "4",
+            "--cnt",
+            "3",
+        ],
+    );
+    server.expect("listening");
+    let mut client = support::Peer::spawn(
+        &net.client,
+        &["client", &family.server_addr(), "--no-keepalive"],
+    );
+    let info = client.socket("connected");
+    server.socket("server");
+    let server_ns = net.server.inode().expect("inode");
+    let records: Vec<Value> = ls(&["--listening", "-P", "7777"])
+        .into_iter()
+        .filter(|r| r["netns"] == server_ns)
+        .collect();
+    let listener = records
+        .iter()
+        .find(|r| r["state"] == "LISTEN")
+        .unwrap_or_else(|| panic!("the listener in {records:#?}"));
+    let accepted = records
+        .iter()
+        .find(|r| r["state"] == "ESTABLISHED" && r["dport"] == info.local.port())
+        .unwrap_or_else(|| panic!("the accepted socket in {records:#?}"));
+    for r in [listener, accepted] {
+        assert_eq!(r["keepalive"], true, "{r}");
+        assert_eq!(
+            (&r["keepidle_ms"], &r["keepintvl_ms"], &r["keepcnt"]),
+            (&Value::from(9000), &Value::from(4000), &Value::from(3)),
+            "{r}"
+        );
+        assert_eq!(r["from"]["keepidle"], "socket", "{r}");
+    }
+    assert!(listener["dead_after_ms"].is_null(), "{listener}");
+    assert!(accepted["dead_after_ms"].is_u64(), "{accepted}");
+    // Without --listening, no listener.
+    assert!(
+        ls(&["-P", "7777"]).iter().all(|r| r["state"] != "LISTEN"),
+        "a listener without --listening"
+    );
+    client.close_stdin();
+}
+
+/// A socket two processes hold (a fork after connect) lists both; in two
+/// namespaces, each connection with its own; `-p` keeps one process's.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn shared_sockets_and_namespaces_and_filters() {
+    let _alone = support::alone();
+    let mut shared = connect("lsshr", Family::V4, &["--idle", "8", "--fork", "share"]);
+    shared.client.send("go");
+    shared.client.expect("configured");
+    let _child = support::forked_child(&mut shared.client);
+    let other = configured("lsoth", Family::V6, &["--idle", "6"]);
+    let records = ls(&["-P", "7777"]);
+    let s = find(&records, shared.info.cookie);
+    let holders: Vec<u64> = s["holders"]
+        .as_array()
+        .expect("holders")
+        .iter()
+        .map(|h| h["pid"].as_u64().expect("pid"))
+        .collect();
+    assert_eq!(holders.len(), 2, "parent and child: {s}");
+    assert!(holders.contains(&u64::from(shared.info.pid)), "{s}");
+    assert_eq!(s["pid"], holders[0], "the first holder: {s}");
+    assert_eq!(s["netns"], shared.net.client.inode().expect("inode"));
+    let o = find(&records, other.info.cookie);
+    assert_eq!(o["netns"], other.net.client.inode().expect("inode"));
+    assert_eq!(
+        (&o["family"], &o["keepidle_ms"]),
+        (&Value::from("ipv6"), &Value::from(6000))
+    );
+    assert_ne!(s["netns"], o["netns"]);
+    // A filter by process: only that process's socket.
+    let pid = other.info.pid.to_string();
+    let mine = ls(&["-p", &pid]);
+    assert_eq!(mine.len(), 1, "{mine:#?}");
+    assert_eq!(mine[0]["cookie"], other.info.cookie);
+}
+
+/// An IPv6 socket talking to an IPv4 peer: listed as IPv6 with the mapped
+/// addresses, as the stream names it.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn mapped_ipv4_is_listed_as_ipv6() {
+    let _alone = support::alone();
+    let c = configured("lsmap", Family::Mapped, &["--idle", "5"]);
+    let records = ls(&["-p", &c.info.pid.to_string()]);
+    let r = find(&records, c.info.cookie);
+    assert_eq!(r["family"], "ipv6", "{r}");
+    assert_eq!(
+        r["daddr"],
+        format!("::ffff:{}", support::Topology::SERVER_V4),
+        "{r}"
+    );
+    assert_eq!(r["keepidle_ms"], 5000, "{r}");
+}
+
+/// The settings are what `getsockopt()` returns in the process that set
+/// them (this test's own), and the socket is the one `ss -tie` shows (its
+/// cookie and inode), with the same timer.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn settings_match_getsockopt_and_ss() {
+    use std::{
+        net::{TcpListener, TcpStream},
+        os::fd::AsRawFd as _,
+    };
+    let _alone = support::alone();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let stream = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let _accepted = listener.accept().expect("accept");
+    let fd = stream.as_raw_fd();
+    kalive_testkit::sockopt::Keepalive {
+        idle: Some(11),
+        intvl: Some(6),
+        cnt: Some(5),
+        user_timeout: Some(4321),
+    }
+    .apply(fd, true)
+    .expect("keepalive");
+    let get = |level, name| {
+        let mut value: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: an int-sized option into an int.
+        let rc =
+            unsafe { libc::getsockopt(fd, level, name, (&raw mut value).cast(), &raw mut len) };
+        assert_eq!(rc, 0, "getsockopt");
+        u64::try_from(value).expect("not negative")
+    };
+    let port = stream.local_addr().expect("local").port();
+    let records = ls(&[
+        "-p",
+        &std::process::id().to_string(),
+        "-P",
+        &port.to_string(),
+    ]);
+    let r = records
+        .iter()
+        .find(|r| r["sport"] == port)
+        .unwrap_or_else(|| panic!("this test's socket in {records:#?}"));
+    assert_eq!(
+        r["keepalive"],
+        get(libc::SOL_SOCKET, libc::SO_KEEPALIVE) == 1
+    );
+    assert_eq!(
+        r["keepidle_ms"],
+        get(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE) * 1000
+    );
+    assert_eq!(
+        r["keepintvl_ms"],
+        get(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL) * 1000
+    );
+    assert_eq!(r["keepcnt"], get(libc::IPPROTO_TCP, libc::TCP_KEEPCNT));
+    assert_eq!(
+        r["user_timeout_ms"],
+        get(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT)
+    );
+    assert_eq!(
+        r["comm"],
+        std::fs::read_to_string("/proc/self/comm")
+            .expect("comm")
+            .trim()
+    );
+    // ss: the same socket (cookie, as sk:HEX) and the keepalive timer.
+    let ss = kalive_testkit::output(Command::new("ss").args([
+        "-tien",
+        "state",
+        "established",
+        "sport",
+        "=",
+        &format!(":{port}"),
+    ]))
+    .expect("ss");
+    let cookie = format!("sk:{:x}", r["cookie"].as_u64().expect("cookie"));
+    assert!(ss.contains(&cookie), "{cookie} in {ss}");
+    assert!(ss.contains("timer:(keepalive,"), "{ss}");
+    assert_eq!(r["timer"], "keepalive", "{r}");
+}
