@@ -201,49 +201,49 @@ fn orphan_retries(sysctl: u32, alive: bool) -> u32 {
 /// If the peer went silent now: how long until the write timer closes the
 /// connection, and why. Always: every rule is bounded.
 #[must_use]
-pub fn write_timer(w: &WriteTimer) -> (u64, Verdict) {
+pub fn write_timer(timer: &WriteTimer) -> (u64, Verdict) {
     if let Phase::ZeroWindow {
         retries2,
         orphan_retries: orphan,
-    } = w.phase
+    } = timer.phase
     {
-        return persist(w, retries2, orphan);
+        return persist(timer, retries2, orphan);
     }
-    let u = w.user_timeout_ms;
-    let max = w.rto_max_ms.max(1);
+    let user = timer.user_timeout_ms;
+    let max = timer.rto_max_ms.max(1);
     // Times are relative to now: the stamp is in the past.
-    let mut t = w.timer_ms;
-    let mut stamp: Option<i128> = w.since_stamp_ms.map(|s| -i128::from(s));
-    let mut n = w.retransmits;
-    let mut rto = w.rto_ms.clamp(1, max);
+    let mut t = timer.timer_ms;
+    let mut stamp: Option<i128> = timer.since_stamp_ms.map(|s| -i128::from(s));
+    let mut n = timer.retransmits;
+    let mut rto = timer.rto_ms.clamp(1, max);
     let since = |t: u64, stamp: Option<i128>| stamp.map_or(0, |s| i128::from(t) - s);
     // Each firing doubles the RTO up to the maximum, and every budget is a
     // time or a count: a bounded loop. The bound is a guard.
     for _ in 0..100_000 {
         let elapsed = since(t, stamp);
         let timed_out = |budget: u64| n > 0 && elapsed >= i128::from(budget);
-        let verdict = match w.phase {
+        let verdict = match timer.phase {
             Phase::Retransmit { retries2 } => {
                 let budget = model_timeout(retries2, RTO_MIN_MS, max);
-                match u {
+                match user {
                     0 => timed_out(budget).then_some(Verdict::RetriesExhausted),
-                    u => timed_out(u).then_some(Verdict::RetransmitUserTimeout),
+                    user => timed_out(user).then_some(Verdict::RetransmitUserTimeout),
                 }
             }
             Phase::Orphan { orphan_retries: o } => {
                 let budget = model_timeout(orphan_retries(o, rto < max), RTO_MIN_MS, max);
-                match u {
+                match user {
                     0 => timed_out(budget).then_some(Verdict::OrphanRetriesExhausted),
-                    u => timed_out(u).then_some(Verdict::RetransmitUserTimeout),
+                    user => timed_out(user).then_some(Verdict::RetransmitUserTimeout),
                 }
             }
             Phase::ShrunkWindow { idle_ms } => {
                 let mut timeout = 2 * max;
-                if u != 0 {
-                    timeout = timeout.min(u);
+                if user != 0 {
+                    timeout = timeout.min(user);
                 }
                 let silent = idle_ms + t;
-                if u != 0 && elapsed > i128::from(u) {
+                if user != 0 && elapsed > i128::from(user) {
                     Some(Verdict::RetransmitUserTimeout)
                 } else {
                     (silent > timeout && elapsed > i128::from(timeout))
@@ -257,8 +257,8 @@ pub fn write_timer(w: &WriteTimer) -> (u64, Verdict) {
             } => {
                 if n >= retries + linear {
                     Some(Verdict::SynRetriesExhausted)
-                } else if u != 0 {
-                    timed_out(u).then_some(Verdict::SynUserTimeout)
+                } else if user != 0 {
+                    timed_out(user).then_some(Verdict::SynUserTimeout)
                 } else {
                     timed_out(model_timeout(retries, timeout_init_ms, max))
                         .then_some(Verdict::SynRetriesExhausted)
@@ -272,41 +272,41 @@ pub fn write_timer(w: &WriteTimer) -> (u64, Verdict) {
         // Retransmits; the first retransmission stamps the episode.
         n += 1;
         let stamp_at = *stamp.get_or_insert(i128::from(t));
-        let linear = match w.phase {
+        let linear = match timer.phase {
             Phase::Syn { linear, .. } => n <= linear,
             _ => false,
         };
         if !linear {
             rto = (rto * 2).min(max);
         }
-        let next = if u == 0 {
+        let next = if user == 0 {
             rto
         } else {
-            let remaining = i128::from(u) - (i128::from(t) - stamp_at);
+            let remaining = i128::from(user) - (i128::from(t) - stamp_at);
             if remaining <= 0 {
-                w.jiffy_ms()
+                timer.jiffy_ms()
             } else {
                 rto.min(u64::try_from(remaining).unwrap_or(u64::MAX))
             }
         };
-        t = w.fire(t, next);
+        t = timer.fire(t, next);
     }
     (t, Verdict::RetriesExhausted)
 }
 
 /// The persist timer (`tcp_probe_timer()`, `tcp_send_probe0()`).
-fn persist(w: &WriteTimer, retries2: u32, orphan: Option<u32>) -> (u64, Verdict) {
-    let u = w.user_timeout_ms;
-    let max = w.rto_max_ms.max(1);
-    let base = w.rto_ms.max(RTO_MIN_MS);
-    let mut t = w.timer_ms;
-    let mut first: Option<i128> = w.since_probes_ms.map(|s| -i128::from(s));
-    let (mut probes, mut backoff) = (w.probes, w.backoff);
+fn persist(timer: &WriteTimer, retries2: u32, orphan: Option<u32>) -> (u64, Verdict) {
+    let user = timer.user_timeout_ms;
+    let max = timer.rto_max_ms.max(1);
+    let base = timer.rto_ms.max(RTO_MIN_MS);
+    let mut t = timer.timer_ms;
+    let mut first: Option<i128> = timer.since_probes_ms.map(|s| -i128::from(s));
+    let (mut probes, mut backoff) = (timer.probes, timer.backoff);
     let backed_off = |b: u32| base.checked_shl(b.min(10)).unwrap_or(u64::MAX).min(max);
     for _ in 0..100_000 {
         match first {
             None => first = Some(i128::from(t)),
-            Some(f) if u != 0 && i128::from(t) - f >= i128::from(u) => {
+            Some(f) if user != 0 && i128::from(t) - f >= i128::from(user) => {
                 return (t, Verdict::WindowUserTimeout);
             }
             Some(_) => {}
@@ -327,14 +327,14 @@ fn persist(w: &WriteTimer, retries2: u32, orphan: Option<u32>) -> (u64, Verdict)
             backoff += 1;
         }
         let mut when = backed_off(backoff);
-        if u != 0
+        if user != 0
             && let Some(f) = first
         {
-            let remaining = i128::from(u) - (i128::from(t) - f);
-            let floor = 2 * w.jiffy_ms();
+            let remaining = i128::from(user) - (i128::from(t) - f);
+            let floor = 2 * timer.jiffy_ms();
             when = when.min(u64::try_from(remaining).unwrap_or(0).max(floor));
         }
-        t = w.fire(t, when);
+        t = timer.fire(t, when);
     }
     (t, Verdict::WindowProbesExhausted)
 }

@@ -154,10 +154,14 @@ impl<'de> Deserialize<'de> for Errno {
 pub mod micros {
     use super::{Deserialize as _, Deserializer, Serializer, Timestamp, de};
 
+    /// # Errors
+    /// When the serializer fails.
     pub fn serialize<S: Serializer>(ts: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&format_args!("{ts:.6}"))
     }
 
+    /// # Errors
+    /// When the value is not such a time.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         text.parse::<Timestamp>().map_err(de::Error::custom)

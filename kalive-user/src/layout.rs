@@ -29,13 +29,7 @@ pub fn discover(btf: &KernelBtf, symbols: &Symbols, tracefs: &Path, hz: u32) -> 
     let net = |path: &str, size| btf.offset("net", path, size);
     let syscall = |tp: &str, field: &str| kernel::tracepoint_field(tracefs, "syscalls", tp, field);
 
-    // The keepalive timer moved from sock.sk_timer into inet_connection_sock in 6.19.
-    let keepalive_timer = if btf.has_field("inet_connection_sock", "icsk_keepalive_timer") {
-        btf.field("inet_connection_sock", "icsk_keepalive_timer")?
-            .offset
-    } else {
-        btf.field("sock", "sk_timer")?.offset
-    };
+    let keepalive_timer = keepalive_timer(btf)?;
 
     Ok::<_, anyhow::Error>(Layout {
         keepalive_timer_fn: symbols.address("tcp_keepalive_timer")?,
@@ -136,6 +130,19 @@ pub fn discover(btf: &KernelBtf, symbols: &Symbols, tracefs: &Path, hz: u32) -> 
         accept4_ret: syscall("sys_exit_accept4", "ret")?,
     })
     .context("reading the running kernel's layout")
+}
+
+/// Where the keepalive timer is: it moved from `sock.sk_timer` into
+/// `inet_connection_sock` in 6.19.
+fn keepalive_timer(btf: &KernelBtf) -> Result<u32> {
+    Ok(
+        if btf.has_field("inet_connection_sock", "icsk_keepalive_timer") {
+            btf.field("inet_connection_sock", "icsk_keepalive_timer")?
+                .offset
+        } else {
+            btf.field("sock", "sk_timer")?.offset
+        },
+    )
 }
 
 #[cfg(test)]

@@ -74,6 +74,17 @@ fn parse_budget(value: &str) -> Result<u64, String> {
 /// # Errors
 /// When the kernel's sockets cannot be read.
 pub fn run(args: &Args) -> Result<()> {
+    // The iterator is a BPF program reading kernel memory: without it, no
+    // socket can be read (a fallback without BPF is still to come).
+    // SAFETY: no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if let Some(why) = crate::privs::missing_to_start(&crate::privs::effective()?, root) {
+        anyhow::bail!(
+            "{}",
+            why.replace("BPF tracing programs", "the BPF socket iterator")
+                .replace("sudo kalive", "sudo kalive ls")
+        );
+    }
     let kernel_btf = btf::KernelBtf::open(Path::new(btf::VMLINUX))?;
     let tracefs = kernel::tracefs()?;
     let hz = kernel::hz().context("finding the kernel's HZ")?;
@@ -298,6 +309,12 @@ pub struct Connection {
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub holders: Vec<Holding>,
+    /// Closed by its process with data or a FIN unacknowledged: the kernel
+    /// still owns it (`SOCK_DEAD`), and no process will see its end.
+    pub orphan: bool,
+    /// What this record cannot say (`"pid"`, `"comm"`: no process holds
+    /// the socket).
+    pub missing: Vec<&'static str>,
     pub keepalive: bool,
     pub keepidle_ms: u64,
     pub keepintvl_ms: u64,
@@ -393,29 +410,23 @@ fn record(
     let timer_ms = (e.timer_pending != 0).then(|| ms(e.timer_expires.wrapping_sub(e.now)));
     let keepalive = e.keepalive != 0;
     let timer = pending_timer(e, state, timer_ms, hz);
-    let (dead_after_ms, detected_by) = match write_timer(e, state, idle, hz) {
-        Some(w) => {
-            let (after, verdict) = dead::write_timer(&w);
-            (Some(after), Some(detector(verdict)))
-        }
-        None => match (keepalive, idle, timer_ms) {
-            // Keepalive decides while nothing is in flight (it does not probe
-            // while segments are).
-            (true, Some(idle_ms), Some(timer_ms)) if e.packets_out == 0 => {
-                let (after, verdict) = dead::keepalive(&dead::Keepalive {
-                    keepidle_ms,
-                    keepintvl_ms,
-                    keepcnt: u32::from(keepcnt),
-                    user_timeout_ms: u64::from(e.user_timeout_ms),
-                    idle_ms,
-                    timer_ms,
-                    probes: u32::from(e.probes),
-                });
-                (Some(after), Some(detector(verdict)))
-            }
-            _ => (None, None),
+    let (dead_after_ms, detected_by) = prediction(
+        e,
+        state,
+        idle,
+        timer_ms,
+        dead::Keepalive {
+            keepidle_ms,
+            keepintvl_ms,
+            keepcnt: u32::from(keepcnt),
+            user_timeout_ms: u64::from(e.user_timeout_ms),
+            idle_ms: idle.unwrap_or(0),
+            timer_ms: timer_ms.unwrap_or(0),
+            probes: u32::from(e.probes),
         },
-    };
+        hz,
+    )
+    .unzip();
     let mut holders: Vec<Holding> = held
         .iter()
         .map(|h| Holding {
@@ -437,7 +448,13 @@ fn record(
         state,
         pid: holders.first().map(|h| h.pid),
         comm: holders.first().map(|h| h.comm.clone()),
+        missing: if holders.is_empty() {
+            vec!["pid", "comm"]
+        } else {
+            Vec::new()
+        },
         holders,
+        orphan: e.orphan != 0,
         keepalive,
         keepidle_ms,
         keepintvl_ms,
@@ -458,6 +475,29 @@ fn record(
         // The first probe leaves keepidle into the silence.
         over_budget: budget_ms.map(|budget| !keepalive || keepidle_ms > budget),
     }
+}
+
+/// If the peer went silent now: how long until the kernel closes the
+/// connection, and which mechanism would (`None`: never). The write timer
+/// decides while it runs; keepalive, with its settings in `keepalive`,
+/// while nothing is in flight (it does not probe while segments are).
+fn prediction(
+    e: &SockEntry,
+    state: TcpState,
+    idle: Option<u64>,
+    keepalive_timer_ms: Option<u64>,
+    keepalive: dead::Keepalive,
+    hz: u32,
+) -> Option<(u64, &'static str)> {
+    if let Some(w) = write_timer(e, state, idle, hz) {
+        let (after, verdict) = dead::write_timer(&w);
+        return Some((after, detector(verdict)));
+    }
+    let on = e.keepalive != 0 && e.packets_out == 0 && idle.is_some();
+    (on && keepalive_timer_ms.is_some()).then(|| {
+        let (after, verdict) = dead::keepalive(&keepalive);
+        (after, detector(verdict))
+    })
 }
 
 /// `detected_by`: the mechanism that would find a dead peer, and the limit.
@@ -538,11 +578,13 @@ fn write_timer(
         _ => return None,
     };
     // retrans_stamp is on the TCP clock (CLOCK_MONOTONIC), in ms or µs.
+    // The kernel keeps it in 32 bits, wrapping.
+    let low = |clock: u64| u32::try_from(clock % (1 << 32)).unwrap_or(0);
     let since_stamp_ms = (e.retrans_stamp != 0).then(|| {
         if e.usec_ts != 0 {
-            u64::from((e.mono_us as u32).wrapping_sub(e.retrans_stamp)) / 1000
+            u64::from(low(e.mono_us).wrapping_sub(e.retrans_stamp)) / 1000
         } else {
-            u64::from(((e.mono_us / 1000) as u32).wrapping_sub(e.retrans_stamp))
+            u64::from(low(e.mono_us / 1000).wrapping_sub(e.retrans_stamp))
         }
     });
     Some(dead::WriteTimer {

@@ -457,7 +457,7 @@ fn settings_match_getsockopt_and_ss() {
     .expect("keepalive");
     let get = |level, name| {
         let mut value: libc::c_int = 0;
-        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        let mut len = libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("small");
         // SAFETY: an int-sized option into an int.
         let rc =
             unsafe { libc::getsockopt(fd, level, name, (&raw mut value).cast(), &raw mut len) };
@@ -512,4 +512,33 @@ fn settings_match_getsockopt_and_ss() {
     assert!(ss.contains(&cookie), "{cookie} in {ss}");
     assert!(ss.contains("timer:(keepalive,"), "{ss}");
     assert_eq!(r["timer"], "keepalive", "{r}");
+}
+
+/// A socket its process closed with data unacknowledged (an orphan) is still
+/// listed: no holder, what is missing said, and the orphan's retransmission
+/// rule (`tcp_orphan_retries`) as the one that ends it.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn an_orphan_says_what_is_missing() {
+    let _alone = support::alone();
+    let mut c = configured("lsorph", Family::V4, &["--idle", "30"]);
+    c.net.mute_server();
+    c.client.send("send");
+    c.client.expect("sent true");
+    let port = c.info.local.port();
+    drop(c.client);
+    let records = ls(&["-P", &port.to_string()]);
+    let r = records
+        .iter()
+        .find(|r| r["sport"] == port)
+        .unwrap_or_else(|| panic!("the orphan in {records:#?}"));
+    assert_eq!(r["state"], "FIN_WAIT1", "{r}");
+    assert_eq!(r["orphan"], true, "{r}");
+    assert!(
+        r["pid"].is_null() && r["holders"] == Value::Array(vec![]),
+        "{r}"
+    );
+    assert_eq!(r["missing"], serde_json::json!(["pid", "comm"]), "{r}");
+    assert_eq!(r["detected_by"], "orphan_retransmit", "{r}");
+    c.server.close_stdin();
 }
