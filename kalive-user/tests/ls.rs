@@ -542,3 +542,31 @@ fn an_orphan_says_what_is_missing() {
     assert_eq!(r["detected_by"], "orphan_retransmit", "{r}");
     c.server.close_stdin();
 }
+
+/// A connection closed first on this side waits in TIME_WAIT: no process's
+/// socket and no peer to lose (the kernel keeps only a small
+/// `inet_timewait_sock`), so not listed, though listed while it was open.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn time_wait_is_not_listed() {
+    use std::net::{TcpListener, TcpStream};
+    let _alone = support::alone();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let stream = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (accepted, _) = listener.accept().expect("accept");
+    let port = stream.local_addr().expect("local").port().to_string();
+    let open = ls(&["-P", &port]);
+    assert_eq!(open.len(), 2, "both ends: {open:#?}");
+    drop(stream);
+    drop(accepted);
+    let ss = kalive_testkit::output(Command::new("ss").args([
+        "-tan",
+        "sport",
+        "=",
+        &format!(":{port}"),
+    ]))
+    .expect("ss");
+    assert!(ss.contains("TIME-WAIT"), "{ss}");
+    let records = ls(&["-P", &port]);
+    assert!(records.is_empty(), "{records:#?}");
+}

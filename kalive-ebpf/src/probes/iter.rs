@@ -26,6 +26,9 @@ pub(crate) struct IterTcp {
     sk_common: u64,
 }
 
+const TCP_TIME_WAIT: u8 = 6;
+const TCP_NEW_SYN_RECV: u8 = 12;
+
 /// The entry being written: 168 bytes, too many for the stack beside the
 /// helpers' frames.
 #[map]
@@ -39,13 +42,20 @@ pub extern "C" fn tcp_sockets(ctx: *const IterTcp) -> i32 {
     if sk == 0 || meta.is_null() {
         return 0;
     }
+    let sk = Sock(sk);
+    // A TIME_WAIT socket (`inet_timewait_sock`) or a request
+    // (`request_sock`) is no `tcp_sock`: nothing below is in it, and no peer
+    // can go silent on it.
+    let state = sk.state();
+    if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
+        return 0;
+    }
     let Some(e) = ENTRY.get_ptr_mut(0) else {
         return 0;
     };
     // SAFETY: this CPU's slot, which no other program uses; `meta` is a valid
     // kernel pointer for the program's run.
     let (e, seq) = unsafe { (&mut *e, (*meta).seq) };
-    let sk = Sock(sk);
     let net = sk.net();
     let timer = sk.keepalive_timer();
     let family = sk.family();
@@ -53,7 +63,7 @@ pub extern "C" fn tcp_sockets(ctx: *const IterTcp) -> i32 {
     e.cookie = sk.cookie();
     e.ino = sk.ino();
     e.netns = netns_ino(net);
-    e.state = sk.state();
+    e.state = state;
     e.keepalive = u8::from(sk.keepalive_on());
     e.probes = sk.probes_out();
     e.keepcnt = read(sk.0, layout!(tcp_keepalive_probes));
