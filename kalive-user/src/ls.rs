@@ -29,7 +29,7 @@ use crate::{
         object::{self, Filters},
     },
     output::Format,
-    owners,
+    owners, sockdiag,
 };
 
 /// `kalive ls`: a snapshot of every TCP connection's protection against a
@@ -52,6 +52,14 @@ pub struct Args {
     #[arg(long)]
     listening: bool,
 
+    /// Read sockets without loading BPF: the kernel's socket diagnostics (as
+    /// ss reads them) and socket options read through a holder's descriptor.
+    /// What kalive does when it may not load BPF. It cannot tell a setting
+    /// set on the socket to the sysctl's value from the sysctl's, and it
+    /// estimates when a retransmission episode began
+    #[arg(long)]
+    no_bpf: bool,
+
     /// Mark connections a middlebox that forgets flows idle this long would
     /// forget before keepalive sends anything (`over_budget`)
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true,
@@ -69,13 +77,16 @@ fn parse_budget(value: &str) -> Result<u64, String> {
     }
 }
 
-/// Runs `kalive ls`.
-///
-/// # Errors
-/// When the kernel's sockets cannot be read.
-pub fn run(args: &Args) -> Result<()> {
-    // The iterator is a BPF program reading kernel memory: without it, no
-    // socket can be read (a fallback without BPF is still to come).
+/// How the sockets are read.
+enum Reader {
+    /// Kalive's `iter/tcp` program (and the object it belongs to).
+    Bpf(aya::Ebpf),
+    /// The kernel's socket diagnostics and `getsockopt()` ([`sockdiag`]).
+    Diag,
+}
+
+/// Loads the TCP iterator, when this process may.
+fn bpf_reader(hz: u32) -> Result<aya::Ebpf> {
     // SAFETY: no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if let Some(why) = crate::privs::missing_to_start(&crate::privs::effective()?, root) {
@@ -87,7 +98,6 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let kernel_btf = btf::KernelBtf::open(Path::new(btf::VMLINUX))?;
     let tracefs = kernel::tracefs()?;
-    let hz = kernel::hz().context("finding the kernel's HZ")?;
     let symbols = kernel::Symbols::read(loader::FUNCTIONS)?;
     let layout = layout::discover(&kernel_btf, &symbols, &tracefs, hz)?;
     let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
@@ -100,46 +110,159 @@ pub fn run(args: &Args) -> Result<()> {
     )?;
     let iter: &mut Iter = object::program(&mut ebpf, "tcp_sockets")?.try_into()?;
     iter.load("tcp", &btf).context("loading the TCP iterator")?;
+    Ok(ebpf)
+}
+
+/// What this pass could not see, said on stderr at the end.
+#[derive(Debug, Default)]
+struct Unseen {
+    namespaces: Vec<String>,
+    settings: usize,
+}
+
+/// Runs `kalive ls`.
+///
+/// # Errors
+/// When the kernel's sockets cannot be read.
+pub fn run(args: &Args) -> Result<()> {
+    let hz = kernel::hz().context("finding the kernel's HZ")?;
+    let mut reader = if args.no_bpf {
+        Reader::Diag
+    } else {
+        match bpf_reader(hz) {
+            Ok(ebpf) => Reader::Bpf(ebpf),
+            Err(err) => {
+                eprintln!(
+                    "kalive: {err:#}; listing with the kernel's socket diagnostics and \
+                     getsockopt() instead (see `kalive ls --help`)"
+                );
+                Reader::Diag
+            }
+        }
+    };
+    let own_ns = fs::metadata("/proc/self/ns/net").map(|m| m.ino()).ok();
     let mut holders = owners::Sockets::scan();
     let clock = WallClock::now();
     let mut all = Vec::new();
+    let mut unseen = Unseen::default();
     for ns in namespaces() {
-        let entries = match sockets_in(iter, &ns) {
-            Ok(entries) => entries,
+        let own = Some(ns.inode) == own_ns;
+        let listed = match read_namespace(&mut reader, &ns, own, &mut holders, hz) {
+            Ok(listed) => listed,
             Err(err) if !still(&ns.path, ns.inode) => {
                 log::info!("namespace {} went away: {err:#}", ns.inode);
                 continue;
             }
+            Err(err) if matches!(reader, Reader::Diag) => {
+                unseen.namespaces.push(format!("{} ({err:#})", ns.inode));
+                continue;
+            }
             Err(err) => return Err(err),
         };
-        for e in entries {
+        for (e, known) in listed {
             let state = TcpState::from_kernel(e.state);
-            if state == TcpState::Listen && !args.listening {
-                continue;
-            }
             let (sport, dport) = (u16::from_be(e.sport), u16::from_be(e.dport));
-            if !args.ports.is_empty() && !args.ports.iter().any(|&p| p == sport || p == dport) {
-                continue;
-            }
             let held = holders
                 .holders(e.ino)
                 .map(<[_]>::to_vec)
                 .unwrap_or_default();
-            if !args.pids.is_empty() && !held.iter().any(|h| args.pids.contains(&h.pid)) {
+            if (state == TcpState::Listen && !args.listening)
+                || (!args.ports.is_empty() && !args.ports.iter().any(|&p| p == sport || p == dport))
+                || (!args.pids.is_empty() && !held.iter().any(|h| args.pids.contains(&h.pid)))
+            {
                 continue;
             }
-            let record = record(
-                &e,
-                state,
-                &held,
-                hz,
-                args.idle_budget.map(|s| s.saturating_mul(1000)),
-                &clock,
-            );
-            all.push(record);
+            if !known.settings {
+                unseen.settings += 1;
+            }
+            // The kernel makes a socket's cookie when first asked for it,
+            // which the iterator cannot do: asked through a holder's
+            // descriptor, as the stream does.
+            let mut e = e;
+            if e.cookie == 0 {
+                e.cookie = held
+                    .iter()
+                    .find_map(|h| owners::cookie_via_fd(h.pid, h.fd, e.ino).ok())
+                    .unwrap_or(0);
+            }
+            let budget_ms = args.idle_budget.map(|s| s.saturating_mul(1000));
+            all.push(record(&e, state, &held, hz, budget_ms, &clock, known));
         }
     }
-    // The worst protected first: never found, then the slowest.
+    unseen.say();
+    write(all, args)
+}
+
+/// The TCP sockets of `ns` as `reader` reads them (`own`: this process's
+/// namespace), with what each entry knows for certain.
+fn read_namespace(
+    reader: &mut Reader,
+    ns: &Namespace,
+    own: bool,
+    holders: &mut owners::Sockets,
+    hz: u32,
+) -> Result<Vec<(SockEntry, Known)>> {
+    let ebpf = match reader {
+        Reader::Bpf(ebpf) => ebpf,
+        Reader::Diag => {
+            let (found, sysctls, boot_ns) = in_namespace(ns, own, || {
+                Ok((
+                    sockdiag::dump()?,
+                    sockdiag::Sysctls::read()?,
+                    WallClock::boot_now_ns(),
+                ))
+            })?;
+            let netns = u32::try_from(ns.inode).unwrap_or(0);
+            return Ok(found
+                .iter()
+                .map(|r| {
+                    let ino = u64::from(r.header.inode);
+                    let settings = holders.holders(ino).into_iter().flatten().find_map(|h| {
+                        let fd = owners::socket_via_fd(h.pid, h.fd, ino).ok()?;
+                        sockdiag::Settings::of(&fd).ok()
+                    });
+                    let e = sockdiag::entry(r, netns, &sysctls, settings.as_ref(), hz, boot_ns);
+                    let known = Known {
+                        settings: settings.is_some(),
+                        exact: false,
+                    };
+                    (e, known)
+                })
+                .collect());
+        }
+    };
+    let iter: &mut Iter = object::program(ebpf, "tcp_sockets")?.try_into()?;
+    Ok(sockets_in(iter, ns)?
+        .into_iter()
+        .map(|e| (e, Known::ALL))
+        .collect())
+}
+
+impl Unseen {
+    /// Says on stderr what the pass could not see.
+    fn say(&self) {
+        if !self.namespaces.is_empty() {
+            eprintln!(
+                "kalive: {} network namespace(s) not listed (joining one needs \
+                 CAP_SYS_ADMIN): {}",
+                self.namespaces.len(),
+                self.namespaces.join(", ")
+            );
+        }
+        if self.settings > 0 {
+            eprintln!(
+                "kalive: the keepalive settings of {} socket(s) are not known (null): no \
+                 descriptor of theirs could be duplicated (pidfd_getfd needs CAP_SYS_PTRACE, \
+                 or the same user)",
+                self.settings
+            );
+        }
+    }
+}
+
+/// Writes the records, the worst protected first: never found, then the
+/// slowest.
+fn write(mut all: Vec<Connection>, args: &Args) -> Result<()> {
     all.sort_by_key(|c| {
         (
             c.dead_after_ms.is_some(),
@@ -193,18 +316,19 @@ fn table(all: &[Connection]) -> String {
                 || "-".to_owned(),
                 |pid| format!("{pid}/{}", c.comm.as_deref().unwrap_or("")),
             ),
-            if c.keepalive {
-                format!(
-                    "{}/{}/{}",
-                    duration(c.keepidle_ms),
-                    duration(c.keepintvl_ms),
-                    c.keepcnt
-                )
-            } else {
-                "off".to_owned()
+            match (c.keepalive, c.keepidle_ms, c.keepintvl_ms, c.keepcnt) {
+                (Some(true), Some(idle), Some(intvl), Some(cnt)) => {
+                    format!("{}/{}/{cnt}", duration(idle), duration(intvl))
+                }
+                (Some(false), ..) => "off".to_owned(),
+                _ => "?".to_owned(),
             },
             c.idle_ms.map_or_else(|| "-".to_owned(), duration),
-            c.dead_after_ms.map_or_else(|| "never".to_owned(), duration),
+            match c.dead_after_ms {
+                Some(ms) => duration(ms),
+                None if c.unknown() => "?".to_owned(),
+                None => "never".to_owned(),
+            },
             c.detected_by.unwrap_or("-").to_owned(),
         ]);
     }
@@ -228,16 +352,20 @@ fn table(all: &[Connection]) -> String {
 /// keepalive, how many would take over an hour to find a dead peer (or never
 /// would), and how many are over the budget.
 fn summary(all: &[Connection], budget: Option<u64>) -> String {
-    let off = all.iter().filter(|c| !c.keepalive).count();
+    let off = all.iter().filter(|c| c.keepalive == Some(false)).count();
     let slow = all
         .iter()
-        .filter(|c| c.dead_after_ms.is_none_or(|ms| ms > 3_600_000))
+        .filter(|c| !c.unknown() && c.dead_after_ms.is_none_or(|ms| ms > 3_600_000))
         .count();
     let mut line = format!(
         "{} connections: {off} without keepalive, {slow} would take over an hour to find \
          a dead peer (or never would)",
         all.len()
     );
+    let unknown = all.iter().filter(|c| c.unknown()).count();
+    if unknown > 0 {
+        let _ = write!(line, ", {unknown} not known");
+    }
     if let Some(budget) = budget {
         let over = all.iter().filter(|c| c.over_budget == Some(true)).count();
         let _ = write!(line, ", {over} over the {budget} s idle budget");
@@ -312,15 +440,20 @@ pub struct Connection {
     /// Closed by its process with data or a FIN unacknowledged: the kernel
     /// still owns it (`SOCK_DEAD`), and no process will see its end.
     pub orphan: bool,
-    /// What this record cannot say (`"pid"`, `"comm"`: no process holds
-    /// the socket).
+    /// What this record cannot say: `"pid"`, `"comm"` (no process holds
+    /// the socket), `"cookie"` (none made yet, and no descriptor to ask
+    /// through); without BPF, the settings when no holder's descriptor
+    /// could be read (and so `dead_after_ms`), and `"from"` when a setting
+    /// equals its sysctl (set on the socket or not, `getsockopt()` cannot
+    /// tell). A field named here is `null` or a best guess, never a fact.
     pub missing: Vec<&'static str>,
-    pub keepalive: bool,
-    pub keepidle_ms: u64,
-    pub keepintvl_ms: u64,
-    pub keepcnt: u8,
-    pub user_timeout_ms: u32,
-    pub from: Sources,
+    /// The effective settings: `null` when not known (see `missing`).
+    pub keepalive: Option<bool>,
+    pub keepidle_ms: Option<u64>,
+    pub keepintvl_ms: Option<u64>,
+    pub keepcnt: Option<u8>,
+    pub user_timeout_ms: Option<u32>,
+    pub from: Option<Sources>,
     /// The pending TCP timer: `"retransmit"`, `"zero_window"` (the persist
     /// timer), `"loss_probe"`, `"reorder"`, `"keepalive"`, or `"none"`.
     pub timer: &'static str,
@@ -339,6 +472,13 @@ pub struct Connection {
     /// With `--idle-budget S`: a middlebox that forgets flows idle for S
     /// seconds would forget this one before keepalive sends anything.
     pub over_budget: Option<bool>,
+}
+
+impl Connection {
+    /// Whether the prediction is not known (not "never").
+    fn unknown(&self) -> bool {
+        self.missing.contains(&"dead_after_ms")
+    }
 }
 
 /// The pending TCP timer's name and when it fires (ms), given when the
@@ -368,6 +508,24 @@ fn pending_timer(
     }
 }
 
+/// What a socket's entry says for certain.
+#[derive(Debug, Clone, Copy)]
+pub struct Known {
+    /// The keepalive settings (without BPF: a holder's descriptor gave them).
+    pub settings: bool,
+    /// Read from the kernel's socket as it is (BPF), not through the socket
+    /// diagnostics: where each setting comes from, when a retransmission
+    /// episode began, the timers to the jiffy.
+    pub exact: bool,
+}
+
+impl Known {
+    pub const ALL: Self = Self {
+        settings: true,
+        exact: true,
+    };
+}
+
 /// One socket's record; `budget_ms` is `--idle-budget`.
 fn record(
     e: &SockEntry,
@@ -376,6 +534,7 @@ fn record(
     hz: u32,
     budget_ms: Option<u64>,
     clock: &WallClock,
+    known: Known,
 ) -> Connection {
     let ms = |jiffies: u32| u64::from(jiffies) * 1000 / u64::from(hz.max(1));
     let ipv6 = e.family == AF_INET6;
@@ -409,24 +568,29 @@ fn record(
     let idle = state.connected().then(|| ms(e.now.wrapping_sub(heard)));
     let timer_ms = (e.timer_pending != 0).then(|| ms(e.timer_expires.wrapping_sub(e.now)));
     let keepalive = e.keepalive != 0;
+    let settings = known.settings;
     let timer = pending_timer(e, state, timer_ms, hz);
-    let (dead_after_ms, detected_by) = prediction(
-        e,
-        state,
-        idle,
-        timer_ms,
-        dead::Keepalive {
-            keepidle_ms,
-            keepintvl_ms,
-            keepcnt: u32::from(keepcnt),
-            user_timeout_ms: u64::from(e.user_timeout_ms),
-            idle_ms: idle.unwrap_or(0),
-            timer_ms: timer_ms.unwrap_or(0),
-            probes: u32::from(e.probes),
-        },
-        hz,
-    )
-    .unzip();
+    let (dead_after_ms, detected_by) = if known.settings {
+        prediction(
+            e,
+            state,
+            idle,
+            timer_ms,
+            dead::Keepalive {
+                keepidle_ms,
+                keepintvl_ms,
+                keepcnt: u32::from(keepcnt),
+                user_timeout_ms: u64::from(e.user_timeout_ms),
+                idle_ms: idle.unwrap_or(0),
+                timer_ms: timer_ms.unwrap_or(0),
+                probes: u32::from(e.probes),
+            },
+            hz,
+        )
+        .unzip()
+    } else {
+        (None, None)
+    };
     let mut holders: Vec<Holding> = held
         .iter()
         .map(|h| Holding {
@@ -448,23 +612,19 @@ fn record(
         state,
         pid: holders.first().map(|h| h.pid),
         comm: holders.first().map(|h| h.comm.clone()),
-        missing: if holders.is_empty() {
-            vec!["pid", "comm"]
-        } else {
-            Vec::new()
-        },
+        missing: missing(&holders, e, known, budget_ms.is_some()),
         holders,
         orphan: e.orphan != 0,
-        keepalive,
-        keepidle_ms,
-        keepintvl_ms,
-        keepcnt,
-        user_timeout_ms: e.user_timeout_ms,
-        from: Sources {
+        keepalive: settings.then_some(keepalive),
+        keepidle_ms: settings.then_some(keepidle_ms),
+        keepintvl_ms: settings.then_some(keepintvl_ms),
+        keepcnt: settings.then_some(keepcnt),
+        user_timeout_ms: settings.then_some(e.user_timeout_ms),
+        from: settings.then(|| Sources {
             keepidle: from(e.keepidle),
             keepintvl: from(e.keepintvl),
             keepcnt: from(u32::from(e.keepcnt)),
-        },
+        }),
         timer: timer.0,
         timer_ms: timer.1,
         probes: e.probes,
@@ -473,8 +633,39 @@ fn record(
         dead_after_ms,
         detected_by,
         // The first probe leaves keepidle into the silence.
-        over_budget: budget_ms.map(|budget| !keepalive || keepidle_ms > budget),
+        over_budget: budget_ms
+            .filter(|_| settings)
+            .map(|budget| !keepalive || keepidle_ms > budget),
     }
+}
+
+/// The fields of a record that are not facts (see [`Connection::missing`]).
+fn missing(holders: &[Holding], e: &SockEntry, known: Known, budget: bool) -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    if holders.is_empty() {
+        missing.extend(["pid", "comm"]);
+    }
+    if e.cookie == 0 {
+        missing.push("cookie");
+    }
+    if !known.settings {
+        missing.extend([
+            "keepalive",
+            "keepidle_ms",
+            "keepintvl_ms",
+            "keepcnt",
+            "user_timeout_ms",
+            "from",
+            "dead_after_ms",
+            "detected_by",
+        ]);
+        if budget {
+            missing.push("over_budget");
+        }
+    } else if !known.exact && (e.keepidle == 0 || e.keepintvl == 0 || e.keepcnt == 0) {
+        missing.push("from");
+    }
+    missing
 }
 
 /// If the peer went silent now: how long until the kernel closes the
@@ -653,23 +844,41 @@ pub fn namespaces() -> Vec<Namespace> {
 /// # Errors
 /// When the namespace cannot be joined or the iterator read.
 pub fn sockets_in(iter: &mut Iter, ns: &Namespace) -> Result<Vec<SockEntry>> {
+    in_namespace(ns, false, || {
+        let link = iter.attach().context("attaching the TCP iterator")?;
+        let link = iter.take_link(link)?;
+        let mut bytes = Vec::new();
+        link.into_file()
+            .context("creating the TCP iterator")?
+            .read_to_end(&mut bytes)
+            .context("reading the TCP iterator")?;
+        Ok(entries(&bytes))
+    })
+}
+
+/// Runs `read` in network namespace `ns`: from a thread that joins it (only
+/// that thread's namespace changes), or here when it is this process's own
+/// (`own`: joining one's own namespace still needs `CAP_SYS_ADMIN`).
+///
+/// # Errors
+/// When the namespace cannot be joined, or `read` fails.
+fn in_namespace<T: Send>(
+    ns: &Namespace,
+    own: bool,
+    read: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    if own {
+        return read();
+    }
     let path = ns.path.clone();
     thread::scope(|scope| {
         scope
-            .spawn(move || -> Result<Vec<SockEntry>> {
+            .spawn(move || -> Result<T> {
                 let file =
                     File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-                // Only this thread's namespace changes.
                 setns(file, CloneFlags::CLONE_NEWNET)
                     .with_context(|| format!("joining {}", path.display()))?;
-                let link = iter.attach().context("attaching the TCP iterator")?;
-                let link = iter.take_link(link)?;
-                let mut bytes = Vec::new();
-                link.into_file()
-                    .context("creating the TCP iterator")?
-                    .read_to_end(&mut bytes)
-                    .context("reading the TCP iterator")?;
-                Ok(entries(&bytes))
+                read()
             })
             .join()
             .map_err(|_| anyhow!("the namespace reader panicked"))?
@@ -737,18 +946,19 @@ mod tests {
             250,
             None,
             &CLOCK,
+            Known::ALL,
         );
         assert_eq!(
             (c.keepidle_ms, c.keepintvl_ms, c.keepcnt),
-            (600_000, 75_000, 9)
+            (Some(600_000), Some(75_000), Some(9))
         );
         assert_eq!(
             c.from,
-            Sources {
+            Some(Sources {
                 keepidle: Source::Socket,
                 keepintvl: Source::Sysctl,
                 keepcnt: Source::Sysctl,
-            }
+            })
         );
         assert_eq!(c.idle_ms, Some(10_000), "the later of segment and ACK");
         assert_eq!(
@@ -767,6 +977,7 @@ mod tests {
             250,
             Some(350_000),
             &CLOCK,
+            Known::ALL,
         );
         let off = record(
             &established(false, 0),
@@ -775,6 +986,7 @@ mod tests {
             250,
             Some(350_000),
             &CLOCK,
+            Known::ALL,
         );
         let text = table(&[off.clone(), on.clone()]);
         let lines: Vec<&str> = text.lines().collect();
@@ -797,7 +1009,7 @@ mod tests {
     #[test]
     fn the_pending_timer_and_when() {
         let at = |e: &SockEntry| {
-            let c = record(e, TcpState::Established, &[], 250, None, &CLOCK);
+            let c = record(e, TcpState::Established, &[], 250, None, &CLOCK, Known::ALL);
             (c.timer, c.timer_ms)
         };
         // Due 600 s after the peer was heard from, 10 s ago.
@@ -823,6 +1035,7 @@ mod tests {
                 250,
                 budget,
                 &CLOCK,
+                Known::ALL,
             )
             .over_budget
         };

@@ -23,6 +23,7 @@ mod output;
 mod owners;
 mod pipeline;
 mod privs;
+mod sockdiag;
 mod text;
 mod timings;
 

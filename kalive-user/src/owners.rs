@@ -142,9 +142,32 @@ fn socket_inode(link: &[u8]) -> Option<u64> {
 /// The cookie of the socket behind descriptor `fd` of process `pid`, checked to
 /// be socket inode `ino`. `SO_COOKIE` assigns a cookie when the socket has none
 /// yet, which a BPF program reading the socket cannot do; later records then
-/// carry it. Needs `CAP_SYS_PTRACE` over `pid` (`pidfd_getfd`; nix has
-/// neither that nor `SO_COOKIE`, hence the raw calls).
+/// carry it. Needs what [`socket_via_fd`] needs (nix has no `SO_COOKIE`,
+/// hence the raw call).
 pub fn cookie_via_fd(pid: u32, fd: i32, ino: u64) -> io::Result<u64> {
+    let dup = socket_via_fd(pid, fd, ino)?;
+    let mut cookie = 0u64;
+    let mut len: libc::socklen_t = 8;
+    // SAFETY: `dup` is open; `cookie`/`len` are valid for writes of 8/4 bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            dup.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+/// A descriptor of the socket behind descriptor `fd` of process `pid`,
+/// checked to be socket inode `ino`. Needs `CAP_SYS_PTRACE` over `pid`, or
+/// to be its user (`pidfd_getfd`; nix has no wrapper, hence the raw calls).
+pub fn socket_via_fd(pid: u32, fd: i32, ino: u64) -> io::Result<OwnedFd> {
     let pidfd = syscall_fd(
         // SAFETY: pidfd_open(pid, 0) has no memory arguments.
         unsafe {
@@ -166,22 +189,7 @@ pub fn cookie_via_fd(pid: u32, fd: i32, ino: u64) -> io::Result<u64> {
             st.st_ino
         )));
     }
-    let mut cookie = 0u64;
-    let mut len: libc::socklen_t = 8;
-    // SAFETY: `dup` is open; `cookie`/`len` are valid for writes of 8/4 bytes.
-    let rc = unsafe {
-        libc::getsockopt(
-            dup.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_COOKIE,
-            (&raw mut cookie).cast(),
-            &raw mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(cookie)
+    Ok(dup)
 }
 
 fn syscall_fd(rc: libc::c_long) -> io::Result<OwnedFd> {

@@ -9,18 +9,35 @@ use support::{Family, connect};
 
 /// `kalive ls` as JSON, one record a line.
 fn ls(args: &[&str]) -> Vec<Value> {
-    let out = Command::new(env!("CARGO_BIN_EXE_kalive"))
-        .arg("ls")
-        .args(["--format", "json"])
-        .args(args)
-        .output()
-        .expect("kalive ls");
+    ls_via(Via::Bpf, args)
+}
+
+/// How `kalive ls` reads the sockets.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Via {
+    /// Its BPF iterator.
+    Bpf,
+    /// `--no-bpf`: the socket diagnostics and `getsockopt()`.
+    Diag,
+}
+
+fn ls_via(via: Via, args: &[&str]) -> Vec<Value> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kalive"));
+    command.arg("ls").args(["--format", "json"]);
+    if via == Via::Diag {
+        command.arg("--no-bpf");
+    }
+    let out = command.args(args).output().expect("kalive ls");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout)
+    records(&out.stdout)
+}
+
+fn records(stdout: &[u8]) -> Vec<Value> {
+    std::str::from_utf8(stdout)
         .expect("utf-8")
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON record"))
@@ -33,22 +50,30 @@ fn ls(args: &[&str]) -> Vec<Value> {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn lists_a_connection_with_its_settings_and_prediction_ipv4() {
-    lists_a_connection("lsset4", Family::V4);
+    lists_a_connection("lsset4", Family::V4, Via::Bpf);
+}
+
+/// The same without BPF (as without root): the same settings, holder and
+/// prediction.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn lists_a_connection_with_its_settings_and_prediction_without_bpf() {
+    lists_a_connection("lssetd", Family::V4, Via::Diag);
 }
 
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn lists_a_connection_with_its_settings_and_prediction_ipv6() {
-    lists_a_connection("lsset6", Family::V6);
+    lists_a_connection("lsset6", Family::V6, Via::Bpf);
 }
 
-fn lists_a_connection(tag: &str, family: Family) {
+fn lists_a_connection(tag: &str, family: Family, via: Via) {
     let _alone = support::alone();
     let mut c = connect(tag, family, &["--idle", "7", "--intvl", "3", "--cnt", "4"]);
     c.client.send("go");
     c.client.expect("configured");
     let port = c.info.local.port().to_string();
-    let records = ls(&["-P", &port]);
+    let records = ls_via(via, &["-P", &port]);
     let client = records
         .iter()
         .find(|r| r["cookie"] == c.info.cookie)
@@ -98,7 +123,7 @@ fn lists_a_connection(tag: &str, family: Family) {
         .server
         .set_sysctl("net.ipv4.tcp_keepalive_time", "600")
         .expect("sysctl");
-    let records = ls(&["-P", &port]);
+    let records = ls_via(via, &["-P", &port]);
     let server = records
         .iter()
         .find(|r| r["dport"] == c.info.local.port())
@@ -152,6 +177,7 @@ fn predicted(
     prepare: impl FnOnce(&mut support::Connection),
     then: impl FnOnce(&mut support::Connection),
     detected_by: &str,
+    via: Via,
 ) {
     let _alone = support::alone();
     let mut c = connect(tag, Family::V4, client_args);
@@ -161,7 +187,7 @@ fn predicted(
     c.net.mute_server();
     then(&mut c);
     let port = c.info.local.port().to_string();
-    let records = ls(&["-P", &port]);
+    let records = ls_via(via, &["-P", &port]);
     let client = records
         .iter()
         .find(|r| r["cookie"] == c.info.cookie)
@@ -189,6 +215,7 @@ fn the_prediction_is_right_for_keepalive_by_count() {
         |_| {},
         |_| {},
         "keepalive",
+        Via::Bpf,
     );
 }
 
@@ -212,6 +239,7 @@ fn the_prediction_is_right_for_keepalive_by_user_timeout() {
         |_| {},
         |_| {},
         "keepalive_user_timeout",
+        Via::Bpf,
     );
 }
 
@@ -235,6 +263,7 @@ fn the_prediction_is_right_with_data_in_flight() {
             c.client.expect("sent true");
         },
         "retransmit",
+        Via::Bpf,
     );
 }
 
@@ -250,6 +279,7 @@ fn the_prediction_is_right_with_data_in_flight_and_a_user_timeout() {
             c.client.expect("sent true");
         },
         "retransmit_user_timeout",
+        Via::Bpf,
     );
 }
 
@@ -438,6 +468,16 @@ fn mapped_ipv4_is_listed_as_ipv6() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn settings_match_getsockopt_and_ss() {
+    settings_match(Via::Bpf);
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn settings_match_getsockopt_and_ss_without_bpf() {
+    settings_match(Via::Diag);
+}
+
+fn settings_match(via: Via) {
     use std::{
         net::{TcpListener, TcpStream},
         os::fd::AsRawFd as _,
@@ -465,12 +505,15 @@ fn settings_match_getsockopt_and_ss() {
         u64::try_from(value).expect("not negative")
     };
     let port = stream.local_addr().expect("local").port();
-    let records = ls(&[
-        "-p",
-        &std::process::id().to_string(),
-        "-P",
-        &port.to_string(),
-    ]);
+    let records = ls_via(
+        via,
+        &[
+            "-p",
+            &std::process::id().to_string(),
+            "-P",
+            &port.to_string(),
+        ],
+    );
     let r = records
         .iter()
         .find(|r| r["sport"] == port)
@@ -543,7 +586,7 @@ fn an_orphan_says_what_is_missing() {
     c.server.close_stdin();
 }
 
-/// A connection closed first on this side waits in TIME_WAIT: no process's
+/// A connection closed first on this side waits in `TIME_WAIT`: no process's
 /// socket and no peer to lose (the kernel keeps only a small
 /// `inet_timewait_sock`), so not listed, though listed while it was open.
 #[test]
@@ -569,4 +612,121 @@ fn time_wait_is_not_listed() {
     assert!(ss.contains("TIME-WAIT"), "{ss}");
     let records = ls(&["-P", &port]);
     assert!(records.is_empty(), "{records:#?}");
+}
+
+/// Without BPF the prediction is made from the socket diagnostics: the
+/// keepalive timer and `tcp_info` ...
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn the_prediction_without_bpf_is_right_for_keepalive() {
+    predicted(
+        "lsdcntd",
+        &["--idle", "2", "--intvl", "1", "--cnt", "3"],
+        |_| {},
+        |_| {},
+        "keepalive",
+        Via::Diag,
+    );
+}
+
+/// ... and with data in flight, where the retransmission episode's start is
+/// estimated from the RTO's backoff.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn the_prediction_without_bpf_is_right_with_data_in_flight() {
+    predicted(
+        "lsdrtod",
+        &["--idle", "20", "--intvl", "5", "--cnt", "2"],
+        |c| {
+            c.net
+                .client
+                .set_sysctl("net.ipv4.tcp_retries2", "3")
+                .expect("sysctl");
+        },
+        |c| {
+            c.client.send("send");
+            c.client.expect("sent true");
+            // Two retransmissions already: the estimate has a past to walk.
+            std::thread::sleep(std::time::Duration::from_millis(800));
+        },
+        "retransmit",
+        Via::Diag,
+    );
+}
+
+/// Without root: kalive ls reads what it may (the sockets of its namespace,
+/// the settings of its user's), lists them, and says on stderr what it
+/// could not see: no BPF, and the settings of another user's socket.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn without_root_it_lists_what_it_can_and_says_what_it_cannot() {
+    use std::net::TcpListener;
+    let _alone = support::alone();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port().to_string();
+    let mut client = support::Peer::spawn_as_nobody(&[
+        "client",
+        &format!("127.0.0.1:{port}"),
+        "--idle",
+        "9",
+        "--intvl",
+        "4",
+        "--cnt",
+        "3",
+    ]);
+    let info = client.socket("connected");
+    let (accepted, _) = listener.accept().expect("accept");
+    client.send("go");
+    client.expect("configured");
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            env!("CARGO_BIN_EXE_kalive"),
+            "ls",
+            "--format",
+            "json",
+            "-P",
+            &port,
+        ])
+        .output()
+        .expect("kalive ls as nobody");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let records = records(&out.stdout);
+    let mine = find(&records, info.cookie);
+    assert_eq!(mine["pid"], info.pid, "{mine}");
+    assert_eq!(
+        (
+            &mine["keepidle_ms"],
+            &mine["keepintvl_ms"],
+            &mine["keepcnt"]
+        ),
+        (&Value::from(9000), &Value::from(4000), &Value::from(3)),
+        "{mine}"
+    );
+    assert!(mine["dead_after_ms"].is_u64(), "{mine}");
+    // The accepted end is this test's (root's): listed, its settings not.
+    let theirs = records
+        .iter()
+        .find(|r| r["dport"] == info.local.port())
+        .unwrap_or_else(|| panic!("the accepted end in {records:#?}"));
+    assert!(theirs["keepalive"].is_null(), "{theirs}");
+    assert!(theirs["dead_after_ms"].is_null(), "{theirs}");
+    let missing = theirs["missing"].as_array().expect("missing");
+    for field in ["keepalive", "keepidle_ms", "dead_after_ms"] {
+        assert!(missing.contains(&Value::from(field)), "{field}: {theirs}");
+    }
+    assert!(
+        stderr.contains("missing CAP_BPF and CAP_PERFMON")
+            && stderr.contains("listing with the kernel's socket diagnostics"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the keepalive settings of 1 socket(s) are not known"),
+        "{stderr}"
+    );
+    drop(accepted);
 }

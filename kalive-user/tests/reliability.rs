@@ -75,30 +75,6 @@ fn without_privileges_it_says_which_are_missing() {
     assert_one_line_error(code, &stderr, "missing CAP_PERFMON to load");
 }
 
-/// `kalive ls` without privileges: one line saying what is missing, no
-/// partial listing passed off as the whole (a listing without BPF is to come).
-#[test]
-#[ignore = "needs root: run with `cargo xtask test`"]
-fn ls_without_privileges_says_which_are_missing() {
-    let (code, stderr) = run(
-        "setpriv",
-        &[
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            KALIVE,
-            "ls",
-        ],
-    );
-    assert_one_line_error(
-        code,
-        &stderr,
-        "missing CAP_BPF and CAP_PERFMON to load the BPF socket iterator: run it as root \
-         (sudo kalive ls)",
-    );
-}
-
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn without_btf_it_says_so() {

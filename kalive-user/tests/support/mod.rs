@@ -639,8 +639,28 @@ pub struct SocketInfo {
 impl Peer {
     pub fn spawn(ns: &Netns, args: &[&str]) -> Self {
         let exe = std::env::current_exe().expect("test binary path");
-        let mut child = ns
-            .command(exe.to_str().expect("utf-8 path"))
+        Self::spawn_with(ns.command(exe.to_str().expect("utf-8 path")), args)
+    }
+
+    /// `tcp_peer` as another user (uid and gid 65534, no capabilities), in
+    /// this process's namespace.
+    pub fn spawn_as_nobody(args: &[&str]) -> Self {
+        let exe = std::env::current_exe().expect("test binary path");
+        let mut setpriv = Command::new("setpriv");
+        setpriv
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(exe);
+        Self::spawn_with(setpriv, args)
+    }
+
+    /// `command` (which execs the helper) with `args`.
+    fn spawn_with(mut command: Command, args: &[&str]) -> Self {
+        let mut child = command
             .args(args)
             .env("KALIVE_TEST_PEER", "1")
             .stdin(Stdio::piped())
@@ -649,7 +669,7 @@ impl Peer {
             .expect("spawning tcp_peer");
         let lines = line_channel(child.stdout.take().expect("stdout"));
         let stdin = child.stdin.take();
-        // `ip netns exec` execs the helper, so the pid is the helper's.
+        // `ip netns exec` and setpriv exec the helper: the pid is the helper's.
         let pid = child.id();
         Self {
             child,
