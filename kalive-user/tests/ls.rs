@@ -678,19 +678,8 @@ fn without_root_it_lists_what_it_can_and_says_what_it_cannot() {
     let (accepted, _) = listener.accept().expect("accept");
     client.send("go");
     client.expect("configured");
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            env!("CARGO_BIN_EXE_kalive"),
-            "ls",
-            "--format",
-            "json",
-            "-P",
-            &port,
-        ])
+    let out = support::as_nobody(Command::new(env!("CARGO_BIN_EXE_kalive")))
+        .args(["ls", "--format", "json", "-P", &port])
         .output()
         .expect("kalive ls as nobody");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -36,6 +36,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
         "checking that no kalive program is left in the kernel; per-program costs",
     ),
     (
+        "socat",
+        "the client and server of docs/guide.md, whose commands a test runs",
+    ),
+    (
         "bpftrace",
         "the peer `cargo xtask bench` compares kalive with (and its smoke run in the tests)",
     ),

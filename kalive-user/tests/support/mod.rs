@@ -627,6 +627,15 @@ pub struct Peer {
     pub pid: u32,
 }
 
+/// `command` run as uid and gid 65534 (std drops root's supplementary
+/// groups with the uid): from root, the change of uid drops every
+/// capability (no setpriv needed, which the VM does not carry).
+pub fn as_nobody(mut command: Command) -> Command {
+    use std::os::unix::process::CommandExt as _;
+    command.gid(65534).uid(65534);
+    command
+}
+
 /// What `tcp_peer` reported about one of its sockets.
 #[derive(Debug, Clone)]
 pub struct SocketInfo {
@@ -646,16 +655,7 @@ impl Peer {
     /// this process's namespace.
     pub fn spawn_as_nobody(args: &[&str]) -> Self {
         let exe = std::env::current_exe().expect("test binary path");
-        let mut setpriv = Command::new("setpriv");
-        setpriv
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--inh-caps=-all",
-            ])
-            .arg(exe);
-        Self::spawn_with(setpriv, args)
+        Self::spawn_with(as_nobody(Command::new(exe)), args)
     }
 
     /// `command` (which execs the helper) with `args`.
