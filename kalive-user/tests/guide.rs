@@ -167,11 +167,11 @@ fn the_guide_runs_as_written() {
         writeln!(stdin, "{commands}echo {marker}").expect("to bash");
         let mut printed = Vec::new();
         loop {
-            match lines.recv_timeout(Duration::from_secs(60)) {
+            match lines.recv_timeout(Duration::from_mins(1)) {
                 Ok(line) if line == marker => break,
                 Ok(line) => printed.push(line),
-                Err(_) => panic!(
-                    "step {i} did not finish (a command failed, or hung):\n{commands}\nit \
+                Err(err) => panic!(
+                    "step {i} did not finish ({err}: a command failed, or hung):\n{commands}\nit \
                      printed:\n{}",
                     printed.join("\n")
                 ),
