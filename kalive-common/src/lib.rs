@@ -310,8 +310,9 @@ impl Record {
     }
 }
 
-/// One TCP socket as the `iter/tcp` program reads it for `kalive ls` (work in
-/// progress): its identity and its keepalive as the kernel has it. Settings
+/// One TCP socket as the `iter/tcp` program reads it for `kalive ls` (or as
+/// the socket diagnostics describe it, without BPF): its identity, its
+/// keepalive and its write timer as the kernel has them. Settings
 /// are raw: 0 means the namespace's sysctl (also given) applies.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

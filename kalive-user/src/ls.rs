@@ -1,7 +1,8 @@
-//! `kalive ls` (work in progress, issue 16): every TCP socket of every network
-//! namespace, read by kalive's `iter/tcp` program. A TCP iterator walks the
-//! namespace of the task that creates it: one read per namespace, from a
-//! thread that joined it.
+//! `kalive ls`: every TCP socket of every network namespace, with its
+//! owner, settings, timer and when a dead peer would be found (docs/ls.md).
+//! Read by kalive's `iter/tcp` program, or without BPF through the socket
+//! diagnostics ([`crate::sockdiag`]). Both read the namespace of the task
+//! that asks: one read per namespace, from a thread that joined it.
 
 use std::{
     collections::HashMap,
@@ -33,7 +34,8 @@ use crate::{
 };
 
 /// `kalive ls`: a snapshot of every TCP connection's protection against a
-/// dead peer, then exit (work in progress: keepalive only so far).
+/// dead peer (owner, keepalive settings, timer, and when the kernel would
+/// find a dead peer), then exit
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Output format [default: text on a terminal, json otherwise]

@@ -68,6 +68,10 @@ enum Cmd {
         /// goes to stdout (for looking into one size).
         #[arg(long, value_name = "SOCKETS")]
         capacity: Vec<usize>,
+        /// Only the `kalive ls` runs, at these numbers of connections; their
+        /// table goes to stdout.
+        #[arg(long, value_name = "CONNECTIONS")]
+        ls: Vec<usize>,
     },
     /// (The benchmark's connection holder; see `bench::load::hold`.)
     #[command(hide = true)]
@@ -116,8 +120,11 @@ fn main() -> ExitCode {
             quick,
             out,
             capacity,
+            ls,
         } => {
-            if capacity.is_empty() {
+            if !ls.is_empty() {
+                bench::ls_only(&root, &ls)
+            } else if capacity.is_empty() {
                 bench::run(&root, quick, out)
             } else {
                 bench::capacity_only(&root, &capacity)

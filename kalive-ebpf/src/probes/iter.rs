@@ -1,4 +1,4 @@
-//! `kalive ls` (work in progress): a BPF TCP iterator that writes one
+//! `kalive ls`: a BPF TCP iterator that writes one
 //! [`SockEntry`] per TCP socket of the reading task's network namespace.
 
 use aya_ebpf::{

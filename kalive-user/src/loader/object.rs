@@ -180,7 +180,7 @@ pub(crate) mod tests {
         (ebpf, hz)
     }
 
-    /// Work in progress (`kalive ls`): the `iter/tcp` program loads on this
+    /// `kalive ls`: the `iter/tcp` program loads on this
     /// kernel and lists a socket with its own keepalive settings, raw.
     #[test]
     #[ignore = "needs root"]

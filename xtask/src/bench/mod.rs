@@ -5,6 +5,7 @@
 //! interleaved in the same invocation, repeated, given as min/median/max.
 
 mod load;
+mod ls;
 
 pub use load::hold;
 mod procs;
@@ -50,6 +51,9 @@ struct Plan {
     sizes: Vec<usize>,
     capacity_secs: Duration,
     startups: usize,
+    /// `kalive ls` at these numbers of connections, this many times each.
+    ls_sizes: Vec<usize>,
+    ls_rounds: usize,
 }
 
 impl Plan {
@@ -62,6 +66,8 @@ impl Plan {
                 sizes: vec![500],
                 capacity_secs: Duration::from_secs(3),
                 startups: 3,
+                ls_sizes: vec![500],
+                ls_rounds: 1,
             }
         } else {
             Self {
@@ -71,6 +77,8 @@ impl Plan {
                 sizes: vec![1_000, 10_000, 50_000, 100_000],
                 capacity_secs: Duration::from_secs(10),
                 startups: 11,
+                ls_sizes: vec![1_000, 10_000, 50_000],
+                ls_rounds: 5,
             }
         }
     }
@@ -176,6 +184,7 @@ pub struct Results {
     pub capacity: Vec<Capacity>,
     pub startup: Startup,
     pub backend: String,
+    pub ls: Vec<ls::LsRun>,
 }
 
 /// `cargo xtask bench [--quick] [--out FILE]`: builds kalive and measures it.
@@ -221,6 +230,24 @@ pub fn capacity_only(root: &Path, sizes: &[usize]) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask bench --ls N...`: only the `kalive ls` runs, their table on
+/// stdout.
+pub fn ls_only(root: &Path, sizes: &[usize]) -> Result<()> {
+    if !cmd::is_root() {
+        bail!("the benchmarks load BPF programs and make network namespaces: run as root");
+    }
+    let kalive = run::build_release(root, Purpose::Test)?;
+    let rounds = Plan::new(false).ls_rounds;
+    let mut runs = Vec::new();
+    for &n in sizes {
+        runs.push(ls::run(&kalive, n, rounds)?);
+    }
+    let mut md = String::new();
+    report::ls(&mut md, &runs);
+    print!("{md}");
+    Ok(())
+}
+
 /// Runs everything in `plan` and writes the report.
 fn measure(kalive: &Path, opts: &Options) -> Result<()> {
     if !cmd::is_root() {
@@ -259,6 +286,10 @@ fn measure(kalive: &Path, opts: &Options) -> Result<()> {
         capacity.push(capacity_run(kalive, &backend, n, plan.capacity_secs)?);
     }
     let startup = startup(kalive, plan.startups)?;
+    let mut ls_runs = Vec::new();
+    for &n in &plan.ls_sizes {
+        ls_runs.push(ls::run(kalive, n, plan.ls_rounds)?);
+    }
     let results = Results {
         backends,
         hot,
@@ -266,6 +297,7 @@ fn measure(kalive: &Path, opts: &Options) -> Result<()> {
         capacity,
         startup,
         backend,
+        ls: ls_runs,
     };
     report::write(&opts.out, &opts.command, &results)?;
     eprintln!("bench: wrote {}", opts.out.display());

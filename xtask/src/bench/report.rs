@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 
 use crate::cmd;
 
-use super::{Capacity, Results, Spread, procs::Tracer, quantile};
+use super::{Capacity, Results, Spread, ls::LsRun, procs::Tracer, quantile};
 
 const NOTES_MARKER: &str = "<!-- Notes below this line are kept by `cargo xtask bench`. -->";
 
@@ -22,6 +22,7 @@ pub fn write(path: &Path, command: &str, r: &Results) -> Result<()> {
     capacity(&mut md, &r.capacity);
     latency(&mut md, r);
     startup(&mut md, r);
+    ls(&mut md, &r.ls);
     md.push_str(NOTES_MARKER);
     md.push_str(&notes);
     fs::write(path, md).with_context(|| format!("writing {}", path.display()))
@@ -375,6 +376,53 @@ fn startup(md: &mut String, r: &Results) {
         if !values.is_empty() {
             let _ = writeln!(md, "| {name} | {:.1} |", Spread::of(&values).median);
         }
+    }
+    md.push('\n');
+}
+
+/// `kalive ls` against `ss -tionp`.
+pub fn ls(md: &mut String, runs: &[LsRun]) {
+    md.push_str(
+        "## 5. `kalive ls`\n\n\
+         N idle connections between two network namespaces (keepalive an hour \
+         away). `kalive ls --format json` lists every TCP socket on the host, in \
+         every namespace (each connection's two ends, the server's still in the \
+         listeners' queues, and the host's own); `--no-bpf` reads them through \
+         the socket diagnostics and `getsockopt()` instead of the BPF iterator. \
+         The peer a user would otherwise run is `ss -tionp`, in the client's \
+         namespace and then in the server's (the sum; it gives neither the \
+         settings nor a prediction). Wall time from exec to exit (start-up \
+         included: BTF, loading the iterator), min / median / max of the rounds; \
+         peak RSS (`ru_maxrss`), the largest. Targets: under 1 s and 64 MiB at \
+         50k connections.\n\n\
+         | connections | sockets listed | `kalive ls` ms | RSS MiB | `--no-bpf` ms | RSS MiB | `ss -tionp` ms | RSS MiB | targets |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in runs {
+        let (bpf, diag, ss) = (r.bpf.wall(), r.no_bpf.wall(), r.ss.wall());
+        let target = if r.connections >= 50_000 {
+            verdict(bpf.median < 1000.0 && r.bpf.max_rss_mib() < 64.0)
+        } else {
+            "-"
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} / {:.0} / {:.0} | {:.1} | {:.0} / {:.0} / {:.0} | {:.1} | {:.0} / {:.0} / {:.0} | {:.1} | {target} |",
+            r.connections,
+            r.listed,
+            bpf.min,
+            bpf.median,
+            bpf.max,
+            r.bpf.max_rss_mib(),
+            diag.min,
+            diag.median,
+            diag.max,
+            r.no_bpf.max_rss_mib(),
+            ss.min,
+            ss.median,
+            ss.max,
+            r.ss.max_rss_mib(),
+        );
     }
     md.push('\n');
 }
