@@ -8,7 +8,7 @@ use std::{
     collections::HashMap,
     fmt::Write as _,
     fs::{self, File},
-    io::{IsTerminal as _, Read as _, Write as _},
+    io::{BufReader, BufWriter, IsTerminal as _, Read, Write as _},
     net::IpAddr,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::programs::Iter;
-use kalive_common::{AF_INET6, SockEntry, TcpState, dead, event::Family};
+use kalive_common::{AF_INET6, OwnerSource, SockEntry, TcpState, dead, event::Family};
 use nix::sched::{CloneFlags, setns};
 use serde::Serialize;
 
@@ -35,7 +35,7 @@ use crate::{
 
 /// `kalive ls`: a snapshot of every TCP connection's protection against a
 /// dead peer (owner, keepalive settings, timer, and when the kernel would
-/// find a dead peer), then exit
+/// find a dead peer), then exit.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Output format [default: text on a terminal, json otherwise]
@@ -78,6 +78,16 @@ fn parse_budget(value: &str) -> Result<u64, String> {
         )),
     }
 }
+
+pub const EXAMPLES: &str = "\
+EXAMPLES:
+    sudo kalive ls                      # every connection, the worst protected first
+    sudo kalive ls --idle-budget 350    # which an AWS NLB (350 s idle) would forget first
+    sudo kalive ls -P 5432              # connections to or from port 5432
+    sudo kalive ls --format json | jq 'select(.keepalive == false)'
+    kalive ls                           # without root: its own user's, and says what it missed
+
+Fields and the kernel's rules behind DEAD AFTER: docs/ls.md";
 
 /// How the sockets are read.
 enum Reader {
@@ -145,7 +155,7 @@ pub fn run(args: &Args) -> Result<()> {
     let own_ns = fs::metadata("/proc/self/ns/net").map(|m| m.ino()).ok();
     let mut holders = owners::Sockets::scan();
     let clock = WallClock::now();
-    let mut all = Vec::new();
+    let mut out = Output::new(args.format);
     let mut unseen = Unseen::default();
     for ns in namespaces() {
         let own = Some(ns.inode) == own_ns;
@@ -188,11 +198,19 @@ pub fn run(args: &Args) -> Result<()> {
                     .unwrap_or(0);
             }
             let budget_ms = args.idle_budget.map(|s| s.saturating_mul(1000));
-            all.push(record(&e, state, &held, hz, budget_ms, &clock, known));
+            let written = out.push(record(&e, state, &held, hz, budget_ms, &clock, known));
+            // A closed stdout (`kalive ls | head`) ends the listing, quietly.
+            if matches!(&written, Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe) {
+                return Ok(());
+            }
+            written?;
         }
     }
     unseen.say();
-    write(all, args)
+    match out.finish(args.idle_budget) {
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        done => Ok(done?),
+    }
 }
 
 /// The TCP sockets of `ns` as `reader` reads them (`own`: this process's
@@ -207,23 +225,27 @@ fn read_namespace(
     let ebpf = match reader {
         Reader::Bpf(ebpf) => ebpf,
         Reader::Diag => {
-            let (found, sysctls, boot_ns) = in_namespace(ns, own, || {
-                Ok((
-                    sockdiag::dump()?,
-                    sockdiag::Sysctls::read()?,
-                    WallClock::boot_now_ns(),
-                ))
-            })?;
             let netns = u32::try_from(ns.inode).unwrap_or(0);
+            let (mut found, sysctls) = in_namespace(ns, own, || {
+                let sysctls = sockdiag::Sysctls::read()?;
+                let boot_ns = WallClock::boot_now_ns();
+                let mut found = Vec::new();
+                sockdiag::dump(|r| {
+                    found.push(sockdiag::entry(r, netns, &sysctls, None, hz, boot_ns));
+                })?;
+                Ok((found, sysctls))
+            })?;
             return Ok(found
-                .iter()
-                .map(|r| {
-                    let ino = u64::from(r.header.inode);
+                .drain(..)
+                .map(|mut e| {
+                    let ino = e.ino;
                     let settings = holders.holders(ino).into_iter().flatten().find_map(|h| {
                         let fd = owners::socket_via_fd(h.pid, h.fd, ino).ok()?;
                         sockdiag::Settings::of(&fd).ok()
                     });
-                    let e = sockdiag::entry(r, netns, &sysctls, settings.as_ref(), hz, boot_ns);
+                    if let Some(settings) = &settings {
+                        sockdiag::apply(&mut e, settings, &sysctls, hz);
+                    }
                     let known = Known {
                         settings: settings.is_some(),
                         exact: false,
@@ -262,35 +284,55 @@ impl Unseen {
     }
 }
 
-/// Writes the records, the worst protected first: never found, then the
-/// slowest.
-fn write(mut all: Vec<Connection>, args: &Args) -> Result<()> {
-    all.sort_by_key(|c| {
-        (
-            c.dead_after_ms.is_some(),
-            std::cmp::Reverse(c.dead_after_ms),
-        )
-    });
-    let stdout = std::io::stdout();
-    let format = args.format.unwrap_or(if stdout.is_terminal() {
-        Format::Text
-    } else {
-        Format::Json
-    });
-    let mut out = stdout.lock();
-    match format {
-        Format::Json => {
-            for c in &all {
-                serde_json::to_writer(&mut out, c)?;
-                writeln!(out)?;
-            }
-        }
-        Format::Text => {
-            out.write_all(table(&all).as_bytes())?;
-            writeln!(out, "{}", summary(&all, args.idle_budget))?;
+/// Where the records go. JSON is written as each socket is read (a host's
+/// worth of records is never held); text is sorted first, the worst
+/// protected first (no prediction, then the slowest), and summed up.
+enum Output {
+    Json(BufWriter<std::io::Stdout>),
+    Text(Vec<Connection>),
+}
+
+impl Output {
+    fn new(format: Option<Format>) -> Self {
+        let stdout = std::io::stdout();
+        let terminal = stdout.is_terminal();
+        match format.unwrap_or(if terminal { Format::Text } else { Format::Json }) {
+            Format::Json => Self::Json(BufWriter::with_capacity(1 << 16, stdout)),
+            Format::Text => Self::Text(Vec::new()),
         }
     }
-    Ok(())
+
+    fn push(&mut self, c: Connection) -> std::io::Result<()> {
+        match self {
+            Self::Json(out) => {
+                serde_json::to_writer(&mut *out, &c)?;
+                out.write_all(b"\n")
+            }
+            Self::Text(all) => {
+                all.push(c);
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(self, budget: Option<u64>) -> std::io::Result<()> {
+        let mut out = match self {
+            Self::Json(mut out) => return out.flush(),
+            Self::Text(mut all) => {
+                all.sort_by_key(|c| {
+                    (
+                        c.dead_after_ms.is_some(),
+                        std::cmp::Reverse(c.dead_after_ms),
+                    )
+                });
+                let mut out = std::io::stdout().lock();
+                out.write_all(table(&all).as_bytes())?;
+                writeln!(out, "{}", summary(&all, budget))?;
+                out
+            }
+        };
+        out.flush()
+    }
 }
 
 /// Aligned columns, one connection a line, with a header.
@@ -438,6 +480,11 @@ pub struct Connection {
     /// The first holder (lowest pid); `null` when no process holds it.
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// How the owner was learned, as in the stream: `"procfs"` (every
+    /// holder, from `/proc/PID/fd`), or `"unknown"` when no process holds it.
+    pub owner: OwnerSource,
+    /// More than one process holds it (all in `holders`).
+    pub shared: bool,
     pub holders: Vec<Holding>,
     /// Closed by its process with data or a FIN unacknowledged: the kernel
     /// still owns it (`SOCK_DEAD`), and no process will see its end.
@@ -593,15 +640,7 @@ fn record(
     } else {
         (None, None)
     };
-    let mut holders: Vec<Holding> = held
-        .iter()
-        .map(|h| Holding {
-            pid: h.pid,
-            fd: h.fd,
-            comm: String::from_utf8_lossy(&h.comm).into_owned(),
-        })
-        .collect();
-    holders.sort_by_key(|h| (h.pid, h.fd));
+    let holders = holdings(held);
     Connection {
         ts: clock.timestamp(e.boot_ns),
         family: if ipv6 { Family::Ipv6 } else { Family::Ipv4 },
@@ -614,6 +653,14 @@ fn record(
         state,
         pid: holders.first().map(|h| h.pid),
         comm: holders.first().map(|h| h.comm.clone()),
+        owner: if holders.is_empty() {
+            OwnerSource::Unknown
+        } else {
+            OwnerSource::Procfs
+        },
+        shared: holders
+            .iter()
+            .any(|h| Some(h.pid) != holders.first().map(|f| f.pid)),
         missing: missing(&holders, e, known, budget_ms.is_some()),
         holders,
         orphan: e.orphan != 0,
@@ -639,6 +686,20 @@ fn record(
             .filter(|_| settings)
             .map(|budget| !keepalive || keepidle_ms > budget),
     }
+}
+
+/// The processes holding a socket, by pid and descriptor.
+fn holdings(held: &[owners::Holder]) -> Vec<Holding> {
+    let mut holders: Vec<Holding> = held
+        .iter()
+        .map(|h| Holding {
+            pid: h.pid,
+            fd: h.fd,
+            comm: String::from_utf8_lossy(&h.comm).into_owned(),
+        })
+        .collect();
+    holders.sort_by_key(|h| (h.pid, h.fd));
+    holders
 }
 
 /// The fields of a record that are not facts (see [`Connection::missing`]).
@@ -849,12 +910,8 @@ pub fn sockets_in(iter: &mut Iter, ns: &Namespace) -> Result<Vec<SockEntry>> {
     in_namespace(ns, false, || {
         let link = iter.attach().context("attaching the TCP iterator")?;
         let link = iter.take_link(link)?;
-        let mut bytes = Vec::new();
-        link.into_file()
-            .context("creating the TCP iterator")?
-            .read_to_end(&mut bytes)
-            .context("reading the TCP iterator")?;
-        Ok(entries(&bytes))
+        let file = link.into_file().context("creating the TCP iterator")?;
+        entries(BufReader::with_capacity(1 << 16, file)).context("reading the TCP iterator")
     })
 }
 
@@ -887,13 +944,19 @@ fn in_namespace<T: Send>(
     })
 }
 
-/// The records in what the iterator wrote.
-fn entries(bytes: &[u8]) -> Vec<SockEntry> {
-    bytes
-        .chunks_exact(size_of::<SockEntry>())
-        // SAFETY: plain data, written whole by the program.
-        .map(|c| unsafe { c.as_ptr().cast::<SockEntry>().read_unaligned() })
-        .collect()
+/// The records the iterator writes, read as they come (no copy of them all
+/// as bytes: 168 bytes a socket).
+fn entries(mut from: impl Read) -> std::io::Result<Vec<SockEntry>> {
+    let mut all = Vec::new();
+    let mut buf = [0u8; size_of::<SockEntry>()];
+    loop {
+        match from.read_exact(&mut buf) {
+            // SAFETY: plain data, written whole by the program.
+            Ok(()) => all.push(unsafe { buf.as_ptr().cast::<SockEntry>().read_unaligned() }),
+            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(all),
+            Err(err) => return Err(err),
+        }
+    }
 }
 
 /// Whether `path` still opens namespace `inode`.

@@ -57,7 +57,8 @@ EXAMPLES:
     sudo kalive --state-changes      # also every TCP state change
     sudo kalive --live-acks          # answers to probes at once (costs per segment)
     sudo kalive --ring-size 8388608  # more room for bursts of records
-    sudo kalive --user kalive        # run as this user once attached (default: nobody)";
+    sudo kalive --user kalive        # run as this user once attached (default: nobody)
+    sudo kalive ls                   # every connection's protection against a dead peer";
 
 /// Streams what the kernel does with TCP keepalive, socket by socket: keepalive
 /// configured, probes sent and answered, connections killed by keepalive.
@@ -119,8 +120,10 @@ struct Cli {
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
-    /// A snapshot of every TCP connection's protection against a dead peer
-    /// (work in progress)
+    /// A snapshot of every TCP connection's protection against a dead peer:
+    /// owner, keepalive settings, pending timer, and when the kernel would
+    /// find a dead peer
+    #[command(after_help = ls::EXAMPLES)]
     Ls(ls::Args),
 }
 

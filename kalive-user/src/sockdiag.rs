@@ -31,25 +31,25 @@ use netlink_packet_sock_diag::{
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 use nix::sys::socket::{getsockopt, sockopt};
 
-/// The TCP sockets of the calling thread's network namespace, both families:
+/// Hands `each` the TCP sockets of the calling thread's network namespace,
+/// both families, as the kernel answers (none kept: a response is large):
 /// every state but `TIME_WAIT` and requests (no `tcp_sock` behind them).
 ///
 /// # Errors
 /// When the netlink socket cannot be opened or the kernel answers an error.
-pub fn dump() -> Result<Vec<InetResponse>> {
-    let mut all = Vec::new();
+pub fn dump(mut each: impl FnMut(&InetResponse)) -> Result<()> {
     for family in [AF_INET, AF_INET6] {
-        all.extend(dump_family(family).with_context(|| {
+        dump_family(family, &mut each).with_context(|| {
             format!(
                 "reading the {} TCP sockets (NETLINK_SOCK_DIAG)",
                 if family == AF_INET { "IPv4" } else { "IPv6" }
             )
-        })?);
+        })?;
     }
-    Ok(all)
+    Ok(())
 }
 
-fn dump_family(family: u8) -> Result<Vec<InetResponse>> {
+fn dump_family(family: u8, each: &mut impl FnMut(&InetResponse)) -> Result<()> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
@@ -78,7 +78,6 @@ fn dump_family(family: u8) -> Result<Vec<InetResponse>> {
     request.serialize(&mut buf);
     socket.send(&buf, 0)?;
 
-    let mut out = Vec::new();
     let mut receive = vec![0u8; 1 << 16];
     loop {
         let size = socket.recv(&mut &mut receive[..], 0)?;
@@ -88,8 +87,8 @@ fn dump_family(family: u8) -> Result<Vec<InetResponse>> {
                 .context("decoding the kernel's answer")?;
             let length = message.header.length as usize;
             match message.payload {
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => out.push(*r),
-                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => each(&r),
+                NetlinkPayload::Done(_) => return Ok(()),
                 NetlinkPayload::Error(err) => bail!("the kernel answered {err:?}"),
                 _ => {}
             }
@@ -158,15 +157,15 @@ impl Settings {
     /// When `getsockopt()` fails (not a TCP socket).
     pub fn of(fd: &OwnedFd) -> Result<Self> {
         let fd = fd.as_fd();
-        let small = |v: i32| u8::try_from(v).unwrap_or(u8::MAX);
-        let seconds = |v: u32| v;
+        // Both counts are at most 255 in the kernel.
+        let count = |v: i64| u8::try_from(v).unwrap_or(u8::MAX);
         Ok(Self {
             keepalive: getsockopt(&fd, sockopt::KeepAlive)?,
-            keepidle_s: seconds(getsockopt(&fd, sockopt::TcpKeepIdle)?),
-            keepintvl_s: seconds(getsockopt(&fd, sockopt::TcpKeepInterval)?),
-            keepcnt: u8::try_from(getsockopt(&fd, sockopt::TcpKeepCount)?).unwrap_or(u8::MAX),
+            keepidle_s: getsockopt(&fd, sockopt::TcpKeepIdle)?,
+            keepintvl_s: getsockopt(&fd, sockopt::TcpKeepInterval)?,
+            keepcnt: count(i64::from(getsockopt(&fd, sockopt::TcpKeepCount)?)),
             user_timeout_ms: getsockopt(&fd, sockopt::TcpUserTimeout)?,
-            syn_retries: small(syncnt(&fd)?),
+            syn_retries: count(i64::from(syncnt(&fd)?)),
         })
     }
 }
@@ -256,23 +255,7 @@ pub fn entry(
         ..SockEntry::default()
     };
     if let Some(s) = settings {
-        // Raw values, as the kernel keeps them: 0 when the sysctl applies.
-        // An equal value set on the socket reads as the sysctl's.
-        let own = |value: u32, net: u32| if value == net { 0 } else { value * hz };
-        e.keepalive = u8::from(s.keepalive);
-        e.keepidle = own(s.keepidle_s, sysctls.keepalive_time);
-        e.keepintvl = own(s.keepintvl_s, sysctls.keepalive_intvl);
-        e.keepcnt = if s.keepcnt == sysctls.keepalive_probes {
-            0
-        } else {
-            s.keepcnt
-        };
-        e.user_timeout_ms = s.user_timeout_ms;
-        e.syn_retries = if s.syn_retries == sysctls.syn_retries {
-            0
-        } else {
-            s.syn_retries
-        };
+        apply(&mut e, s, sysctls, hz);
     }
     if let Some(info) = info {
         e.probes = info.probes;
@@ -311,6 +294,27 @@ pub fn entry(
             u32::try_from((NOW_US / 1000).saturating_sub(since) % (1 << 32)).unwrap_or(0);
     }
     e
+}
+
+/// Puts a socket's settings, as `getsockopt()` gave them, into its entry:
+/// raw, as the kernel keeps them (0 when the sysctl applies; a value set on
+/// the socket equal to the sysctl's reads as the sysctl's).
+pub fn apply(e: &mut SockEntry, s: &Settings, sysctls: &Sysctls, hz: u32) {
+    let own = |value: u32, net: u32| if value == net { 0 } else { value * hz };
+    e.keepalive = u8::from(s.keepalive);
+    e.keepidle = own(s.keepidle_s, sysctls.keepalive_time);
+    e.keepintvl = own(s.keepintvl_s, sysctls.keepalive_intvl);
+    e.keepcnt = if s.keepcnt == sysctls.keepalive_probes {
+        0
+    } else {
+        s.keepcnt
+    };
+    e.user_timeout_ms = s.user_timeout_ms;
+    e.syn_retries = if s.syn_retries == sysctls.syn_retries {
+        0
+    } else {
+        s.syn_retries
+    };
 }
 
 /// How long ago a retransmission episode began, estimated from the RTO's

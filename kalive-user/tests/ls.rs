@@ -83,6 +83,10 @@ fn lists_a_connection(tag: &str, family: Family, via: Via) {
     assert_eq!(client["saddr"], c.info.local.ip().to_string());
     assert_eq!(client["daddr"], c.info.peer.ip().to_string());
     assert_eq!(client["pid"], c.info.pid);
+    assert_eq!(
+        (&client["owner"], &client["shared"]),
+        (&Value::from("procfs"), &Value::from(false))
+    );
     assert_eq!(client["netns"], c.net.client.inode().expect("inode"));
     assert_eq!(client["keepalive"], true);
     assert_eq!(
@@ -429,6 +433,11 @@ fn shared_sockets_and_namespaces_and_filters() {
     assert_eq!(holders.len(), 2, "parent and child: {s}");
     assert!(holders.contains(&u64::from(shared.info.pid)), "{s}");
     assert_eq!(s["pid"], holders[0], "the first holder: {s}");
+    assert_eq!(
+        (&s["owner"], &s["shared"]),
+        (&Value::from("procfs"), &Value::from(true)),
+        "{s}"
+    );
     assert_eq!(s["netns"], shared.net.client.inode().expect("inode"));
     let o = find(&records, other.info.cookie);
     assert_eq!(o["netns"], other.net.client.inode().expect("inode"));
@@ -576,6 +585,7 @@ fn an_orphan_says_what_is_missing() {
         .find(|r| r["sport"] == port)
         .unwrap_or_else(|| panic!("the orphan in {records:#?}"));
     assert_eq!(r["state"], "FIN_WAIT1", "{r}");
+    assert_eq!(r["owner"], "unknown", "{r}");
     assert_eq!(r["orphan"], true, "{r}");
     assert!(
         r["pid"].is_null() && r["holders"] == Value::Array(vec![]),
@@ -718,4 +728,28 @@ fn without_root_it_lists_what_it_can_and_says_what_it_cannot() {
         "{stderr}"
     );
     drop(accepted);
+}
+
+/// A reader that stops early (`kalive ls | head`) ends the listing quietly:
+/// exit 0, nothing on stderr.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn a_closed_stdout_is_a_quiet_end() {
+    use std::{net::TcpListener, process::Stdio};
+    let _alone = support::alone();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let _held: Vec<_> = (0..50)
+        .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+        .collect();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kalive"))
+        .args(["ls", "--format", "json", "--listening"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kalive ls");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("kalive ls");
+    assert!(out.status.success(), "{:?}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
 }
