@@ -1,4 +1,7 @@
-//! `kalive ls` against real sockets in namespaces of the test's own.
+//! `kalive ls` against real sockets in namespaces of the test's own. The
+//! tests run side by side: `kalive ls` attaches nothing (its iterator runs
+//! only when read), and each test finds its own sockets by cookie, pid or a
+//! port of its own.
 
 mod support;
 
@@ -68,7 +71,6 @@ fn lists_a_connection_with_its_settings_and_prediction_ipv6() {
 }
 
 fn lists_a_connection(tag: &str, family: Family, via: Via) {
-    let _alone = support::alone();
     let mut c = connect(tag, family, &["--idle", "7", "--intvl", "3", "--cnt", "4"]);
     c.client.send("go");
     c.client.expect("configured");
@@ -146,7 +148,6 @@ fn lists_a_connection(tag: &str, family: Family, via: Via) {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn data_in_flight_shows_the_retransmission_timer() {
-    let _alone = support::alone();
     let mut c = connect(
         "lsrto",
         Family::V4,
@@ -183,7 +184,6 @@ fn predicted(
     detected_by: &str,
     via: Via,
 ) {
-    let _alone = support::alone();
     let mut c = connect(tag, Family::V4, client_args);
     prepare(&mut c);
     c.client.send("go");
@@ -309,7 +309,6 @@ fn configured(tag: &str, family: Family, args: &[&str]) -> support::Connection {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn the_idle_budget_marks_what_a_middlebox_would_forget() {
-    let _alone = support::alone();
     let over = configured("lsbov", Family::V4, &["--idle", "30"]);
     let under = configured("lsbun", Family::V4, &["--idle", "5"]);
     let off = configured("lsbof", Family::V4, &["--no-keepalive"]);
@@ -356,7 +355,6 @@ fn the_idle_budget_marks_what_a_middlebox_would_forget() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn accepted_connections_inherit_the_listeners_settings() {
-    let _alone = support::alone();
     let net = support::Topology::new("lsinh");
     let family = Family::V4;
     let mut server = support::Peer::spawn(
@@ -416,7 +414,6 @@ fn accepted_connections_inherit_the_listeners_settings() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn shared_sockets_and_namespaces_and_filters() {
-    let _alone = support::alone();
     let mut shared = connect("lsshr", Family::V4, &["--idle", "8", "--fork", "share"]);
     shared.client.send("go");
     shared.client.expect("configured");
@@ -458,7 +455,6 @@ fn shared_sockets_and_namespaces_and_filters() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn mapped_ipv4_is_listed_as_ipv6() {
-    let _alone = support::alone();
     let c = configured("lsmap", Family::Mapped, &["--idle", "5"]);
     let records = ls(&["-p", &c.info.pid.to_string()]);
     let r = find(&records, c.info.cookie);
@@ -491,7 +487,6 @@ fn settings_match(via: Via) {
         net::{TcpListener, TcpStream},
         os::fd::AsRawFd as _,
     };
-    let _alone = support::alone();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let stream = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
     let _accepted = listener.accept().expect("accept");
@@ -572,7 +567,6 @@ fn settings_match(via: Via) {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn an_orphan_says_what_is_missing() {
-    let _alone = support::alone();
     let mut c = configured("lsorph", Family::V4, &["--idle", "30"]);
     c.net.mute_server();
     c.client.send("send");
@@ -603,7 +597,6 @@ fn an_orphan_says_what_is_missing() {
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn time_wait_is_not_listed() {
     use std::net::{TcpListener, TcpStream};
-    let _alone = support::alone();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let stream = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
     let (accepted, _) = listener.accept().expect("accept");
@@ -671,7 +664,6 @@ fn the_prediction_without_bpf_is_right_with_data_in_flight() {
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn without_root_it_lists_what_it_can_and_says_what_it_cannot() {
     use std::net::TcpListener;
-    let _alone = support::alone();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port().to_string();
     let mut client = support::Peer::spawn_as_nobody(&[
@@ -736,7 +728,6 @@ fn without_root_it_lists_what_it_can_and_says_what_it_cannot() {
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn a_closed_stdout_is_a_quiet_end() {
     use std::{net::TcpListener, process::Stdio};
-    let _alone = support::alone();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let _held: Vec<_> = (0..50)

@@ -50,6 +50,7 @@ const ONE_BACKEND: &[&str] = &["ls"];
 const WEIGHTS: &[(&str, u32)] = &[
     ("keepalive", 130),
     ("backend", 90),
+    ("ls", 60),
     ("filter", 55),
     ("owner", 50),
     ("zero_window", 40),
@@ -256,11 +257,11 @@ mod tests {
         let want = [
             ("keepalive", "a"),
             ("keepalive", "b"),
+            ("ls", "a"),
             ("state_change", "a"),
             ("state_change", "b"),
             ("unknown", "a"),
             ("unknown", "b"),
-            ("ls", "a"),
         ]
         .map(|(t, b)| (t.to_owned(), b.to_owned()));
         assert_eq!(order, want);
