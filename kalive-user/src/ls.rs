@@ -508,6 +508,8 @@ pub struct Connection {
     pub timer: &'static str,
     /// When it fires.
     pub timer_ms: Option<u64>,
+    /// Unanswered probes (keepalive, or window probes); for the
+    /// retransmission timer, retransmissions.
     pub probes: u8,
     /// Segments in flight: while there are any, keepalive does not probe.
     pub unacked: u32,
@@ -676,7 +678,12 @@ fn record(
         }),
         timer: timer.0,
         timer_ms: timer.1,
-        probes: e.probes,
+        // For the retransmission timer, its retransmissions (as ss counts).
+        probes: if matches!(timer.0, "retransmit" | "loss_probe" | "reorder") {
+            e.retransmits
+        } else {
+            e.probes
+        },
         unacked: e.packets_out,
         idle_ms: idle,
         dead_after_ms,

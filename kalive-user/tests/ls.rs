@@ -158,6 +158,8 @@ fn data_in_flight_shows_the_retransmission_timer() {
     c.net.mute_server();
     c.client.send("send");
     c.client.expect("sent true");
+    // The first retransmissions (200 ms, then 400 ms later).
+    std::thread::sleep(std::time::Duration::from_millis(900));
     let port = c.info.local.port().to_string();
     let records = ls(&["-P", &port]);
     let client = records
@@ -166,8 +168,10 @@ fn data_in_flight_shows_the_retransmission_timer() {
         .unwrap_or_else(|| panic!("the client's socket in {records:#?}"));
     assert_eq!(client["timer"], "retransmit", "{client}");
     assert!(client["unacked"].as_u64() >= Some(1), "{client}");
-    // Due within the first RTO (1 s at most with no RTT measured yet, less
-    // with one: the handshake was measured).
+    // Retransmissions, for the retransmission timer.
+    assert!(client["probes"].as_u64() >= Some(1), "{client}");
+    // Due within the current RTO: 200 ms doubled twice (the handshake's
+    // round trip was measured; 1 s would be the most without it).
     assert!(client["timer_ms"].as_u64() <= Some(1000), "{client}");
     c.server.close_stdin();
 }

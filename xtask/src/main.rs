@@ -82,6 +82,13 @@ enum Cmd {
         intvl: i32,
         cnt: i32,
     },
+    /// (The benchmark's measurer: runs a command from a small process, so that
+    /// its peak RSS is its own; see `bench::ls`.)
+    #[command(hide = true)]
+    BenchMeasure {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<OsString>,
+    },
     /// Run the whole test suite: formatting, clippy, unit and end-to-end tests (as root).
     Test {
         /// Extra arguments for the test binaries (a name filter, ...).
@@ -109,6 +116,7 @@ fn main() -> ExitCode {
             },
         ),
         Cmd::Test { args } => test::run(&root, &args),
+        Cmd::BenchMeasure { command } => bench::measure_child(&command),
         Cmd::BenchHold {
             addr,
             n,

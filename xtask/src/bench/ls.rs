@@ -47,11 +47,50 @@ impl Measured {
     }
 }
 
-/// Runs `command`, counting its stdout lines: (wall time, peak RSS in KiB,
-/// lines).
-fn measured(mut command: Command) -> Result<(Duration, u64, usize)> {
+/// Runs `command` through `xtask bench-measure` (see [`measure_child`]):
+/// (wall time, peak RSS in KiB, lines on stdout).
+fn measured(command: &[&str]) -> Result<(Duration, u64, usize)> {
+    // This binary, as the connection holders run it (see `load`).
+    let exe = format!("/proc/{}/exe", std::process::id());
+    let out = Command::new(exe)
+        .arg("bench-measure")
+        .args(command)
+        .stderr(Stdio::null())
+        .output()
+        .with_context(|| format!("measuring {command:?}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let fields: Vec<u64> = text
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("bench-measure {command:?} printed {text:?}"))?;
+    let &[wall_us, rss_kib, lines] = fields.as_slice() else {
+        bail!("bench-measure {command:?} printed {text:?}");
+    };
+    if !out.status.success() {
+        bail!("{command:?} failed: {}", out.status);
+    }
+    Ok((
+        Duration::from_micros(wall_us),
+        rss_kib,
+        usize::try_from(lines)?,
+    ))
+}
+
+/// `xtask bench-measure COMMAND...`: runs it, counting the lines it prints,
+/// and prints its wall time (µs), peak RSS (KiB, `ru_maxrss`) and the count.
+/// From a process of its own: a child's `ru_maxrss` counts the memory of
+/// the process it was forked from (the kernel keeps the high-water mark
+/// across `exec`), which for the benchmark, after the capacity runs, is
+/// hundreds of MiB.
+///
+/// # Errors
+/// When the command cannot be run or fails.
+pub fn measure_child(command: &[std::ffi::OsString]) -> Result<()> {
+    let (program, args) = command.split_first().context("no command")?;
     let start = Instant::now();
-    let mut child = command
+    let mut child = Command::new(program)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -71,13 +110,14 @@ fn measured(mut command: Command) -> Result<(Duration, u64, usize)> {
             std::io::Error::last_os_error()
         );
     }
-    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        bail!("{command:?} failed (wait status {status})");
-    }
     let lines = counter
         .join()
         .map_err(|_| anyhow::anyhow!("counting lines"))?;
-    Ok((wall, u64::try_from(usage.ru_maxrss).unwrap_or(0), lines))
+    println!("{} {} {lines}", wall.as_micros(), usage.ru_maxrss);
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("{command:?} failed (wait status {status})");
+    }
+    Ok(())
 }
 
 /// `kalive ls` and `ss` over `n` connections, `rounds` times each,
@@ -95,12 +135,12 @@ pub fn run(kalive: &Path, n: usize, rounds: usize) -> Result<LsRun> {
     };
     for _ in 0..rounds {
         for (no_bpf, into) in [(false, &mut r.bpf), (true, &mut r.no_bpf)] {
-            let mut command = Command::new(kalive);
-            command.args(["ls", "--format", "json"]);
+            let kalive = kalive.to_str().context("a UTF-8 path")?;
+            let mut command = vec![kalive, "ls", "--format", "json"];
             if no_bpf {
-                command.arg("--no-bpf");
+                command.push("--no-bpf");
             }
-            let (wall, rss, lines) = measured(command)?;
+            let (wall, rss, lines) = measured(&command)?;
             into.wall_ms.push(wall.as_secs_f64() * 1e3);
             into.rss_kib.push(rss);
             if lines < 2 * n {
@@ -110,9 +150,7 @@ pub fn run(kalive: &Path, n: usize, rounds: usize) -> Result<LsRun> {
         }
         let (mut wall, mut rss) = (Duration::ZERO, 0);
         for ns in [&pair.client, &pair.server] {
-            let mut command = Command::new("ip");
-            command.args(["netns", "exec", ns.name(), "ss", "-tionp"]);
-            let (w, peak, _) = measured(command)?;
+            let (w, peak, _) = measured(&["ip", "netns", "exec", ns.name(), "ss", "-tionp"])?;
             wall += w;
             rss = rss.max(peak);
         }

@@ -8,6 +8,7 @@ mod load;
 mod ls;
 
 pub use load::hold;
+pub use ls::measure_child;
 mod procs;
 mod report;
 
