@@ -678,12 +678,7 @@ fn record(
         }),
         timer: timer.0,
         timer_ms: timer.1,
-        // For the retransmission timer, its retransmissions (as ss counts).
-        probes: if matches!(timer.0, "retransmit" | "loss_probe" | "reorder") {
-            e.retransmits
-        } else {
-            e.probes
-        },
+        probes: probes(e, timer.0),
         unacked: e.packets_out,
         idle_ms: idle,
         dead_after_ms,
@@ -692,6 +687,16 @@ fn record(
         over_budget: budget_ms
             .filter(|_| settings)
             .map(|budget| !keepalive || keepidle_ms > budget),
+    }
+}
+
+/// Unanswered probes; for the retransmission timer, its retransmissions (as
+/// ss counts them).
+fn probes(e: &SockEntry, timer: &str) -> u8 {
+    if matches!(timer, "retransmit" | "loss_probe" | "reorder") {
+        e.retransmits
+    } else {
+        e.probes
     }
 }
 
