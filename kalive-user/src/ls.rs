@@ -159,19 +159,21 @@ pub fn run(args: &Args) -> Result<()> {
     let mut unseen = Unseen::default();
     for ns in namespaces() {
         let own = Some(ns.inode) == own_ns;
-        let listed = match read_namespace(&mut reader, &ns, own, &mut holders, hz) {
+        let (listed, sysctls) = match read_namespace(&mut reader, &ns, own, hz) {
             Ok(listed) => listed,
+            // Namespaces come and go (`ip netns add` makes the file before
+            // it mounts the namespace on it, `del` unmounts it first).
             Err(err) if !still(&ns.path, ns.inode) => {
                 log::info!("namespace {} went away: {err:#}", ns.inode);
                 continue;
             }
-            Err(err) if matches!(reader, Reader::Diag) => {
+            Err(err) if err.downcast_ref::<Unjoinable>().is_some() => {
                 unseen.namespaces.push(format!("{} ({err:#})", ns.inode));
                 continue;
             }
             Err(err) => return Err(err),
         };
-        for (e, known) in listed {
+        for mut e in listed {
             let state = TcpState::from_kernel(e.state);
             let (sport, dport) = (u16::from_be(e.sport), u16::from_be(e.dport));
             let held = holders
@@ -184,13 +186,16 @@ pub fn run(args: &Args) -> Result<()> {
             {
                 continue;
             }
+            let known = match &sysctls {
+                Some(sysctls) => settings_via_holders(&mut e, &held, sysctls, hz),
+                None => Known::ALL,
+            };
             if !known.settings {
                 unseen.settings += 1;
             }
             // The kernel makes a socket's cookie when first asked for it,
             // which the iterator cannot do: asked through a holder's
             // descriptor, as the stream does.
-            let mut e = e;
             if e.cookie == 0 {
                 e.cookie = held
                     .iter()
@@ -214,19 +219,20 @@ pub fn run(args: &Args) -> Result<()> {
 }
 
 /// The TCP sockets of `ns` as `reader` reads them (`own`: this process's
-/// namespace), with what each entry knows for certain.
+/// namespace), and, without BPF, the namespace's sysctls: the settings are
+/// read later, for the sockets that pass the filters only (each read
+/// duplicates a holder's descriptor).
 fn read_namespace(
     reader: &mut Reader,
     ns: &Namespace,
     own: bool,
-    holders: &mut owners::Sockets,
     hz: u32,
-) -> Result<Vec<(SockEntry, Known)>> {
+) -> Result<(Vec<SockEntry>, Option<sockdiag::Sysctls>)> {
     let ebpf = match reader {
         Reader::Bpf(ebpf) => ebpf,
         Reader::Diag => {
             let netns = u32::try_from(ns.inode).unwrap_or(0);
-            let (mut found, sysctls) = in_namespace(ns, own, || {
+            let (found, sysctls) = in_namespace(ns, own, || {
                 let sysctls = sockdiag::Sysctls::read()?;
                 let boot_ns = WallClock::boot_now_ns();
                 let mut found = Vec::new();
@@ -235,31 +241,32 @@ fn read_namespace(
                 })?;
                 Ok((found, sysctls))
             })?;
-            return Ok(found
-                .drain(..)
-                .map(|mut e| {
-                    let ino = e.ino;
-                    let settings = holders.holders(ino).into_iter().flatten().find_map(|h| {
-                        let fd = owners::socket_via_fd(h.pid, h.fd, ino).ok()?;
-                        sockdiag::Settings::of(&fd).ok()
-                    });
-                    if let Some(settings) = &settings {
-                        sockdiag::apply(&mut e, settings, &sysctls, hz);
-                    }
-                    let known = Known {
-                        settings: settings.is_some(),
-                        exact: false,
-                    };
-                    (e, known)
-                })
-                .collect());
+            return Ok((found, Some(sysctls)));
         }
     };
     let iter: &mut Iter = object::program(ebpf, "tcp_sockets")?.try_into()?;
-    Ok(sockets_in(iter, ns)?
-        .into_iter()
-        .map(|e| (e, Known::ALL))
-        .collect())
+    Ok((sockets_in(iter, ns)?, None))
+}
+
+/// Without BPF: `e`'s settings through one of its holders' descriptors, if
+/// one can be duplicated. Returns what is known.
+fn settings_via_holders(
+    e: &mut SockEntry,
+    held: &[owners::Holder],
+    sysctls: &sockdiag::Sysctls,
+    hz: u32,
+) -> Known {
+    let settings = held.iter().find_map(|h| {
+        let fd = owners::socket_via_fd(h.pid, h.fd, e.ino).ok()?;
+        sockdiag::Settings::of(&fd).ok()
+    });
+    if let Some(settings) = &settings {
+        sockdiag::apply(e, settings, sysctls, hz);
+    }
+    Known {
+        settings: settings.is_some(),
+        exact: false,
+    }
 }
 
 impl Unseen {
@@ -532,6 +539,12 @@ impl Connection {
     }
 }
 
+/// Jiffies from `now` to `expires`; 0 for a timer already due (timers fire
+/// late, and one read as it fires is overdue by a few jiffies).
+fn until(expires: u32, now: u32) -> u32 {
+    u32::try_from(expires.wrapping_sub(now).cast_signed()).unwrap_or(0)
+}
+
 /// The pending TCP timer's name and when it fires (ms), given when the
 /// keepalive timer fires if pending. The write timer, when armed, fires
 /// before the keepalive timer can matter (keepalive does not probe while
@@ -552,7 +565,7 @@ fn pending_timer(
     match (write, keepalive_ms) {
         (Some(name), _) => (
             name,
-            Some(u64::from(e.write_expires.wrapping_sub(e.now)) * 1000 / u64::from(hz.max(1))),
+            Some(u64::from(until(e.write_expires, e.now)) * 1000 / u64::from(hz.max(1))),
         ),
         (None, Some(at)) if state.connected() => ("keepalive", Some(at)),
         _ => ("none", None),
@@ -617,7 +630,7 @@ fn record(
         e.rcv_tstamp
     };
     let idle = state.connected().then(|| ms(e.now.wrapping_sub(heard)));
-    let timer_ms = (e.timer_pending != 0).then(|| ms(e.timer_expires.wrapping_sub(e.now)));
+    let timer_ms = (e.timer_pending != 0).then(|| ms(until(e.timer_expires, e.now)));
     let keepalive = e.keepalive != 0;
     let settings = known.settings;
     let timer = pending_timer(e, state, timer_ms, hz);
@@ -794,7 +807,7 @@ fn write_timer(
 ) -> Option<dead::WriteTimer> {
     use dead::Phase;
     let ms = |jiffies: u32| u64::from(jiffies) * 1000 / u64::from(hz.max(1));
-    let until = ms(e.write_expires.wrapping_sub(e.now));
+    let until = ms(until(e.write_expires, e.now));
     let rto_ms = ms(e.rto);
     let (phase, timer_ms) = match (e.write_timer, state) {
         (1, TcpState::SynSent) => (
@@ -901,8 +914,10 @@ pub fn namespaces() -> Vec<Namespace> {
         })
         .map(|e| e.path().join("ns/net"));
     for path in named.chain(used) {
-        // A process may exit, a name may go: skipped.
-        if let Ok(meta) = fs::metadata(&path) {
+        // A process may exit, a name may go or not be mounted yet: skipped.
+        if let Ok(meta) = fs::metadata(&path)
+            && is_namespace(&path)
+        {
             seen.entry(meta.ino()).or_insert(path);
         }
     }
@@ -945,10 +960,14 @@ fn in_namespace<T: Send>(
     thread::scope(|scope| {
         scope
             .spawn(move || -> Result<T> {
-                let file =
-                    File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-                setns(file, CloneFlags::CLONE_NEWNET)
-                    .with_context(|| format!("joining {}", path.display()))?;
+                let joined = File::open(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|file| {
+                        setns(file, CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())
+                    });
+                if let Err(why) = joined {
+                    return Err(Unjoinable(format!("joining {}: {why}", path.display())).into());
+                }
                 read()
             })
             .join()
@@ -971,15 +990,47 @@ fn entries(mut from: impl Read) -> std::io::Result<Vec<SockEntry>> {
     }
 }
 
-/// Whether `path` still opens namespace `inode`.
+/// A namespace this process may not join (or that is no namespace now).
+#[derive(Debug)]
+struct Unjoinable(String);
+
+impl std::fmt::Display for Unjoinable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unjoinable {}
+
+/// Whether `path` still opens namespace `inode`: the same inode, on the
+/// namespace filesystem (a name in `/run/netns` is a plain file until a
+/// namespace is mounted on it, and again once it is unmounted).
 #[must_use]
 pub fn still(path: &Path, inode: u64) -> bool {
-    fs::metadata(path).is_ok_and(|m| m.ino() == inode)
+    fs::metadata(path).is_ok_and(|m| m.ino() == inode) && is_namespace(path)
+}
+
+fn is_namespace(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
 }
 
 #[cfg(test)]
 mod tests {
     const CLOCK: WallClock = WallClock::with_offset(0);
+
+    /// A name in `/run/netns` is a plain file until `ip netns add` mounts the
+    /// namespace on it (and again once `del` unmounts it): not joined, and
+    /// not an error, when namespaces come and go.
+    #[test]
+    fn only_the_namespace_filesystem_is_a_namespace() {
+        assert!(is_namespace(Path::new("/proc/self/ns/net")));
+        let file = std::env::temp_dir().join(format!("kalive-not-ns-{}", std::process::id()));
+        fs::write(&file, b"").expect("a file");
+        let inode = fs::metadata(&file).expect("metadata").ino();
+        assert!(!still(&file, inode), "a plain file is no namespace");
+        fs::remove_file(&file).expect("removed");
+    }
     use std::{
         net::{TcpListener, TcpStream},
         os::fd::AsRawFd as _,
@@ -1099,6 +1150,12 @@ mod tests {
         assert_eq!(at(&in_flight), ("retransmit", Some(200)));
         in_flight.write_timer = 3;
         assert_eq!(at(&in_flight).0, "zero_window");
+        // Overdue by two jiffies (read as it fires): due now, not in 2^32.
+        in_flight.write_expires = in_flight.now.wrapping_sub(2);
+        assert_eq!(at(&in_flight), ("zero_window", Some(0)));
+        let mut overdue = established(true, 600);
+        overdue.timer_expires = overdue.now.wrapping_sub(3);
+        assert_eq!(at(&overdue), ("keepalive", Some(0)));
     }
 
     #[test]
