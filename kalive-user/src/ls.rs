@@ -29,9 +29,17 @@ use crate::{
         self,
         object::{self, Filters},
     },
-    output::Format,
     owners, sockdiag,
 };
+
+/// How `kalive ls` writes its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One JSON object per line.
+    Json,
+    /// Aligned columns with a header, the worst protected first, and a summary.
+    Text,
+}
 
 /// `kalive ls`: a snapshot of every TCP connection's protection against a
 /// dead peer (owner, keepalive settings, timer, and when the kernel would

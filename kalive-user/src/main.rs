@@ -19,6 +19,7 @@ mod late;
 mod layout;
 mod loader;
 mod ls;
+mod metrics;
 mod output;
 mod owners;
 mod pipeline;
@@ -31,6 +32,7 @@ use std::{
     io::{self, IsTerminal as _},
     path::Path,
     process::ExitCode,
+    sync::Arc,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -114,8 +116,25 @@ struct Cli {
     #[arg(long, value_name = "NAME", value_parser = User::lookup)]
     user: Option<User>,
 
+    /// Serve Prometheus metrics at ADDR, path /metrics (for example
+    /// 0.0.0.0:9464): counters of the records by comm and network namespace.
+    /// With --format none, an agent that writes no records
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
+    metrics: Option<std::net::SocketAddr>,
+
+    /// The most workloads (comm and network namespace) the metrics label
+    /// apart; records of more are counted under comm="_other"
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    metrics_max_series: u32,
+
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+fn parse_metrics_addr(value: &str) -> Result<std::net::SocketAddr, String> {
+    value.parse().map_err(|_| {
+        format!("{value:?} is not an address and port to serve metrics on (like 0.0.0.0:9464)")
+    })
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -175,6 +194,15 @@ fn main() -> ExitCode {
         .target(env_logger::Target::Stderr)
         .init();
     let cli = Cli::parse();
+    if cli.format == Some(Format::None) && cli.metrics.is_none() {
+        use clap::CommandFactory as _;
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--format none writes no records: it is for an agent serving --metrics ADDR",
+            )
+            .exit();
+    }
     if let Some(Command::Ls(args)) = &cli.command {
         return match ls::run(args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -216,6 +244,8 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
 
     let root = nix::unistd::geteuid().is_root();
     preflight(root, cli.backend)?;
+    // Bound before anything is loaded: a taken address is a one-line error.
+    let endpoint = cli.metrics.map(metrics::Endpoint::bind).transpose()?;
     timings.step("arguments");
     let kernel_btf = btf::KernelBtf::open(Path::new(btf::VMLINUX))?;
     timings.step("BTF");
@@ -275,8 +305,16 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
         tracer.attached
     );
 
+    let metrics = endpoint
+        .map(|endpoint| -> Result<_> {
+            let metrics = Arc::new(metrics::Metrics::new(cli.metrics_max_series as usize));
+            endpoint.serve(Arc::clone(&metrics))?;
+            Ok(metrics)
+        })
+        .transpose()?;
     let stream = Stream {
         writer: Writer::new(stdout.lock(), format),
+        metrics,
         decoder: Decoder::new(WallClock::now(), hz),
         tracer,
         sockets,

@@ -16,6 +16,8 @@ pub enum Format {
     Json,
     /// Aligned columns with a header.
     Text,
+    /// No records on stdout (with --metrics: an agent).
+    None,
 }
 
 pub struct Writer<W: Write> {
@@ -42,6 +44,7 @@ impl<W: Write> Writer<W> {
     pub fn event(&mut self, event: &Event) -> io::Result<()> {
         self.line.clear();
         match self.format {
+            Format::None => return Ok(()),
             Format::Json => {
                 serde_json::to_writer(&mut self.line, event).map_err(io::Error::from)?;
             }

@@ -25,6 +25,8 @@ use crate::{
 
 pub struct Stream<W: Write> {
     pub writer: Writer<W>,
+    /// `--metrics`: every record counted there too.
+    pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     pub decoder: Decoder,
     pub tracer: Tracer,
     /// Who holds which socket, per the last `/proc` scan.
@@ -245,6 +247,9 @@ impl<W: Write> Stream<W> {
             self.tally.late += 1;
         }
         if write && let Some(event) = self.decoder.event(&record) {
+            if let Some(metrics) = &self.metrics {
+                metrics.observe(&event);
+            }
             self.writer.event(&event)?;
             self.tally.written += 1;
         }
@@ -333,8 +338,11 @@ impl<W: Write> Stream<W> {
         let lost = self.tracer.lost().map_err(io::Error::other)?;
         if lost > self.tally.lost {
             let now = WallClock::boot_now_ns();
-            self.writer
-                .event(&self.decoder.lost(now, lost - self.tally.lost))?;
+            let event = self.decoder.lost(now, lost - self.tally.lost);
+            if let Some(metrics) = &self.metrics {
+                metrics.observe(&event);
+            }
+            self.writer.event(&event)?;
             self.tally.written += 1;
             self.tally.lost = lost;
             self.writer.flush()?;
@@ -358,6 +366,9 @@ impl<W: Write> Stream<W> {
                      itself on a CPU); records they would have made are recovered where \
                      kalive can; the count is in the summary at exit"
                 );
+            }
+            if let Some(metrics) = &self.metrics {
+                metrics.skipped(skipped - self.tally.skipped);
             }
             self.tally.skipped = skipped;
         }

@@ -36,6 +36,15 @@ fn bad_values_are_usage_errors() {
 }
 
 #[test]
+fn bad_metrics_values_are_usage_errors() {
+    assert_usage_error(&["--metrics", "9464"], "not an address and port");
+    assert_usage_error(&["--metrics", "localhost:abc"], "not an address and port");
+    assert_usage_error(&["--format", "none"], "--format none writes no records");
+    assert_usage_error(&["--metrics-max-series", "0"], "0 is not in 1..=100000");
+    assert_usage_error(&["ls", "--format", "none"], "invalid value 'none'");
+}
+
+#[test]
 fn bad_ls_values_are_usage_errors() {
     assert_usage_error(&["ls", "--idle-budget", "-1"], "not a number of seconds");
     assert_usage_error(&["ls", "--idle-budget", "abc"], "not a number of seconds");

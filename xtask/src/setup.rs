@@ -36,6 +36,11 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
         "checking that no kalive program is left in the kernel; per-program costs",
     ),
     (
+        "prometheus",
+        "a real Prometheus scraping kalive --metrics in the tests, and promtool",
+    ),
+    ("curl", "scraping /metrics in the tests"),
+    (
         "socat",
         "the client and server of docs/guide.md, whose commands a test runs",
     ),
@@ -151,6 +156,7 @@ fn tool_of(package: &str) -> &str {
         "busybox-static" => "busybox",
         "kmod" => "depmod",
         "bpftool" => "bpftool",
+        "prometheus" => "promtool",
         other => other,
     }
 }

@@ -1,0 +1,339 @@
+//! `--metrics`: kalive's records as Prometheus counters, scraped over HTTP as
+//! Prometheus would, checked against the records and the kernel's counters.
+
+mod support;
+
+use std::{
+    net::TcpListener,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use support::{Family, Kalive, connect};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// `program` on `PATH`, if it is there.
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| std::path::Path::new(dir).join(program))
+        .find(|path| path.is_file())
+}
+
+/// An address on loopback no one listens on now.
+fn free_addr() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").to_string()
+}
+
+/// `/metrics` from `addr`, as a scraper gets it.
+fn scrape(addr: &str) -> String {
+    kalive_testkit::output(Command::new("curl").args([
+        "--silent",
+        "--show-error",
+        "--fail",
+        "--max-time",
+        "10",
+        &format!("http://{addr}/metrics"),
+    ]))
+    .expect("curl")
+}
+
+/// The value of sample `name` with exactly `labels`, if there is one.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+        if metric != name {
+            return None;
+        }
+        let mut got: Vec<(String, String)> = rest
+            .trim_end_matches('}')
+            .split(',')
+            .filter(|kv| !kv.is_empty())
+            .filter_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                Some((k.to_owned(), v.trim_matches('"').to_owned()))
+            })
+            .collect();
+        got.sort();
+        let mut want: Vec<(String, String)> = labels
+            .iter()
+            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        want.sort();
+        (got == want).then(|| value.parse().ok()).flatten()
+    })
+}
+
+/// A real Prometheus (Debian's package), scraping `target` every second,
+/// with its data in a directory of its own; stopped on drop.
+struct Prometheus {
+    child: support::KillOnDrop,
+    addr: String,
+    dir: std::path::PathBuf,
+}
+
+impl Prometheus {
+    fn scraping(target: &str) -> Self {
+        let binary = which("prometheus")
+            .expect("prometheus is not installed: `cargo xtask setup` installs it");
+        let dir = std::env::temp_dir().join(format!("kalive-prom-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a directory");
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: kalive\n    \
+                 static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .expect("config");
+        let addr = free_addr();
+        let child = Command::new(binary)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus");
+        Self {
+            child: support::KillOnDrop(child),
+            addr,
+            dir,
+        }
+    }
+
+    /// Waits until an instant `query` gives exactly one series, of value
+    /// `expected` (Prometheus's latest scrape may be older than the kill).
+    fn expect(&self, query: &str, expected: f64, deadline: std::time::Instant) {
+        loop {
+            let out = Command::new("curl")
+                .args(["--silent", "--fail", "--get", "--data-urlencode"])
+                .arg(format!("query={query}"))
+                .arg(format!("http://{}/api/v1/query", self.addr))
+                .output()
+                .expect("curl");
+            let answer = serde_json::from_slice::<serde_json::Value>(&out.stdout).ok();
+            let value = answer
+                .as_ref()
+                .and_then(|a| match a["data"]["result"].as_array() {
+                    Some(series) if series.len() == 1 => {
+                        series[0]["value"][1].as_str()?.parse().ok()
+                    }
+                    _ => None,
+                });
+            if value == Some(expected) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Prometheus: {query} is not {expected}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A connection killed by keepalive: its probes and its kill are counted
+/// under its process's comm and namespace, as many probes as the kernel sent
+/// there and as the records say; the exposition is valid `OpenMetrics`
+/// (`promtool check metrics`), and a real Prometheus scraping kalive holds
+/// the same values.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn the_records_are_counted_by_workload_and_cause() {
+    let addr = free_addr();
+    let mut kalive = Kalive::start(&["--metrics", &addr]);
+    let prometheus = Prometheus::scraping(&addr);
+    let mut c = connect(
+        "mkill",
+        Family::V4,
+        &["--idle", "1", "--intvl", "1", "--cnt", "2"],
+    );
+    let ns = c.net.client.inode().expect("inode").to_string();
+    let probes0 = c.net.client.counter("TcpExtTCPKeepAlive").expect("nstat");
+    c.client.send("go");
+    c.client.expect("configured");
+    c.net.mute_server();
+    assert_eq!(c.client.expect("recv_error"), "recv_error errno=110");
+    let cookie = c.info.cookie;
+    kalive.wait_until(DEADLINE, |rs| {
+        rs.iter()
+            .any(|r| r["cookie"] == cookie && r["event"] == "keepalive_timeout")
+    });
+    let probes = c.net.client.counter("TcpExtTCPKeepAlive").expect("nstat") - probes0;
+    let records = kalive.socket(cookie);
+    let sent = records
+        .iter()
+        .filter(|r| r["event"] == "probe_sent")
+        .count();
+    assert_eq!(
+        u64::try_from(sent).ok(),
+        Some(probes),
+        "records: {records:#?}"
+    );
+
+    let text = scrape(&addr);
+    let workload = [("comm", "tcp_peer"), ("netns", ns.as_str())];
+    #[expect(clippy::cast_precision_loss, reason = "a handful of probes")]
+    let probes = probes as f64;
+    assert_eq!(
+        sample(&text, "kalive_keepalive_probes_sent_total", &workload),
+        Some(probes),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "kalive_keepalive_kills_total",
+            &[
+                ("comm", "tcp_peer"),
+                ("netns", ns.as_str()),
+                ("cause", "probes_exhausted")
+            ]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "kalive_records_lost_total", &[]), Some(0.0));
+    // What a real Prometheus scraping kalive holds.
+    {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        let selector = format!("{{comm=\"tcp_peer\",netns=\"{ns}\"}}");
+        prometheus.expect(
+            &format!("kalive_keepalive_probes_sent_total{selector}"),
+            probes,
+            deadline,
+        );
+        let kills = format!(
+            "kalive_keepalive_kills_total{{comm=\"tcp_peer\",netns=\"{ns}\",cause=\"probes_exhausted\"}}"
+        );
+        prometheus.expect(&kills, 1.0, deadline);
+    }
+    // curl asks for no format in particular: the classic one (no EOF).
+    assert!(!text.contains("# EOF"), "{text}");
+    // Asked for OpenMetrics, as Prometheus asks: that, ending with EOF.
+    let openmetrics = kalive_testkit::output(Command::new("curl").args([
+        "--silent",
+        "--fail",
+        "--header",
+        "Accept: application/openmetrics-text; version=1.0.0",
+        &format!("http://{addr}/metrics"),
+    ]))
+    .expect("curl");
+    assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
+    assert!(
+        openmetrics.contains("# TYPE kalive_keepalive_probes_sent counter"),
+        "{openmetrics}"
+    );
+    {
+        let promtool =
+            which("promtool").expect("promtool is not installed: `cargo xtask setup` installs it");
+        let mut check = Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool");
+        std::io::Write::write_all(&mut check.stdin.take().expect("stdin"), text.as_bytes())
+            .expect("to promtool");
+        let out = check.wait_with_output().expect("promtool");
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// An agent: `--format none` writes no records and serves the metrics; any
+/// other path is a 404.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn an_agent_writes_nothing_and_serves_metrics() {
+    let _alone = support::alone();
+    let addr = free_addr();
+    let mut child = support::KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_kalive"))
+            .args(["--format", "none", "--metrics", &addr])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kalive"),
+    );
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let text = loop {
+        let out = Command::new("curl")
+            .args(["--silent", "--fail", &format!("http://{addr}/metrics")])
+            .output()
+            .expect("curl");
+        if out.status.success() {
+            break String::from_utf8(out.stdout).expect("utf-8");
+        }
+        assert!(std::time::Instant::now() < deadline, "no metrics served");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        text.contains("# TYPE kalive_records_lost_total counter"),
+        "{text}"
+    );
+    let missing = Command::new("curl")
+        .args([
+            "--silent",
+            "--output",
+            "/dev/null",
+            "--write-out",
+            "%{http_code}",
+            &format!("http://{addr}/"),
+        ])
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&missing.stdout), "404");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(i32::try_from(child.0.id()).expect("pid"), libc::SIGINT) };
+    let out = child.0.wait().expect("kalive");
+    assert!(out.success(), "{out:?}");
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.0.stdout.take().expect("stdout"), &mut stdout)
+        .expect("stdout");
+    assert_eq!(stdout, "", "no records on stdout");
+}
+
+/// A metrics address that is taken is one line and exit 1, before anything
+/// is loaded.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn a_taken_metrics_address_is_one_line() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_kalive"))
+        .args(["--metrics", &addr])
+        .output()
+        .expect("kalive");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("kalive: --metrics {addr}: binding")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("in use"), "{stderr}");
+}
