@@ -245,7 +245,7 @@ fn read_namespace(
                 let boot_ns = WallClock::boot_now_ns();
                 let mut found = Vec::new();
                 sockdiag::dump(|r| {
-                    found.push(sockdiag::entry(r, netns, &sysctls, None, hz, boot_ns));
+                    found.push(sockdiag::entry(r, netns, &sysctls, hz, boot_ns));
                 })?;
                 Ok((found, sysctls))
             })?;

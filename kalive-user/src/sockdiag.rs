@@ -197,17 +197,11 @@ const NOW_JIFFIES: u32 = 1 << 30;
 const NOW_US: u64 = 1 << 40;
 
 /// The entry [`crate::ls`] makes a record of, from what the diagnostics say
-/// of a socket, its namespace (`netns`, `sysctls`), its settings when a
-/// holder's descriptor gave them, and `boot_ns`, when it was read.
+/// of a socket, its namespace (`netns`, `sysctls`) and `boot_ns`, when it
+/// was read. Its settings, read later for the sockets listed, go in with
+/// [`apply`].
 #[must_use]
-pub fn entry(
-    r: &InetResponse,
-    netns: u32,
-    sysctls: &Sysctls,
-    settings: Option<&Settings>,
-    hz: u32,
-    boot_ns: u64,
-) -> SockEntry {
+pub fn entry(r: &InetResponse, netns: u32, sysctls: &Sysctls, hz: u32, boot_ns: u64) -> SockEntry {
     let hz64 = u64::from(hz.max(1));
     let jiffies =
         |d: Duration| u32::try_from(d.as_millis() * u128::from(hz64) / 1000).unwrap_or(u32::MAX);
@@ -254,9 +248,6 @@ pub fn entry(
         orphan: u8::from(r.header.inode == 0),
         ..SockEntry::default()
     };
-    if let Some(s) = settings {
-        apply(&mut e, s, sysctls, hz);
-    }
     if let Some(info) = info {
         e.probes = info.probes;
         e.retransmits = info.retransmits;
