@@ -1200,7 +1200,13 @@ fn an_answer_then_a_close_is_reported() {
 }
 
 /// `--live-acks`: the answer is reported as the segment arrives, before the
-/// socket's next probe.
+/// socket's next probe. An answer whose `tcp_probe` run kalive did not see
+/// comes from the next keepalive timer instead, with the same time (the
+/// kernel's `rcv_tstamp`): on this 6.18 machine the kernel runs no program of
+/// kalive's for about 1% of the hooks' firings, counting no skip (the
+/// capacity benchmark finds as many timer callbacks unseen; a CI run saw it
+/// here once). So: every answer at its probe's time, most of them seen at the
+/// segment, and the others said to be seen at the timer.
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn live_acks_report_at_once() {
@@ -1208,7 +1214,7 @@ fn live_acks_report_at_once() {
     let mut c = connect(
         "live",
         Family::V4,
-        &["--idle", "1", "--intvl", "1", "--cnt", "5"],
+        &["--idle", "1", "--intvl", "1", "--cnt", "9"],
     );
     c.client.send("go");
     let cookie = c.info.cookie;
@@ -1216,14 +1222,18 @@ fn live_acks_report_at_once() {
         rs.iter()
             .filter(|r| r["cookie"] == cookie && r["event"] == "probe_sent")
             .count()
-            >= 3
+            >= 5
     });
     let records = kalive.socket(cookie);
     let (_, rest) = sets_and_rest(&records);
     let summary = summary(&rest);
     assert_eq!(
-        summary[..4],
+        summary[..8],
         expect(&[
+            ("probe_sent", 1),
+            ("probe_acked", 0),
+            ("probe_sent", 1),
+            ("probe_acked", 0),
             ("probe_sent", 1),
             ("probe_acked", 0),
             ("probe_sent", 1),
@@ -1232,12 +1242,24 @@ fn live_acks_report_at_once() {
         "records:\n{}",
         kalive.dump()
     );
-    for (i, ack) in rest.iter().enumerate() {
+    let mut at_segment = 0;
+    for (i, ack) in rest.iter().enumerate().take(8) {
         if ack["event"] == "probe_acked" {
-            assert_eq!(ack["seen_at"], "segment", "{ack}");
+            // Its probe's answer, whichever program saw it.
             assert!(gap_ms(rest[i - 1], ack) < 100, "{ack}");
+            match ack["seen_at"].as_str() {
+                Some("segment") => at_segment += 1,
+                Some("keepalive_timer") => {}
+                _ => panic!("{ack}"),
+            }
         }
     }
+    assert!(
+        at_segment >= 3,
+        "{at_segment} of 4 answers seen as they came:\n{}\nkalive's stderr:\n{}",
+        kalive.dump(),
+        kalive.stderr()
+    );
     c.server.close_stdin();
 }
 
