@@ -70,6 +70,13 @@ pub struct Socket {
     pub owner: OwnerSource,
     /// More than one live process used the socket; `pid` is the last one.
     pub shared: bool,
+    /// The owner's cgroup path (cgroup v2, else the v1 path naming its
+    /// container); `None` when unknown.
+    pub cgroup: Option<String>,
+    /// The owner's container (64 hex digits); `None` outside a container.
+    pub container_id: Option<String>,
+    /// The owner's Kubernetes pod UID; `None` outside a pod.
+    pub pod_uid: Option<String>,
     pub family: Family,
     pub saddr: IpAddr,
     pub sport: u16,
@@ -176,6 +183,9 @@ static SOCKET_KEYS: LazyLock<Vec<String>> = LazyLock::new(|| {
         comm: None,
         owner: OwnerSource::Unknown,
         shared: false,
+        cgroup: None,
+        container_id: None,
+        pod_uid: None,
         family: Family::Ipv4,
         saddr: IpAddr::from([0, 0, 0, 0]),
         sport: 0,
@@ -218,6 +228,9 @@ mod tests {
             comm: Some("curl".to_owned()),
             owner: OwnerSource::Kernel,
             shared: false,
+            cgroup: Some("/kubepods.slice/cri-containerd-0a.scope".to_owned()),
+            container_id: Some("0a".repeat(32)),
+            pod_uid: Some("0f3b6c1e-2a4d-4e8f-9b7a-1c2d3e4f5a6b".to_owned()),
             family: Family::Ipv4,
             saddr: IpAddr::from([10, 0, 0, 1]),
             sport: 40000,
@@ -311,6 +324,9 @@ mod tests {
                 "comm",
                 "owner",
                 "shared",
+                "cgroup",
+                "container_id",
+                "pod_uid",
                 "family",
                 "saddr",
                 "sport",

@@ -5,6 +5,7 @@
 //!
 //! Dev-only: nothing here ships in `kalive`.
 
+pub mod cgroup;
 mod netns;
 pub mod raw;
 pub mod records;

@@ -112,6 +112,10 @@ impl Decoder {
                     .unwrap_or(OwnerSource::Kernel),
             },
             shared: r.shared(),
+            // Filled in by the pipeline, which keeps the cache.
+            cgroup: None,
+            container_id: None,
+            pod_uid: None,
             family: if r.is_ipv6() {
                 Family::Ipv6
             } else {

@@ -24,6 +24,7 @@ use serde::Serialize;
 use crate::{
     btf,
     clock::WallClock,
+    container::Attribution,
     kernel, layout,
     loader::{
         self,
@@ -77,7 +78,7 @@ pub struct Args {
     idle_budget: Option<u64>,
 }
 
-fn parse_budget(value: &str) -> Result<u64, String> {
+pub fn parse_budget(value: &str) -> Result<u64, String> {
     match value.parse::<u64>() {
         Ok(0) => Err("an idle budget of 0 s forgets every flow at once".to_owned()),
         Ok(s) if s <= 365 * 86_400 => Ok(s),
@@ -133,9 +134,9 @@ fn bpf_reader(hz: u32) -> Result<aya::Ebpf> {
     Ok(ebpf)
 }
 
-/// What this pass could not see, said on stderr at the end.
+/// What a pass could not see, said on stderr at the end.
 #[derive(Debug, Default)]
-struct Unseen {
+pub struct Unseen {
     namespaces: Vec<String>,
     settings: usize,
 }
@@ -145,84 +146,150 @@ struct Unseen {
 /// # Errors
 /// When the kernel's sockets cannot be read.
 pub fn run(args: &Args) -> Result<()> {
-    let hz = kernel::hz().context("finding the kernel's HZ")?;
-    let mut reader = if args.no_bpf {
-        Reader::Diag
-    } else {
-        match bpf_reader(hz) {
-            Ok(ebpf) => Reader::Bpf(ebpf),
-            Err(err) => {
-                eprintln!(
-                    "kalive: {err:#}; listing with the kernel's socket diagnostics and \
-                     getsockopt() instead (see `kalive ls --help`)"
-                );
-                Reader::Diag
-            }
-        }
+    let mut lister = Lister::new(args.no_bpf)?;
+    let query = Query {
+        pids: args.pids.clone(),
+        ports: args.ports.clone(),
+        listening: args.listening,
+        idle_budget: args.idle_budget,
     };
-    let own_ns = fs::metadata("/proc/self/ns/net").map(|m| m.ino()).ok();
-    let mut holders = owners::Sockets::scan();
-    let clock = WallClock::now();
     let mut out = Output::new(args.format);
-    let mut unseen = Unseen::default();
-    for ns in namespaces() {
-        let own = Some(ns.inode) == own_ns;
-        let (listed, sysctls) = match read_namespace(&mut reader, &ns, own, hz) {
-            Ok(listed) => listed,
-            // Namespaces come and go (`ip netns add` makes the file before
-            // it mounts the namespace on it, `del` unmounts it first).
-            Err(err) if !still(&ns.path, ns.inode) => {
-                log::info!("namespace {} went away: {err:#}", ns.inode);
-                continue;
-            }
-            Err(err) if err.downcast_ref::<Unjoinable>().is_some() => {
-                unseen.namespaces.push(format!("{} ({err:#})", ns.inode));
-                continue;
-            }
-            Err(err) => return Err(err),
-        };
-        for mut e in listed {
-            let state = TcpState::from_kernel(e.state);
-            let (sport, dport) = (u16::from_be(e.sport), u16::from_be(e.dport));
-            let held = holders
-                .holders(e.ino)
-                .map(<[_]>::to_vec)
-                .unwrap_or_default();
-            if (state == TcpState::Listen && !args.listening)
-                || (!args.ports.is_empty() && !args.ports.iter().any(|&p| p == sport || p == dport))
-                || (!args.pids.is_empty() && !held.iter().any(|h| args.pids.contains(&h.pid)))
-            {
-                continue;
-            }
-            let known = match &sysctls {
-                Some(sysctls) => settings_via_holders(&mut e, &held, sysctls, hz),
-                None => Known::ALL,
-            };
-            if !known.settings {
-                unseen.settings += 1;
-            }
-            // The kernel makes a socket's cookie when first asked for it,
-            // which the iterator cannot do: asked through a holder's
-            // descriptor, as the stream does.
-            if e.cookie == 0 {
-                e.cookie = held
-                    .iter()
-                    .find_map(|h| owners::cookie_via_fd(h.pid, h.fd, e.ino).ok())
-                    .unwrap_or(0);
-            }
-            let budget_ms = args.idle_budget.map(|s| s.saturating_mul(1000));
-            let written = out.push(record(&e, state, &held, hz, budget_ms, &clock, known));
-            // A closed stdout (`kalive ls | head`) ends the listing, quietly.
-            if matches!(&written, Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe) {
-                return Ok(());
-            }
-            written?;
-        }
-    }
+    let unseen = match lister.pass(&query, |c| out.push(c)) {
+        Ok(unseen) => unseen,
+        // A closed stdout (`kalive ls | head`) ends the listing, quietly.
+        Err(err) if broken_pipe(&err) => return Ok(()),
+        Err(err) => return Err(err),
+    };
     unseen.say();
     match out.finish(args.idle_budget) {
         Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         done => Ok(done?),
+    }
+}
+
+fn broken_pipe(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// Which connections a pass lists, as `kalive ls`'s options say.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub pids: Vec<u32>,
+    pub ports: Vec<u16>,
+    pub listening: bool,
+    /// `--idle-budget`, seconds.
+    pub idle_budget: Option<u64>,
+}
+
+/// Lists every namespace's TCP sockets, pass after pass (`kalive ls` makes
+/// one; the metrics agent one per interval).
+pub struct Lister {
+    reader: Reader,
+    hz: u32,
+}
+
+impl Lister {
+    /// With kalive's TCP iterator, unless `no_bpf` or it cannot be loaded
+    /// (said on stderr): then with the socket diagnostics.
+    ///
+    /// # Errors
+    /// When the kernel's HZ cannot be found.
+    pub fn new(no_bpf: bool) -> Result<Self> {
+        let hz = kernel::hz().context("finding the kernel's HZ")?;
+        let reader = if no_bpf {
+            Reader::Diag
+        } else {
+            match bpf_reader(hz) {
+                Ok(ebpf) => Reader::Bpf(ebpf),
+                Err(err) => {
+                    eprintln!(
+                        "kalive: {err:#}; listing with the kernel's socket diagnostics and \
+                         getsockopt() instead (see `kalive ls --help`)"
+                    );
+                    Reader::Diag
+                }
+            }
+        };
+        Ok(Self { reader, hz })
+    }
+
+    /// One pass: every connection `query` selects, to `sink` as it is read.
+    /// Returns what the pass could not see.
+    ///
+    /// # Errors
+    /// When the kernel's sockets cannot be read, or `sink` fails (its error
+    /// is returned as is: an [`std::io::Error`]).
+    pub fn pass(
+        &mut self,
+        query: &Query,
+        mut sink: impl FnMut(Connection) -> std::io::Result<()>,
+    ) -> Result<Unseen> {
+        let hz = self.hz;
+        let own_ns = fs::metadata("/proc/self/ns/net").map(|m| m.ino()).ok();
+        let mut holders = owners::Sockets::scan();
+        let clock = WallClock::now();
+        let mut unseen = Unseen::default();
+        let mut containers: HashMap<u32, Option<Attribution>> = HashMap::new();
+        let budget_ms = query.idle_budget.map(|s| s.saturating_mul(1000));
+        for ns in namespaces() {
+            let own = Some(ns.inode) == own_ns;
+            let (listed, sysctls) = match read_namespace(&mut self.reader, &ns, own, hz) {
+                Ok(listed) => listed,
+                // Namespaces come and go (`ip netns add` makes the file before
+                // it mounts the namespace on it, `del` unmounts it first).
+                Err(err) if !still(&ns.path, ns.inode) => {
+                    log::info!("namespace {} went away: {err:#}", ns.inode);
+                    continue;
+                }
+                Err(err) if err.downcast_ref::<Unjoinable>().is_some() => {
+                    unseen.namespaces.push(format!("{} ({err:#})", ns.inode));
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            for mut e in listed {
+                let state = TcpState::from_kernel(e.state);
+                let (sport, dport) = (u16::from_be(e.sport), u16::from_be(e.dport));
+                let held = holders
+                    .holders(e.ino)
+                    .map(<[_]>::to_vec)
+                    .unwrap_or_default();
+                if (state == TcpState::Listen && !query.listening)
+                    || (!query.ports.is_empty()
+                        && !query.ports.iter().any(|&p| p == sport || p == dport))
+                    || (!query.pids.is_empty() && !held.iter().any(|h| query.pids.contains(&h.pid)))
+                {
+                    continue;
+                }
+                let known = match &sysctls {
+                    Some(sysctls) => settings_via_holders(&mut e, &held, sysctls, hz),
+                    None => Known::ALL,
+                };
+                if !known.settings {
+                    unseen.settings += 1;
+                }
+                // The kernel makes a socket's cookie when first asked for it,
+                // which the iterator cannot do: asked through a holder's
+                // descriptor, as the stream does.
+                if e.cookie == 0 {
+                    e.cookie = held
+                        .iter()
+                        .find_map(|h| owners::cookie_via_fd(h.pid, h.fd, e.ino).ok())
+                        .unwrap_or(0);
+                }
+                let mut c = record(&e, state, &held, hz, budget_ms, &clock, known);
+                if let Some(pid) = c.pid
+                    && let Some(place) = containers
+                        .entry(pid)
+                        .or_insert_with(|| Attribution::of_pid(pid))
+                {
+                    c.place.clone_from(place);
+                }
+                sink(c)?;
+            }
+        }
+        Ok(unseen)
     }
 }
 
@@ -279,7 +346,7 @@ fn settings_via_holders(
 
 impl Unseen {
     /// Says on stderr what the pass could not see.
-    fn say(&self) {
+    pub fn say(&self) {
         if !self.namespaces.is_empty() {
             eprintln!(
                 "kalive: {} network namespace(s) not listed (joining one needs \
@@ -500,6 +567,10 @@ pub struct Connection {
     pub owner: OwnerSource,
     /// More than one process holds it (all in `holders`).
     pub shared: bool,
+    /// The first holder's cgroup, container and pod, as in the stream (set
+    /// by the pass, which reads each process's once).
+    #[serde(flatten)]
+    pub place: Attribution,
     pub holders: Vec<Holding>,
     /// Closed by its process with data or a FIN unacknowledged: the kernel
     /// still owns it (`SOCK_DEAD`), and no process will see its end.
@@ -676,14 +747,11 @@ fn record(
         state,
         pid: holders.first().map(|h| h.pid),
         comm: holders.first().map(|h| h.comm.clone()),
-        owner: if holders.is_empty() {
-            OwnerSource::Unknown
-        } else {
-            OwnerSource::Procfs
-        },
+        owner: [OwnerSource::Procfs, OwnerSource::Unknown][usize::from(holders.is_empty())],
         shared: holders
             .iter()
             .any(|h| Some(h.pid) != holders.first().map(|f| f.pid)),
+        place: Attribution::default(),
         missing: missing(&holders, e, known, budget_ms.is_some()),
         holders,
         orphan: e.orphan != 0,

@@ -11,6 +11,7 @@ macro_rules! say {
 
 mod btf;
 mod clock;
+mod container;
 mod event;
 mod gaps;
 mod kernel;
@@ -126,6 +127,18 @@ struct Cli {
     /// apart; records of more are counted under comm="_other"
     #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     metrics_max_series: u32,
+
+    /// With --metrics: how often to list every connection for the
+    /// connections gauges, in seconds (a `kalive ls` pass; 0: never)
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, requires = "metrics",
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    metrics_interval: u64,
+
+    /// With --metrics: also count the connections a middlebox that forgets
+    /// flows idle this long would forget before keepalive sends anything
+    #[arg(long, value_name = "SECONDS", requires = "metrics", allow_negative_numbers = true,
+          value_parser = ls::parse_budget)]
+    idle_budget: Option<u64>,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -296,8 +309,13 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
         .then(|| kernel_count::KeepaliveCounts::read(root));
     timings.step("kernel's probe counts");
     announce(&tracer);
+    // The connections gauges' pass: its iterator loaded while kalive may.
+    let lister = (cli.metrics.is_some() && cli.metrics_interval > 0)
+        .then(|| ls::Lister::new(false))
+        .transpose()?;
+    timings.step("connections lister");
     // Attached: what only loading needed goes now.
-    drop_privileges(cli.user, root)?;
+    drop_privileges(cli.user, root, lister.is_some())?;
     log::info!("start-up took {timings}");
     say!(
         "tracing TCP keepalive with the {} backend ({}; HZ={hz}). Ctrl-C to stop.",
@@ -308,6 +326,14 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
     let metrics = endpoint
         .map(|endpoint| -> Result<_> {
             let metrics = Arc::new(metrics::Metrics::new(cli.metrics_max_series as usize));
+            metrics.programs(tracer.program_fds());
+            if let Some(lister) = lister {
+                metrics.watch_connections(
+                    lister,
+                    std::time::Duration::from_secs(cli.metrics_interval),
+                    cli.idle_budget,
+                )?;
+            }
             endpoint.serve(Arc::clone(&metrics))?;
             Ok(metrics)
         })
@@ -318,6 +344,7 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
         decoder: Decoder::new(WallClock::now(), hz),
         tracer,
         sockets,
+        containers: container::Cache::new(),
         pids: filters.pids.iter().copied().collect(),
         kernel_counts,
         tally: Tally::default(),
@@ -341,13 +368,17 @@ fn announce(tracer: &Tracer) {
 /// Becomes `user` (`nobody` by default when root, or uid 65534 where there is
 /// no such user; root itself means no switch) with only the capabilities
 /// kalive still needs, and says so.
-fn drop_privileges(user: Option<User>, root: bool) -> Result<()> {
+fn drop_privileges(user: Option<User>, root: bool, connections: bool) -> Result<()> {
     let user = match user {
         Some(user) => Some(user),
         None if root => Some(User::nobody()),
         None => None,
     };
-    let dropped = privs::drop_to(user.as_ref().filter(|u| u.uid != 0))?;
+    let mut kept = privs::KEPT.to_vec();
+    if connections {
+        kept.push(privs::KEPT_FOR_CONNECTIONS);
+    }
+    let dropped = privs::drop_to(user.as_ref().filter(|u| u.uid != 0), &kept)?;
     say!("{dropped}");
     Ok(())
 }

@@ -132,7 +132,8 @@ mod tests {
         assert_eq!(
             render(Format::Json, &[r]),
             "{\"ts\":\"1970-01-01T00:00:01.001500Z\",\"event\":\"probe_sent\",\"next_ms\":1000,\
-             \"late\":false,\"sent\":true,\"pid\":4242,\"comm\":\"curl\",\"owner\":\"kernel\",\"shared\":false,\"family\":\"ipv4\",\
+             \"late\":false,\"sent\":true,\"pid\":4242,\"comm\":\"curl\",\"owner\":\"kernel\",\"shared\":false,\"cgroup\":null,\
+             \"container_id\":null,\"pod_uid\":null,\"family\":\"ipv4\",\
              \"saddr\":\"10.0.0.1\",\"sport\":40000,\"daddr\":\"10.0.0.2\",\"dport\":80,\
              \"netns\":4026531840,\"cookie\":77,\"state\":\"ESTABLISHED\",\"probes\":2,\
              \"idle_ms\":2000,\"keepidle_ms\":1000,\"keepintvl_ms\":1000,\"keepcnt\":2,\

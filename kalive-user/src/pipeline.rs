@@ -19,8 +19,8 @@ use tokio::{
 };
 
 use crate::{
-    clock::WallClock, event::Decoder, gaps, kernel_count::KeepaliveCounts, late, loader::Tracer,
-    output::Writer, owners,
+    clock::WallClock, container, event::Decoder, gaps, kernel_count::KeepaliveCounts, late,
+    loader::Tracer, output::Writer, owners,
 };
 
 pub struct Stream<W: Write> {
@@ -31,6 +31,8 @@ pub struct Stream<W: Write> {
     pub tracer: Tracer,
     /// Who holds which socket, per the last `/proc` scan.
     pub sockets: owners::Sockets,
+    /// Owners' cgroups, containers and pods.
+    pub containers: container::Cache,
     /// `--pid` values, for records the kernel could not filter.
     pub pids: HashSet<u32>,
     /// The kernel's count of keepalive probes at start, without filters (with
@@ -246,7 +248,15 @@ impl<W: Write> Stream<W> {
             }
             self.tally.late += 1;
         }
-        if write && let Some(event) = self.decoder.event(&record) {
+        if write && let Some(mut event) = self.decoder.event(&record) {
+            if let Some(socket) = &mut event.socket
+                && let Some(pid) = socket.pid
+                && let Some(c) = self.containers.get(pid)
+            {
+                socket.cgroup.clone_from(&c.cgroup);
+                socket.container_id.clone_from(&c.container_id);
+                socket.pod_uid.clone_from(&c.pod_uid);
+            }
             if let Some(metrics) = &self.metrics {
                 metrics.observe(&event);
             }

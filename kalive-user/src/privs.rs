@@ -25,6 +25,13 @@ pub const KEPT: &[(Capability, &str)] = &[
     (Capability::CAP_SYS_PTRACE, "finding socket owners in /proc"),
 ];
 
+/// Kept too by an agent whose metrics list every connection each interval:
+/// `kalive ls` joins each network namespace to read its sockets.
+pub const KEPT_FOR_CONNECTIONS: (Capability, &str) = (
+    Capability::CAP_SYS_ADMIN,
+    "joining network namespaces to list connections",
+);
+
 /// This thread's effective capabilities.
 ///
 /// # Errors
@@ -111,7 +118,7 @@ impl User {
 #[derive(Debug)]
 pub struct Dropped {
     pub user: Option<String>,
-    pub kept: Vec<Capability>,
+    pub kept: Vec<(Capability, &'static str)>,
 }
 
 impl std::fmt::Display for Dropped {
@@ -123,11 +130,7 @@ impl std::fmt::Display for Dropped {
             return f.write_str("without capabilities");
         }
         f.write_str("keeping ")?;
-        for (i, (cap, why)) in KEPT
-            .iter()
-            .filter(|(cap, _)| self.kept.contains(cap))
-            .enumerate()
-        {
+        for (i, (cap, why)) in self.kept.iter().enumerate() {
             let sep = if i == 0 { "" } else { ", " };
             write!(f, "{sep}{cap} ({why})")?;
         }
@@ -136,15 +139,15 @@ impl std::fmt::Display for Dropped {
 }
 
 /// Becomes `user` (when given) and gives up every capability but those in
-/// [`KEPT`] that this process has, for good: permitted, effective, inheritable,
+/// `kept` (see [`KEPT`]) that this process has, for good: permitted, effective, inheritable,
 /// ambient and bounding sets, and no new privileges on exec. Call it while the
 /// process has a single thread: capabilities are per thread.
 ///
 /// # Errors
 /// When a step fails; kalive then stops rather than run with more than it says.
-pub fn drop_to(user: Option<&User>) -> Result<Dropped> {
+pub fn drop_to(user: Option<&User>, kept: &[(Capability, &'static str)]) -> Result<Dropped> {
     let had = effective()?;
-    let keep: CapsHashSet = KEPT
+    let keep: CapsHashSet = kept
         .iter()
         .map(|&(cap, _)| cap)
         .filter(|cap| had.contains(cap))
@@ -177,10 +180,10 @@ pub fn drop_to(user: Option<&User>) -> Result<Dropped> {
     }
     Ok(Dropped {
         user: user.map(|u| u.name.clone()),
-        kept: KEPT
+        kept: kept
             .iter()
-            .map(|&(cap, _)| cap)
-            .filter(|cap| keep.contains(cap))
+            .filter(|(cap, _)| keep.contains(cap))
+            .copied()
             .collect(),
     })
 }
@@ -213,7 +216,7 @@ mod tests {
     fn names_what_it_kept() {
         let d = Dropped {
             user: Some("nobody".to_owned()),
-            kept: vec![Capability::CAP_BPF, Capability::CAP_SYS_PTRACE],
+            kept: vec![KEPT[0], KEPT[2]],
         };
         assert_eq!(
             d.to_string(),

@@ -49,6 +49,8 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         if metric != name {
             return None;
         }
+        // An empty label is no label, as Prometheus stores it (a workload
+        // outside a container has container_id="" and pod_uid="").
         let mut got: Vec<(String, String)> = rest
             .trim_end_matches('}')
             .split(',')
@@ -57,6 +59,7 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
                 let (k, v) = kv.split_once('=')?;
                 Some((k.to_owned(), v.trim_matches('"').to_owned()))
             })
+            .filter(|(_, v)| !v.is_empty())
             .collect();
         got.sort();
         let mut want: Vec<(String, String)> = labels
@@ -262,6 +265,63 @@ fn the_records_are_counted_by_workload_and_cause() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// A zero-window scenario: the peer keeps its window shut past the client's
+/// `TCP_USER_TIMEOUT`. Its probes are counted as the kernel counts them
+/// (`TcpExtTCPWinProbe`), and its kill by cause, in the exposition and in
+/// a real Prometheus.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn zero_window_probes_and_kills_are_counted() {
+    let addr = free_addr();
+    let mut kalive = Kalive::start(&["--metrics", &addr]);
+    let prometheus = Prometheus::scraping(&addr);
+    let mut s = support::stuck("mzw", Family::V4, &["--user-timeout", "3000"], |_| {});
+    let ns = s.net.client.inode().expect("inode").to_string();
+    assert_eq!(s.client.expect("recv_error"), "recv_error errno=110");
+    let cookie = s.info.cookie;
+    kalive.wait_until(DEADLINE, |rs| {
+        rs.iter()
+            .any(|r| r["cookie"] == cookie && r["event"] == "zero_window_timeout")
+    });
+    let probes = s.net.client.counter("TcpExtTCPWinProbe").expect("nstat") - s.winprobes0;
+    assert!(probes > 0, "the kernel sent no window probe");
+    #[expect(clippy::cast_precision_loss, reason = "a handful of probes")]
+    let probes = probes as f64;
+    let text = scrape(&addr);
+    let workload = [("comm", "tcp_peer"), ("netns", ns.as_str())];
+    assert_eq!(
+        sample(&text, "kalive_zero_window_probes_sent_total", &workload),
+        Some(probes),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "kalive_zero_window_kills_total",
+            &[
+                ("comm", "tcp_peer"),
+                ("netns", ns.as_str()),
+                ("cause", "user_timeout")
+            ]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    let deadline = std::time::Instant::now() + DEADLINE;
+    prometheus.expect(
+        &format!("kalive_zero_window_probes_sent_total{{comm=\"tcp_peer\",netns=\"{ns}\"}}"),
+        probes,
+        deadline,
+    );
+    prometheus.expect(
+        &format!(
+            "kalive_zero_window_kills_total{{comm=\"tcp_peer\",netns=\"{ns}\",cause=\"user_timeout\"}}"
+        ),
+        1.0,
+        deadline,
+    );
 }
 
 /// An agent: `--format none` writes no records and serves the metrics; any

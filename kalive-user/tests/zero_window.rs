@@ -6,72 +6,9 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Family, Kalive, Peer, SocketInfo, Topology};
+use support::{Family, Kalive, Peer, Stuck, Topology, sh_sysctl, stuck};
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-struct Stuck {
-    net: Topology,
-    server: Peer,
-    client: Peer,
-    info: SocketInfo,
-    /// The client namespace's `TcpExtTCPWinProbe` before the window shut:
-    /// every probe of this connection counts from here.
-    winprobes0: u64,
-}
-
-/// A client whose peer advertises a zero window: the server never reads (4 KiB
-/// receive buffer) and the client sends until its 4 KiB send buffer is full.
-/// `client_args` are extra options for the client (set at `go`).
-fn stuck(
-    tag: &str,
-    family: Family,
-    client_args: &[&str],
-    before_fill: impl FnOnce(&Topology),
-) -> Stuck {
-    let net = Topology::new(tag);
-    // Answer every probe: the out-of-window probe is otherwise answered at most
-    // every 500 ms.
-    sh_sysctl(&net.server, "net.ipv4.tcp_invalid_ratelimit=0");
-    let listen = family.listen_addr();
-    let mut server = Peer::spawn(&net.server, &["serve", &listen, "--rcvbuf", "4096"]);
-    server.expect("listening");
-    let target = family.server_addr();
-    let mut args = vec![
-        "client",
-        target.as_str(),
-        "--no-keepalive",
-        "--sndbuf",
-        "4096",
-    ];
-    args.extend_from_slice(client_args);
-    let mut client = Peer::spawn(&net.client, &args);
-    let info = client.socket("connected");
-    server.socket("server");
-    client.send("go");
-    client.expect("configured");
-    before_fill(&net);
-    let winprobes0 = net.client.counter("TcpExtTCPWinProbe").expect("nstat");
-    client.send("fill");
-    assert!(
-        client.expect("filled").ends_with("until=11"),
-        "send until EAGAIN"
-    );
-    Stuck {
-        net,
-        server,
-        client,
-        info,
-        winprobes0,
-    }
-}
-
-fn sh_sysctl(ns: &support::Netns, setting: &str) {
-    support::sh(
-        "ip",
-        &["netns", "exec", ns.name(), "sysctl", "-q", "-w", setting],
-    );
-}
 
 fn of<'a>(records: &'a [Value], cookie: u64, event: &str) -> Vec<&'a Value> {
     records

@@ -9,9 +9,15 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya_obj::generated::{bpf_cmd, bpf_prog_info};
 
-/// `recursion_misses` of the program `fd` (`BPF_OBJ_GET_INFO_BY_FD`; aya does
-/// not expose it). 0 on kernels older than 5.12, which do not count them.
+/// `recursion_misses` of the program `fd` (aya does not expose it). 0 on
+/// kernels older than 5.12, which do not count them.
 pub fn recursion_misses(fd: BorrowedFd<'_>) -> Result<u64> {
+    Ok(prog_info(fd)?.recursion_misses)
+}
+
+/// What the kernel says about program `fd` (`BPF_OBJ_GET_INFO_BY_FD`); its
+/// run time and count are 0 unless `kernel.bpf_stats_enabled` is on.
+pub fn prog_info(fd: BorrowedFd<'_>) -> Result<bpf_prog_info> {
     #[repr(C)]
     struct InfoByFd {
         bpf_fd: u32,
@@ -39,5 +45,5 @@ pub fn recursion_misses(fd: BorrowedFd<'_>) -> Result<u64> {
     }
     // SAFETY: all-zero is a valid `bpf_prog_info` (integers only), and the
     // kernel wrote a valid one over it.
-    Ok(unsafe { info.assume_init() }.recursion_misses)
+    Ok(unsafe { info.assume_init() })
 }

@@ -23,7 +23,7 @@
 
 mod attach;
 mod backend;
-mod bpf_info;
+pub mod bpf_info;
 mod hooks;
 pub(crate) mod object;
 mod tracer;

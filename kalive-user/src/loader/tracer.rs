@@ -124,6 +124,19 @@ impl Tracer {
         Ok(sum)
     }
 
+    /// Each loaded program's name and a descriptor of its own (for its run
+    /// time, read by the metrics).
+    #[must_use]
+    pub fn program_fds(&self) -> Vec<(String, std::os::fd::OwnedFd)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let fd = program.fd().ok()?.as_fd().try_clone_to_owned().ok()?;
+                Some((name.to_owned(), fd))
+            })
+            .collect()
+    }
+
     /// Tells the programs who owns socket `sk` (found in procfs), so that the
     /// next records carry it and the pid filter applies in the kernel.
     ///

@@ -651,6 +651,34 @@ impl Peer {
         Self::spawn_with(ns.command(exe.to_str().expect("utf-8 path")), args)
     }
 
+    /// [`Self::spawn`], the helper in cgroup `cgroup` (a directory of the
+    /// cgroup file system), which it joins before anything else.
+    pub fn spawn_in_cgroup(ns: &Netns, cgroup: &std::path::Path, args: &[&str]) -> Self {
+        use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
+        let exe = std::env::current_exe().expect("test binary path");
+        let mut command = ns.command(exe.to_str().expect("utf-8 path"));
+        // Opened here: the helper's /sys is its namespace's (see peer.rs).
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(cgroup.join("cgroup.procs"))
+            .expect("opening cgroup.procs");
+        let fd = procs.as_raw_fd();
+        command.env("KALIVE_TEST_CGROUP_FD", fd.to_string());
+        // SAFETY: fcntl is async-signal-safe; the descriptor stays open in
+        // this process until the child has been spawned.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let peer = Self::spawn_with(command, args);
+        drop(procs);
+        peer
+    }
+
     /// `tcp_peer` as another user (uid and gid 65534, no capabilities), in
     /// this process's namespace.
     pub fn spawn_as_nobody(args: &[&str]) -> Self {
@@ -801,13 +829,26 @@ pub struct Connection {
 }
 
 pub fn connect(tag: &str, family: Family, client_args: &[&str]) -> Connection {
+    connect_from(tag, family, client_args, None)
+}
+
+/// [`connect`], the client in cgroup `cgroup` when given.
+pub fn connect_from(
+    tag: &str,
+    family: Family,
+    client_args: &[&str],
+    cgroup: Option<&std::path::Path>,
+) -> Connection {
     let net = Topology::new(tag);
     let mut server = Peer::spawn(&net.server, &["serve", &family.listen_addr()]);
     server.expect("listening");
     let addr = family.server_addr();
     let mut args = vec!["client", addr.as_str()];
     args.extend_from_slice(client_args);
-    let mut client = Peer::spawn(&net.client, &args);
+    let mut client = match cgroup {
+        Some(cgroup) => Peer::spawn_in_cgroup(&net.client, cgroup, &args),
+        None => Peer::spawn(&net.client, &args),
+    };
     let info = client.socket("connected");
     server.socket("server");
     Connection {
@@ -852,4 +893,67 @@ pub fn forked_child(peer: &mut Peer) -> Reap {
             .parse()
             .expect("child pid"),
     )
+}
+
+pub struct Stuck {
+    pub net: Topology,
+    pub server: Peer,
+    pub client: Peer,
+    pub info: SocketInfo,
+    /// The client namespace's `TcpExtTCPWinProbe` before the window shut:
+    /// every probe of this connection counts from here.
+    pub winprobes0: u64,
+}
+
+/// A client whose peer advertises a zero window: the server never reads (4 KiB
+/// receive buffer) and the client sends until its 4 KiB send buffer is full.
+/// `client_args` are extra options for the client (set at `go`).
+pub fn stuck(
+    tag: &str,
+    family: Family,
+    client_args: &[&str],
+    before_fill: impl FnOnce(&Topology),
+) -> Stuck {
+    let net = Topology::new(tag);
+    // Answer every probe: the out-of-window probe is otherwise answered at most
+    // every 500 ms.
+    sh_sysctl(&net.server, "net.ipv4.tcp_invalid_ratelimit=0");
+    let listen = family.listen_addr();
+    let mut server = Peer::spawn(&net.server, &["serve", &listen, "--rcvbuf", "4096"]);
+    server.expect("listening");
+    let target = family.server_addr();
+    let mut args = vec![
+        "client",
+        target.as_str(),
+        "--no-keepalive",
+        "--sndbuf",
+        "4096",
+    ];
+    args.extend_from_slice(client_args);
+    let mut client = Peer::spawn(&net.client, &args);
+    let info = client.socket("connected");
+    server.socket("server");
+    client.send("go");
+    client.expect("configured");
+    before_fill(&net);
+    let winprobes0 = net.client.counter("TcpExtTCPWinProbe").expect("nstat");
+    client.send("fill");
+    assert!(
+        client.expect("filled").ends_with("until=11"),
+        "send until EAGAIN"
+    );
+    Stuck {
+        net,
+        server,
+        client,
+        info,
+        winprobes0,
+    }
+}
+
+pub fn sh_sysctl(ns: &Netns, setting: &str) {
+    sh(
+        "ip",
+        &["netns", "exec", ns.name(), "sysctl", "-q", "-w", setting],
+    );
 }

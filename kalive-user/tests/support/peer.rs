@@ -70,6 +70,20 @@ extern "C" fn entry(count: libc::c_int, vector: *const *const libc::c_char) {
 }
 
 fn run(args: &[String]) -> ExitCode {
+    // A test's container: the helper moves itself into the cgroup first,
+    // through the cgroup.procs the test opened for it (`ip netns exec`
+    // mounts a /sys of the namespace's, without the cgroup file systems).
+    if let Some(fd) = std::env::var("KALIVE_TEST_CGROUP_FD")
+        .ok()
+        .and_then(|fd| fd.parse::<RawFd>().ok())
+    {
+        // SAFETY: the descriptor the test left open for this process.
+        let mut procs = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        if let Err(err) = std::io::Write::write_all(&mut procs, b"0") {
+            eprintln!("tcp_peer: joining the test's cgroup: {err}");
+            return ExitCode::FAILURE;
+        }
+    }
     let result = match args.first().map(String::as_str) {
         Some("pair") => pair(&args[1..]),
         Some("serve") => serve(&args[1..]),
