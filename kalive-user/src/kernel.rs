@@ -64,7 +64,8 @@ impl Symbols {
             None => Err(anyhow!("{name} not found in /proc/kallsyms")),
             Some(0) => bail!(
                 "/proc/kallsyms hides addresses (kernel.kptr_restrict); kalive needs them: \
-                 run as root, or `sysctl kernel.kptr_restrict=1`"
+                 run it as root with CAP_SYSLOG (a container or unit must grant SYSLOG), and \
+                 kernel.kptr_restrict at most 1"
             ),
             Some(&addr) => Ok(addr),
         }

@@ -324,6 +324,151 @@ fn zero_window_probes_and_kills_are_counted() {
     );
 }
 
+/// The connections gauges come from a `kalive ls` pass each interval, each
+/// pass replacing the last: a client with keepalive past the idle budget, one
+/// without keepalive (that would never find its peer dead), and the second
+/// gone at a later pass. kalive's own cost is there too, its programs' run
+/// time once `kernel.bpf_stats_enabled` is on.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn connection_gauges_follow_each_pass() {
+    let addr = free_addr();
+    let stats = BpfStats::enable();
+    let _kalive = Kalive::start(&[
+        "--metrics",
+        &addr,
+        "--metrics-interval",
+        "1",
+        "--idle-budget",
+        "350",
+    ]);
+    let mut slow = connect("mslow", Family::V4, &["--idle", "400"]);
+    let mut off = connect("moff", Family::V4, &["--no-keepalive"]);
+    for c in [&mut slow, &mut off] {
+        c.client.send("go");
+        c.client.expect("configured");
+    }
+    let ns = |c: &support::Connection| c.net.client.inode().expect("inode").to_string();
+    let (slow_ns, off_ns) = (ns(&slow), ns(&off));
+    let client = |ns: &str, keepalive: &'static str| {
+        [
+            ("comm", "tcp_peer".to_owned()),
+            ("netns", ns.to_owned()),
+            ("keepalive", keepalive.to_owned()),
+        ]
+    };
+    let get = |text: &str, name: &str, l: &[(&'static str, String)]| {
+        let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        sample(text, name, &l)
+    };
+    let workload = |ns: &str| [("comm", "tcp_peer".to_owned()), ("netns", ns.to_owned())];
+    let text = scrape_until(&addr, "both clients counted", &|text| {
+        get(text, "kalive_connections", &client(&slow_ns, "on")) == Some(1.0)
+            && get(text, "kalive_connections", &client(&off_ns, "off")) == Some(1.0)
+    });
+    assert_eq!(
+        get(
+            &text,
+            "kalive_connections_over_idle_budget",
+            &workload(&slow_ns)
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        get(
+            &text,
+            "kalive_connections_never_detecting_dead_peer",
+            &workload(&off_ns)
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        get(
+            &text,
+            "kalive_connections_never_detecting_dead_peer",
+            &workload(&slow_ns)
+        ),
+        None,
+        "keepalive on: found in 400 s + 9 x 75 s:\n{text}"
+    );
+    // The slow client's prediction, 400 s of idle then 9 probes 75 s apart.
+    let within = |le: &str| {
+        sample(
+            &text,
+            "kalive_connections_dead_after_seconds_bucket",
+            &[("le", le)],
+        )
+        .expect("a bucket")
+    };
+    assert!(within("1800") - within("900") >= 1.0, "{text}");
+    assert!(
+        sample(&text, "process_resident_memory_bytes", &[]).is_some_and(|b| b > 1e6),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "process_cpu_seconds_total", &[]).is_some(),
+        "{text}"
+    );
+    if stats.on {
+        // timer_start runs for every timer the host arms.
+        assert!(
+            sample(
+                &text,
+                "kalive_bpf_program_runs_total",
+                &[("program", "timer_start")]
+            )
+            .is_some_and(|n| n > 0.0),
+            "{text}"
+        );
+    }
+    // Gone at the next pass.
+    off.client.close_stdin();
+    off.server.close_stdin();
+    drop(off);
+    scrape_until(&addr, "the closed client no longer counted", &|text| {
+        get(text, "kalive_connections", &client(&off_ns, "off")).is_none()
+    });
+}
+
+/// `/metrics` from `addr` once `holds` holds of it (`what`, if it never does).
+fn scrape_until(addr: &str, what: &str, holds: &dyn Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let text = scrape(addr);
+        if holds(&text) {
+            return text;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `kernel.bpf_stats_enabled` on for the test, back as it was on drop.
+struct BpfStats {
+    was: String,
+    on: bool,
+}
+
+impl BpfStats {
+    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn enable() -> Self {
+        let was = std::fs::read_to_string(Self::PATH).unwrap_or_default();
+        let on = std::fs::write(Self::PATH, "1").is_ok();
+        Self { was, on }
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if self.on {
+            let _ = std::fs::write(Self::PATH, self.was.trim());
+        }
+    }
+}
+
 /// An agent: `--format none` writes no records and serves the metrics; any
 /// other path is a 404.
 #[test]

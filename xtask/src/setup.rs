@@ -48,7 +48,50 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
         "bpftrace",
         "the peer `cargo xtask bench` compares kalive with (and its smoke run in the tests)",
     ),
+    (
+        "systemd",
+        "systemd-analyze verify on deploy/systemd/kalive.service in the tests",
+    ),
+    (
+        "python3-venv",
+        "a virtual environment for kubernetes-validate, which checks deploy/kubernetes offline",
+    ),
 ];
+
+/// The Kubernetes schema validator the tests run on deploy/kubernetes (a
+/// Python package bundling every Kubernetes version's schema: offline once
+/// installed), and its version.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+/// Where the validator is installed: a virtual environment of its own.
+#[must_use]
+pub fn tools_dir() -> std::path::PathBuf {
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    Path::new(&home).join(".local/share/kalive/tools")
+}
+
+/// The validator's executable.
+#[must_use]
+pub fn kubernetes_validate() -> std::path::PathBuf {
+    tools_dir().join("bin/kubernetes-validate")
+}
+
+/// Installs the validator if it is not there at its version.
+fn ensure_kubernetes_validate() -> Result<()> {
+    let version = KUBERNETES_VALIDATE.rsplit('=').next().unwrap_or_default();
+    let installed = cmd::output(Command::new(kubernetes_validate()).arg("--version"))
+        .is_ok_and(|v| v.contains(version));
+    if installed {
+        return Ok(());
+    }
+    let dir = tools_dir();
+    eprintln!(
+        "setup: installing {KUBERNETES_VALIDATE} in {}: the tests validate deploy/kubernetes with it",
+        dir.display()
+    );
+    cmd::run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
+    cmd::run(Command::new(dir.join("bin/pip")).args(["install", "--quiet", KUBERNETES_VALIDATE]))
+}
 
 /// And what `vm-test` needs on top.
 const VM_PACKAGES: &[(&str, &str)] = &[
@@ -108,6 +151,10 @@ pub fn ensure(purpose: Purpose) -> Result<Route> {
         apt_install(&apt)?;
     }
 
+    if purpose == Purpose::Test {
+        ensure_kubernetes_validate()?;
+    }
+
     let route = match route {
         Some(route) => route,
         None => toolchain::detect().context(
@@ -157,6 +204,8 @@ fn tool_of(package: &str) -> &str {
         "kmod" => "depmod",
         "bpftool" => "bpftool",
         "prometheus" => "promtool",
+        "systemd" => "systemd-analyze",
+        "python3-venv" => "python3",
         other => other,
     }
 }

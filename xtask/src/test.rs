@@ -39,6 +39,10 @@ pub fn run(root: &Path, args: &[OsString]) -> Result<()> {
             "6",
         ])
         .args(args);
+    cmd.env(
+        "KALIVE_KUBERNETES_VALIDATE",
+        crate::setup::kubernetes_validate(),
+    );
     if !cmd::is_root() {
         cmd.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", "sudo -E");
     }
