@@ -432,6 +432,92 @@ fn connection_gauges_follow_each_pass() {
     });
 }
 
+/// The label cap under a churn of workloads: 10,000 short-lived processes,
+/// each of its own name and each with a keepalive probe to count, against a
+/// cap of 50. The probe counter never has more than 50 workloads and
+/// `_other`, nothing is lost from the totals, what the cap dropped is
+/// counted, and kalive's resident memory stays flat from the second wave
+/// of 1,000 to the tenth.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn the_label_cap_holds_under_a_churn_of_workloads() {
+    const WAVES: u32 = 10;
+    const PER_WAVE: u32 = 1000;
+    let addr = free_addr();
+    let kalive = Kalive::start(&[
+        "--metrics",
+        &addr,
+        "--metrics-max-series",
+        "50",
+        "--metrics-interval",
+        "1",
+    ]);
+    let net = support::Topology::new("mcap");
+    let mut peer = support::Peer::spawn(
+        &net.client,
+        &["workloads", "127.0.0.1:0", &PER_WAVE.to_string()],
+    );
+    let rss = || sample(&scrape(&addr), "process_resident_memory_bytes", &[]).expect("RSS");
+    let mut after_second = 0.0;
+    for wave in 1..=WAVES {
+        peer.send("wave");
+        peer.expect("wave done");
+        if wave == 2 {
+            after_second = rss();
+        }
+    }
+    let ns = net.client.inode().expect("inode").to_string();
+    // Every probe the kernel sent counted, under its workload or _other
+    // (which other namespaces' share).
+    #[expect(clippy::cast_precision_loss, reason = "thousands")]
+    let sent = net.client.counter("TcpExtTCPKeepAlive").expect("nstat") as f64;
+    assert!(sent >= f64::from(WAVES * PER_WAVE), "{sent} probes");
+    let text = scrape_until(&addr, &format!("{sent} probes counted"), &|text| {
+        probes_in(text, &ns) >= sent
+    });
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("kalive_keepalive_probes_sent_total{"))
+        .count();
+    // The cap is over every series, this namespace's workloads and others'.
+    assert!(series <= 51, "{series} series:\n{text}");
+    assert!(
+        sample(
+            &text,
+            "kalive_keepalive_probes_sent_total",
+            &[
+                ("comm", "_other"),
+                ("container_id", "_other"),
+                ("pod_uid", "_other"),
+                ("netns", "_other")
+            ]
+        )
+        .is_some_and(|n| n >= f64::from((WAVES - 1) * PER_WAVE)),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "kalive_metrics_capped_records_total", &[])
+            .is_some_and(|n| n >= f64::from((WAVES - 1) * PER_WAVE)),
+        "{text}"
+    );
+    let growth = rss() - after_second;
+    assert!(
+        growth < 2.0 * 1024.0 * 1024.0,
+        "kalive's RSS grew by {growth} bytes over {} workloads",
+        (WAVES - 2) * PER_WAVE
+    );
+    drop(kalive);
+}
+
+/// The probes counted in network namespace `ns`, plus those under `_other`.
+fn probes_in(text: &str, ns: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with("kalive_keepalive_probes_sent_total{"))
+        .filter(|l| l.contains(&format!("netns=\"{ns}\"")) || l.contains("netns=\"_other\""))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
 /// `/metrics` from `addr` once `holds` holds of it (`what`, if it never does).
 fn scrape_until(addr: &str, what: &str, holds: &dyn Fn(&str) -> bool) -> String {
     let deadline = std::time::Instant::now() + DEADLINE;

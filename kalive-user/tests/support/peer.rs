@@ -29,6 +29,10 @@
 //! tcp_peer churn ADDR SECS
 //!     for SECS seconds: connect to itself at ADDR, turn keepalive on, close;
 //!     then print `churned N`
+//! tcp_peer workloads ADDR N
+//!     listen at ADDR; on each `wave`: fork N processes, each named `wK` (K
+//!     counting on across waves), connecting to it with a 1 s keepalive and
+//!     exiting after its first probe is answered; print `wave done`
 //! ```
 
 use std::{
@@ -89,6 +93,7 @@ fn run(args: &[String]) -> ExitCode {
         Some("serve") => serve(&args[1..]),
         Some("client") => client(&args[1..]),
         Some("churn") => churn(&args[1..]),
+        Some("workloads") => workloads(&args[1..]),
         _ => Err(io::Error::other(
             "usage: tcp_peer pair|serve|client|churn ADDR ...",
         )),
@@ -341,6 +346,90 @@ fn churn(args: &[String]) -> io::Result<()> {
     }
     println!("churned {n}");
     Ok(())
+}
+
+/// `workloads ADDR N`: see the module's documentation.
+fn workloads(args: &[String]) -> io::Result<()> {
+    let [addr, n] = args else {
+        return Err(io::Error::other("workloads ADDR N"));
+    };
+    let addr: SocketAddr = addr.parse().map_err(io::Error::other)?;
+    let n: u32 = n.parse().map_err(io::Error::other)?;
+    let listener = TcpListener::bind(addr)?;
+    // SAFETY: a valid listening descriptor; room for a whole wave.
+    if unsafe { libc::listen(listener.as_raw_fd(), 4096) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let addr = listener.local_addr()?;
+    let SocketAddr::V4(v4) = addr else {
+        return Err(io::Error::other("workloads: IPv4 only"));
+    };
+    // Built before forking: a child makes only system calls.
+    let sin = libc::sockaddr_in {
+        sin_family: libc::sa_family_t::try_from(libc::AF_INET).map_err(io::Error::other)?,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*v4.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let mut next = 0u32;
+    for line in io::stdin().lock().lines() {
+        if line? != "wave" {
+            continue;
+        }
+        let mut children = Vec::new();
+        for _ in 0..n {
+            let mut name = [0u8; 16];
+            let text = format!("w{next}");
+            name[..text.len()].copy_from_slice(text.as_bytes());
+            next += 1;
+            // SAFETY: the child makes system calls only, then _exit()s.
+            match unsafe { libc::fork() } {
+                0 => unsafe { workload_child(&name, &sin) },
+                -1 => return Err(io::Error::last_os_error()),
+                pid => children.push(pid),
+            }
+            // Accepted and dropped: the kernel answers probes all the same.
+            drop(listener.accept()?);
+        }
+        for pid in children {
+            // SAFETY: reaping a child of this process.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        }
+        println!("wave done");
+    }
+    Ok(())
+}
+
+/// A forked workload: named `name`, connected to `sin` with keepalive after
+/// 1 s, gone 1.5 s later (its first probe answered).
+///
+/// # Safety
+/// Only in a child just forked: it makes system calls and `_exit()`s.
+unsafe fn workload_child(name: &[u8; 16], sin: &libc::sockaddr_in) -> ! {
+    // SAFETY: system calls on this process's own descriptors and memory.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr());
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        let one: libc::c_int = 1;
+        let on = (&raw const one).cast();
+        #[expect(clippy::cast_possible_truncation, reason = "4")]
+        let len = size_of::<libc::c_int>() as libc::socklen_t;
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, on, len);
+        libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, on, len);
+        libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, on, len);
+        let addr = std::ptr::from_ref(sin).cast();
+        #[expect(clippy::cast_possible_truncation, reason = "16")]
+        let addr_len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let code = i32::from(libc::connect(fd, addr, addr_len) != 0);
+        let wait = libc::timespec {
+            tv_sec: 1,
+            tv_nsec: 500_000_000,
+        };
+        libc::nanosleep(&raw const wait, std::ptr::null_mut());
+        libc::_exit(code)
+    }
 }
 
 fn client(args: &[String]) -> io::Result<()> {
