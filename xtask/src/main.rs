@@ -81,6 +81,9 @@ enum Cmd {
         idle: i32,
         intvl: i32,
         cnt: i32,
+        /// The holder's process name (a workload of its own in the metrics).
+        #[arg(long)]
+        comm: Option<String>,
     },
     /// (The benchmark's measurer: runs a command from a small process, so that
     /// its peak RSS is its own; see `bench::ls`.)
@@ -123,7 +126,8 @@ fn main() -> ExitCode {
             idle,
             intvl,
             cnt,
-        } => bench::hold(addr, n, idle, intvl, cnt),
+            comm,
+        } => bench::hold(addr, n, idle, intvl, cnt, comm.as_deref()),
         Cmd::Bench {
             quick,
             out,

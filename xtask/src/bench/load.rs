@@ -258,6 +258,20 @@ impl Connections {
     /// `n` connections from the client side of `pair`, each with keepalive
     /// after `idle` s, probing every `intvl` s, `cnt` probes before giving up.
     pub fn open(pair: &Pair, n: usize, idle: u32, intvl: u32, cnt: u32) -> Result<Self> {
+        Self::open_in(pair, n, per_holder(), idle, intvl, cnt, false)
+    }
+
+    /// [`Self::open`], `per` connections to a holder, each holder named apart
+    /// (`h0`, `h1`, ...) when `named`: a workload of its own in the metrics.
+    pub fn open_in(
+        pair: &Pair,
+        n: usize,
+        per: usize,
+        idle: u32,
+        intvl: u32,
+        cnt: u32,
+        named: bool,
+    ) -> Result<Self> {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop_listener, stop_rx) = mpsc::channel::<()>();
         let listener = pair.server.run(move || {
@@ -288,15 +302,20 @@ impl Connections {
         let mut left = n;
         let mut ports = SERVER_PORTS.iter().cycle();
         while left > 0 {
-            let share = left.min(per_holder());
+            let share = left.min(per.min(per_holder()));
             left -= share;
             let mut addr = pair.addr;
             addr.set_port(*ports.next().expect("cycle"));
-            let mut child = Command::new("ip")
+            let mut command = Command::new("ip");
+            command
                 .args(["netns", "exec", pair.client.name()])
                 .arg(&exe)
                 .args(["bench-hold", &addr.to_string()])
-                .args([share, idle as usize, intvl as usize, cnt as usize].map(|v| v.to_string()))
+                .args([share, idle as usize, intvl as usize, cnt as usize].map(|v| v.to_string()));
+            if named {
+                command.arg(format!("--comm=h{}", conns.holders.len()));
+            }
+            let mut child = command
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -348,7 +367,19 @@ impl Drop for Connections {
 /// client namespace): opens N keepalive connections to ADDR, says "ready",
 /// holds them until stdin closes, then resets them. A line `idle S` on stdin
 /// sets their `TCP_KEEPIDLE` to S seconds; it answers `done`.
-pub fn hold(addr: SocketAddr, n: usize, idle: i32, intvl: i32, cnt: i32) -> Result<()> {
+pub fn hold(
+    addr: SocketAddr,
+    n: usize,
+    idle: i32,
+    intvl: i32,
+    cnt: i32,
+    comm: Option<&str>,
+) -> Result<()> {
+    if let Some(comm) = comm {
+        let name = std::ffi::CString::new(comm).context("a process name without NUL")?;
+        // SAFETY: PR_SET_NAME with a NUL-terminated name (truncated to 15 bytes).
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    }
     raise_fd_limit()?;
     let mut clients = Vec::with_capacity(n);
     for _ in 0..n {

@@ -6,6 +6,7 @@
 
 mod load;
 mod ls;
+mod scrape;
 
 pub use load::hold;
 pub use ls::measure_child;
@@ -55,6 +56,8 @@ struct Plan {
     /// `kalive ls` at these numbers of connections, this many times each.
     ls_sizes: Vec<usize>,
     ls_rounds: usize,
+    /// The metrics agent: connections, workloads (label sets), scrapes.
+    scrape: (usize, usize, usize),
 }
 
 impl Plan {
@@ -69,6 +72,7 @@ impl Plan {
                 startups: 3,
                 ls_sizes: vec![500],
                 ls_rounds: 1,
+                scrape: (500, 50, 5),
             }
         } else {
             Self {
@@ -80,6 +84,7 @@ impl Plan {
                 startups: 11,
                 ls_sizes: vec![1_000, 10_000, 50_000],
                 ls_rounds: 5,
+                scrape: (10_000, 1_000, 20),
             }
         }
     }
@@ -186,6 +191,7 @@ pub struct Results {
     pub startup: Startup,
     pub backend: String,
     pub ls: Vec<ls::LsRun>,
+    pub scrape: scrape::ScrapeRun,
 }
 
 /// `cargo xtask bench [--quick] [--out FILE]`: builds kalive and measures it.
@@ -274,6 +280,7 @@ fn measure(kalive: &Path, opts: &Options) -> Result<()> {
     let mut tracers = vec![Tracer::None];
     tracers.extend(runnable.iter().cloned().map(Tracer::Kalive));
     tracers.push(Tracer::KaliveLive(backend.clone()));
+    tracers.push(Tracer::KaliveAgent(backend.clone()));
     if bpftrace {
         tracers.push(Tracer::Bpftrace);
     }
@@ -291,7 +298,10 @@ fn measure(kalive: &Path, opts: &Options) -> Result<()> {
     for &n in &plan.ls_sizes {
         ls_runs.push(ls::run(kalive, n, plan.ls_rounds)?);
     }
+    let (n, workloads, scrapes) = plan.scrape;
+    let scrape = scrape::run(kalive, &backend, n, workloads, scrapes)?;
     let results = Results {
+        scrape,
         backends,
         hot,
         costs,

@@ -25,8 +25,14 @@ pub enum Tracer {
     Kalive(String),
     /// kalive with `--live-acks` (per-segment and per-send/receive hooks).
     KaliveLive(String),
+    /// kalive as an agent: `--format none --metrics` at [`AGENT_ADDR`], its
+    /// connections pass every 30 s (the default).
+    KaliveAgent(String),
     Bpftrace,
 }
+
+/// Where the agent serves its metrics.
+pub const AGENT_ADDR: &str = "127.0.0.1:19464";
 
 impl std::fmt::Display for Tracer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -34,6 +40,7 @@ impl std::fmt::Display for Tracer {
             Self::None => f.write_str("no tracer"),
             Self::Kalive(backend) => write!(f, "kalive ({backend})"),
             Self::KaliveLive(backend) => write!(f, "kalive ({backend}, --live-acks)"),
+            Self::KaliveAgent(backend) => write!(f, "kalive ({backend}, --metrics agent)"),
             Self::Bpftrace => f.write_str("bpftrace script"),
         }
     }
@@ -103,6 +110,19 @@ impl Running {
                 }
                 cmd
             }
+            Tracer::KaliveAgent(backend) => {
+                let mut cmd = Command::new(kalive);
+                cmd.args([
+                    "--format",
+                    "none",
+                    "--metrics",
+                    AGENT_ADDR,
+                    "--backend",
+                    backend,
+                ])
+                .args(args);
+                cmd
+            }
             Tracer::Bpftrace => {
                 let mut cmd = Command::new("bpftrace");
                 cmd.args(["-e", PEER_SCRIPT]);
@@ -156,7 +176,9 @@ impl Running {
             said: String::new(),
         };
         let ready = |line: &str| match tracer {
-            Tracer::Kalive(_) | Tracer::KaliveLive(_) => line.starts_with("kalive: tracing"),
+            Tracer::Kalive(_) | Tracer::KaliveLive(_) | Tracer::KaliveAgent(_) => {
+                line.starts_with("kalive: tracing")
+            }
             _ => line == "ready",
         };
         let mut said = String::new();

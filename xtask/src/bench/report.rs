@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 
 use crate::cmd;
 
-use super::{Capacity, Results, Spread, ls::LsRun, procs::Tracer, quantile};
+use super::{Capacity, Results, Spread, ls::LsRun, procs::Tracer, quantile, scrape::ScrapeRun};
 
 const NOTES_MARKER: &str = "<!-- Notes below this line are kept by `cargo xtask bench`. -->";
 
@@ -23,6 +23,7 @@ pub fn write(path: &Path, command: &str, r: &Results) -> Result<()> {
     latency(&mut md, r);
     startup(&mut md, r);
     ls(&mut md, &r.ls);
+    scrape(&mut md, &r.scrape);
     md.push_str(NOTES_MARKER);
     md.push_str(&notes);
     fs::write(path, md).with_context(|| format!("writing {}", path.display()))
@@ -124,11 +125,12 @@ fn hot_path(md: &mut String, r: &Results) {
     };
     let bpftrace = median(&Tracer::Bpftrace);
     md.push('\n');
-    for tracer in h
-        .tracers
-        .iter()
-        .filter(|t| matches!(t, Tracer::Kalive(_) | Tracer::KaliveLive(_)))
-    {
+    for tracer in h.tracers.iter().filter(|t| {
+        matches!(
+            t,
+            Tracer::Kalive(_) | Tracer::KaliveLive(_) | Tracer::KaliveAgent(_)
+        )
+    }) {
         let k = median(tracer).unwrap_or(0.0);
         let _ = writeln!(
             md,
@@ -425,4 +427,33 @@ pub fn ls(md: &mut String, runs: &[LsRun]) {
         );
     }
     md.push('\n');
+}
+
+/// The metrics agent's `/metrics` at scale.
+fn scrape(md: &mut String, r: &ScrapeRun) {
+    let t = r.scrape();
+    #[expect(clippy::cast_precision_loss, reason = "KiB and bytes far below 2^52")]
+    let (rss_mib, kib) = (r.rss_kib as f64 / 1024.0, r.bytes as f64 / 1024.0);
+    let _ = writeln!(
+        md,
+        "## 6. The metrics agent\n\n\
+         `kalive --format none --metrics ADDR --metrics-interval 5` beside {} \
+         connections held by {} processes named apart, each connection probing \
+         every second once idle (answered): {} workloads with counters of their \
+         own, and the connections gauges of its pass. `/metrics` fetched over \
+         HTTP, one request at a time, in the classic text format. The hot path \
+         with the agent running is in section 1.\n\n\
+         | scrape ms (min / median / max of {}) | size | samples | kalive RSS | connections pass |\n\
+         |---|---|---|---|---|\n\
+         | {:.1} / {:.1} / {:.1} | {kib:.0} KiB | {} | {rss_mib:.1} MiB | {:.0} ms |\n",
+        r.connections,
+        r.workloads,
+        r.workloads,
+        r.scrape_ms.len(),
+        t.min,
+        t.median,
+        t.max,
+        r.samples,
+        r.pass_s * 1e3,
+    );
 }
