@@ -42,6 +42,30 @@ fn bad_metrics_values_are_usage_errors() {
     assert_usage_error(&["--format", "none"], "--format none writes no records");
     assert_usage_error(&["--metrics-max-series", "0"], "0 is not in 1..=100000");
     assert_usage_error(&["ls", "--format", "none"], "invalid value 'none'");
+    let addr = ["--metrics", "127.0.0.1:9464"];
+    assert_usage_error(
+        &[&addr[..], &["--metrics-interval", "abc"]].concat(),
+        "invalid value 'abc'",
+    );
+    assert_usage_error(
+        &[&addr[..], &["--metrics-interval", "-1"]].concat(),
+        "unexpected argument",
+    );
+    assert_usage_error(
+        &[&addr[..], &["--metrics-interval", "86401"]].concat(),
+        "not in 0..=86400",
+    );
+    assert_usage_error(
+        &[&addr[..], &["--idle-budget", "0"]].concat(),
+        "forgets every flow",
+    );
+    assert_usage_error(
+        &[&addr[..], &["--idle-budget", "-5"]].concat(),
+        "not a number of seconds",
+    );
+    // They mean something only for an agent.
+    assert_usage_error(&["--metrics-interval", "10"], "--metrics <ADDR>");
+    assert_usage_error(&["--idle-budget", "350"], "--metrics <ADDR>");
 }
 
 #[test]
