@@ -109,7 +109,9 @@ fn is_container_id(s: &str) -> bool {
 
 /// The pod UID a cgroup path under `kubepods` names.
 fn pod_uid(path: &str) -> Option<String> {
-    let mut under_kubepods = false;
+    // Seen from a cgroup namespace of its own (a pod's: kalive's DaemonSet),
+    // a path outside it starts with `/..` and may not name `kubepods`.
+    let mut under_kubepods = path.starts_with("/..");
     for component in path.split('/') {
         if component.starts_with("kubepods") {
             under_kubepods = true;
@@ -254,6 +256,21 @@ mod tests {
         let c = parse(&format!("/kubepods/burstable/pod{UID}/{ID}"));
         assert_eq!(c.container_id.as_deref(), Some(ID));
         assert_eq!(c.pod_uid.as_deref(), Some(UID));
+    }
+
+    #[test]
+    fn seen_from_a_cgroup_namespace() {
+        // kalive in a pod of its own, the workload in another, cgroupfs driver.
+        let c = parse(&format!("/../../../besteffort/pod{UID}/{ID}"));
+        assert_eq!(c.container_id.as_deref(), Some(ID));
+        assert_eq!(c.pod_uid.as_deref(), Some(UID));
+        // Systemd driver.
+        let c = parse(&format!(
+            "/../../kubepods-besteffort-pod{}.slice/cri-containerd-{ID}.scope",
+            UID.replace('-', "_")
+        ));
+        assert_eq!(c.pod_uid.as_deref(), Some(UID));
+        assert_eq!(c.container_id.as_deref(), Some(ID));
     }
 
     #[test]

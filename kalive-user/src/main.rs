@@ -118,13 +118,16 @@ struct Cli {
     user: Option<User>,
 
     /// Serve Prometheus metrics at ADDR, path /metrics (for example
-    /// 0.0.0.0:9464): counters of the records by comm and network namespace.
-    /// With --format none, an agent that writes no records
+    /// 0.0.0.0:9464): counters of the records, gauges of every connection
+    /// (see --metrics-interval) and kalive's own cost, by workload (comm,
+    /// container, pod, network namespace). With --format none, an agent that
+    /// writes no records
     #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
     metrics: Option<std::net::SocketAddr>,
 
-    /// The most workloads (comm and network namespace) the metrics label
-    /// apart; records of more are counted under comm="_other"
+    /// The most workloads (comm, container, pod, network namespace) the
+    /// metrics label apart since kalive started; records of more are counted
+    /// under the workload "_other"
     #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     metrics_max_series: u32,
 
@@ -213,6 +216,15 @@ fn main() -> ExitCode {
             .error(
                 clap::error::ErrorKind::MissingRequiredArgument,
                 "--format none writes no records: it is for an agent serving --metrics ADDR",
+            )
+            .exit();
+    }
+    if cli.idle_budget.is_some() && cli.metrics_interval == 0 {
+        use clap::CommandFactory as _;
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--idle-budget counts connections in the --metrics-interval pass, which 0 turns off",
             )
             .exit();
     }
@@ -333,6 +345,9 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
                     std::time::Duration::from_secs(cli.metrics_interval),
                     cli.idle_budget,
                 )?;
+                // Only the connections thread joins namespaces: the others
+                // (this one, the HTTP server's, started next) do without.
+                privs::drop_in_this_thread(privs::KEPT_FOR_CONNECTIONS.0)?;
             }
             endpoint.serve(Arc::clone(&metrics))?;
             Ok(metrics)

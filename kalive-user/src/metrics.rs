@@ -107,6 +107,7 @@ pub struct Metrics {
     capped: Counter,
     workloads: Mutex<Capped>,
     cap: usize,
+    pass_errors: Counter,
     /// The last `kalive ls` pass's gauges.
     pass: Arc<Mutex<Option<Pass>>>,
     /// kalive's programs, for their run time.
@@ -176,6 +177,13 @@ impl Metrics {
              reached --metrics-max-series",
             capped.clone(),
         );
+        let pass_errors = Counter::default();
+        registry.register(
+            "connections_pass_errors",
+            "Passes over the connections that failed (said on stderr); the gauges are \
+             then the last good pass's",
+            pass_errors.clone(),
+        );
         registry.register_collector(Box::new(PassGauges(Arc::clone(&pass))));
         Self {
             registry: root,
@@ -192,6 +200,7 @@ impl Metrics {
                 cap,
             }),
             cap,
+            pass_errors,
             pass,
             programs,
         }
@@ -333,9 +342,16 @@ impl Metrics {
                                 said = true;
                             }
                             pass.seconds = started.elapsed().as_secs_f64();
+                            pass.at = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0.0, |d| d.as_secs_f64());
                             metrics.pass(pass);
                         }
-                        Err(err) => eprintln!("kalive: listing the connections: {err:#}"),
+                        // The last pass's gauges stay, and say when it was.
+                        Err(err) => {
+                            metrics.pass_errors.inc();
+                            eprintln!("kalive: listing the connections: {err:#}");
+                        }
                     }
                     thread::sleep(interval.saturating_sub(started.elapsed()));
                 }
@@ -353,6 +369,8 @@ pub struct Pass {
     dead_after: Histogram,
     capped: i64,
     seconds: f64,
+    /// When it ended, Unix seconds.
+    at: f64,
     workloads: Capped,
 }
 
@@ -374,6 +392,7 @@ impl Pass {
             dead_after: Histogram::new(DEAD_AFTER_BUCKETS),
             capped: 0,
             seconds: 0.0,
+            at: 0.0,
             workloads: Capped {
                 known: HashSet::new(),
                 cap,
@@ -411,7 +430,11 @@ impl Pass {
         match c.dead_after_ms {
             #[expect(clippy::cast_precision_loss, reason = "ms to s, far below 2^52")]
             Some(ms) => self.dead_after.observe(ms as f64 / 1000.0),
-            None if !c.missing.contains(&"dead_after_ms") => {
+            // Keepalive off and nothing in flight (not an orphan closing, nor
+            // a connection the peer closed already).
+            None if c.keepalive == Some(false)
+                && c.state == kalive_common::TcpState::Established =>
+            {
                 self.undetected.get_or_create(&workload).inc();
             }
             None => {}
@@ -473,6 +496,13 @@ impl Collector for PassGauges {
              number of workloads reached --metrics-max-series",
             None,
             capped.metric_type(),
+        )?)?;
+        let at = ConstGauge::new(pass.at);
+        at.encode(encoder.encode_descriptor(
+            "connections_pass_timestamp",
+            "When the last pass that succeeded ended, Unix time (the gauges above are its)",
+            Some(&Unit::Seconds),
+            at.metric_type(),
         )?)?;
         let seconds = ConstGauge::new(pass.seconds);
         seconds.encode(encoder.encode_descriptor(

@@ -188,6 +188,18 @@ pub fn drop_to(user: Option<&User>, kept: &[(Capability, &'static str)]) -> Resu
     })
 }
 
+/// Gives up `cap` in this thread only (effective and permitted sets): threads
+/// started before keep it, threads started after do not have it.
+///
+/// # Errors
+/// When the kernel refuses (`capset`).
+pub fn drop_in_this_thread(cap: Capability) -> Result<()> {
+    for set in [CapSet::Effective, CapSet::Permitted] {
+        caps::drop(None, set, cap).context("dropping a capability: capset")?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,6 +63,14 @@ fn bad_metrics_values_are_usage_errors() {
         &[&addr[..], &["--idle-budget", "-5"]].concat(),
         "not a number of seconds",
     );
+    assert_usage_error(
+        &[
+            &addr[..],
+            &["--metrics-interval", "0", "--idle-budget", "350"],
+        ]
+        .concat(),
+        "which 0 turns off",
+    );
     // They mean something only for an agent.
     assert_usage_error(&["--metrics-interval", "10"], "--metrics <ADDR>");
     assert_usage_error(&["--idle-budget", "350"], "--metrics <ADDR>");

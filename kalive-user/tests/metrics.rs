@@ -467,13 +467,18 @@ fn the_label_cap_holds_under_a_churn_of_workloads() {
         }
     }
     let ns = net.client.inode().expect("inode").to_string();
-    // Every probe the kernel sent counted, under its workload or _other
-    // (which other namespaces' share).
+    // The probes the kernel sent counted, under their workloads or _other
+    // (which other namespaces' share): at least 99% of them. Not all: on
+    // this 6.18 machine the kernel runs no program of kalive's for about 1%
+    // of timer callbacks (BENCHMARKS.md, capacity), and a probe sent by such
+    // a callback and answered is found only at the socket's next callback,
+    // which these sockets, closed half a second later, never have (seen:
+    // 9,941 counted of 10,000 workloads' probes in one run).
     #[expect(clippy::cast_precision_loss, reason = "thousands")]
     let sent = net.client.counter("TcpExtTCPKeepAlive").expect("nstat") as f64;
     assert!(sent >= f64::from(WAVES * PER_WAVE), "{sent} probes");
-    let text = scrape_until(&addr, &format!("{sent} probes counted"), &|text| {
-        probes_in(text, &ns) >= sent
+    let text = scrape_until(&addr, &format!("99% of {sent} probes counted"), &|text| {
+        probes_in(text, &ns) >= 0.99 * sent
     });
     let series = text
         .lines()

@@ -102,11 +102,11 @@ pub fn run(
         thread::sleep(Duration::from_millis(500));
     };
     let mut scrape_ms = Vec::new();
+    let mut text = text;
     for _ in 0..scrapes {
         let start = Instant::now();
-        let text = scrape()?;
+        text = scrape()?;
         scrape_ms.push(start.elapsed().as_secs_f64() * 1e3);
-        drop(text);
     }
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))?;
     let rss_kib = status
