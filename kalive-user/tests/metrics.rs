@@ -435,8 +435,8 @@ fn connection_gauges_follow_each_pass() {
 /// The label cap under a churn of workloads: 10,000 short-lived processes,
 /// each of its own name and each with a keepalive probe to count, against a
 /// cap of 50. The probe counter never has more than 50 workloads and
-/// `_other`, nothing is lost from the totals, what the cap dropped is
-/// counted, and kalive's resident memory stays flat from the second wave
+/// `_other`, its total is the probe records' total (the cap loses nothing),
+/// what the cap folded in is counted, and kalive's resident memory stays flat from the second wave
 /// of 1,000 to the tenth.
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
@@ -444,7 +444,7 @@ fn the_label_cap_holds_under_a_churn_of_workloads() {
     const WAVES: u32 = 10;
     const PER_WAVE: u32 = 1000;
     let addr = free_addr();
-    let kalive = Kalive::start(&[
+    let mut kalive = Kalive::start(&[
         "--metrics",
         &addr,
         "--metrics-max-series",
@@ -466,20 +466,26 @@ fn the_label_cap_holds_under_a_churn_of_workloads() {
             after_second = rss();
         }
     }
-    let ns = net.client.inode().expect("inode").to_string();
-    // The probes the kernel sent counted, under their workloads or _other
-    // (which other namespaces' share): at least 99% of them. Not all: on
-    // this 6.18 machine the kernel runs no program of kalive's for about 1%
-    // of timer callbacks (BENCHMARKS.md, capacity), and a probe sent by such
-    // a callback and answered is found only at the socket's next callback,
-    // which these sockets, closed half a second later, never have (seen:
-    // 9,941 counted of 10,000 workloads' probes in one run).
-    #[expect(clippy::cast_precision_loss, reason = "thousands")]
-    let sent = net.client.counter("TcpExtTCPKeepAlive").expect("nstat") as f64;
-    assert!(sent >= f64::from(WAVES * PER_WAVE), "{sent} probes");
-    let text = scrape_until(&addr, &format!("99% of {sent} probes counted"), &|text| {
-        probes_in(text, &ns) >= 0.99 * sent
+    // Every probe record counted, under its workload or _other: the
+    // counters' total is the records' (the records of the kernel's probes
+    // that kalive has, which is not all of them for sockets this short-lived:
+    // see docs/events.md's known limits).
+    let sent = |rs: &[serde_json::Value]| {
+        rs.iter()
+            .filter(|r| r["event"] == "probe_sent" && r["sent"] == true)
+            .count()
+    };
+    let total = |text: &str| -> usize {
+        text.lines()
+            .filter(|l| l.starts_with("kalive_keepalive_probes_sent_total{"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<usize>().ok())
+            .sum()
+    };
+    kalive.wait_until(DEADLINE, |rs| {
+        sent(rs) >= usize::try_from(WAVES * PER_WAVE * 9 / 10).unwrap_or(usize::MAX)
+            && total(&scrape(&addr)) == sent(rs)
     });
+    let text = scrape(&addr);
     let series = text
         .lines()
         .filter(|l| l.starts_with("kalive_keepalive_probes_sent_total{"))
@@ -512,15 +518,6 @@ fn the_label_cap_holds_under_a_churn_of_workloads() {
         (WAVES - 2) * PER_WAVE
     );
     drop(kalive);
-}
-
-/// The probes counted in network namespace `ns`, plus those under `_other`.
-fn probes_in(text: &str, ns: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with("kalive_keepalive_probes_sent_total{"))
-        .filter(|l| l.contains(&format!("netns=\"{ns}\"")) || l.contains("netns=\"_other\""))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
 }
 
 /// `/metrics` from `addr` once `holds` holds of it (`what`, if it never does).
