@@ -256,7 +256,10 @@ and bpf-linker {BPF_LINKER_VERSION} built against the same LLVM major version as
        LLVM_PREFIX=/usr/lib/llvm-<N> cargo install bpf-linker --version '~{BPF_LINKER_VERSION}' \\
            --no-default-features --features llvm-<N>
      (needs the LLVM <N> development files, polly, zstd and zlib headers)
-The end-to-end tests also need: ip (iproute2), nstat (iproute2), nft (nftables) and
-sysctl (procps); `vm-test` also needs qemu-system-x86_64, a static busybox and depmod."
+The end-to-end tests also need: ip (iproute2), nstat (iproute2), nft (nftables),
+sysctl (procps), bpftool, promtool and prometheus, curl, socat, bpftrace,
+systemd-analyze, and {KUBERNETES_VALIDATE} in a virtual environment at
+~/.local/share/kalive/tools (python3 -m venv; pip install); `vm-test` also needs
+qemu-system-x86_64, a static busybox and depmod."
     );
 }

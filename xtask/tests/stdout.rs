@@ -88,6 +88,16 @@ impl Machine {
                 ),
             ),
             ("sudo", "exec \"$@\"".to_owned()),
+            // `python3 -m venv DIR` makes DIR/bin/pip, which says what it
+            // installs on stdout, as pip does.
+            (
+                "python3",
+                "[ \"$1 $2\" = '-m venv' ] || exit 1\n\
+                 /bin/mkdir -p \"$3/bin\"\n\
+                 printf '#!/bin/sh\\necho \"pip says on stdout: $*\"\\n' > \"$3/bin/pip\"\n\
+                 /bin/chmod +x \"$3/bin/pip\""
+                    .to_owned(),
+            ),
         ];
         for (tool, script) in tools {
             script_file(&bin.join(tool), &script);
@@ -212,6 +222,11 @@ fn run_on_a_fresh_machine_writes_only_kalives_records_on_stdout() {
 fn setup_and_build_ebpf_write_nothing_on_stdout() {
     for (name, args, installs) in [
         ("setup", ["setup"], "apt-get says on stdout: install"),
+        (
+            "setup-validator",
+            ["setup"],
+            "pip says on stdout: install --quiet kubernetes-validate",
+        ),
         (
             "build-ebpf",
             ["build-ebpf"],
