@@ -1076,11 +1076,19 @@ fn idle_is_the_kernels() {
         .iter()
         .find(|r| r["event"] == "probe_sent")
         .expect("a probe");
-    let idle = ms(probe, "idle_ms");
-    assert!(
-        (1000..1080).contains(&idle),
-        "keepidle after the last data: {probe}"
-    );
+    // A probe whose callback ran no program of kalive's (about 1% here; a
+    // CI run met one) is found at the next callback, answered: how long the
+    // peer had been silent then is gone, and kalive says so (null) rather
+    // than guess. Any silence it gives is the kernel's.
+    if probe["idle_ms"].is_null() {
+        assert_eq!(probe["late"], true, "{probe}");
+    } else {
+        let idle = ms(probe, "idle_ms");
+        assert!(
+            (1000..1080).contains(&idle),
+            "keepidle after the last data: {probe}"
+        );
+    }
     c.server.close_stdin();
 }
 
