@@ -201,6 +201,16 @@ fn answered(tag: &str, family: Family, env: &[(&str, &str)]) -> Vec<Value> {
             .count()
     };
     kalive.wait_until(DEADLINE, |rs| acks(rs) >= 3);
+    // Every probe so far recorded before keepalive goes off: one whose
+    // callback ran no program of kalive's (about 1% here), answered, is
+    // found at the next callback, which turning keepalive off cancels.
+    kalive.wait_until(DEADLINE, |rs| {
+        let sent = rs
+            .iter()
+            .filter(|r| r["cookie"] == cookie && r["event"] == "probe_sent")
+            .count() as u64;
+        sent == ns.counter("TcpExtTCPKeepAlive").expect("nstat") - probes0
+    });
     c.client.send("disable");
     c.client.expect("disabled Ok");
     kalive.wait_until(DEADLINE, |rs| {
@@ -240,7 +250,8 @@ fn answered(tag: &str, family: Family, env: &[(&str, &str)]) -> Vec<Value> {
     assert_eq!(last["enabled"], false, "{last}");
     for r in &rest {
         assert_eq!(r["state"], "ESTABLISHED", "{r}");
-        if r["event"] == "probe_sent" {
+        // Null only for a first probe found late (see idle_is_the_kernels).
+        if r["event"] == "probe_sent" && !(r["idle_ms"].is_null() && r["late"] == true) {
             assert!(ms(r, "idle_ms") >= 1000, "{r}");
         }
     }
@@ -483,57 +494,6 @@ fn answered_probes_unseen_in_a_row() {
             "answered {took} ms later: {probe} {answer}"
         );
     }
-}
-
-/// A probe whose callback ran no program of kalive's, answered, then the
-/// application closes before the socket's next keepalive callback (which
-/// would have found it): found at the close, from the socket's counters. The
-/// churn of short-lived workloads in the metrics tests lost 0.6-1.8% of its
-/// probes this way before.
-#[test]
-#[ignore = "needs root: run with `cargo xtask test`"]
-fn answered_probe_unseen_before_a_close() {
-    let mut kalive = Kalive::start_with_env(&[], &[("KALIVE_TEST_SKIP_PROBING_CALLBACKS", "1")]);
-    let support::Connection {
-        net,
-        server: _server,
-        mut client,
-        info,
-    } = connect(
-        "unclose",
-        Family::V4,
-        &["--idle", "1", "--intvl", "1", "--cnt", "5"],
-    );
-    let ns = &net.client;
-    let probes0 = ns.counter("TcpExtTCPKeepAlive").expect("nstat");
-    client.send("go");
-    client.expect("configured");
-    // The first probe leaves a second later (unseen), and is answered.
-    let deadline = Instant::now() + DEADLINE;
-    while ns.counter("TcpExtTCPKeepAlive").expect("nstat") == probes0 {
-        assert!(Instant::now() < deadline, "no probe");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(100));
-    // Closed by its exit, well before the next callback, a second after the
-    // probe.
-    let cookie = info.cookie;
-    drop(client);
-    assert_eq!(
-        ns.counter("TcpExtTCPKeepAlive").expect("nstat") - probes0,
-        1
-    );
-    kalive.wait_until(DEADLINE, |rs| {
-        rs.iter()
-            .any(|r| r["cookie"] == cookie && r["event"] == "probe_sent")
-    });
-    let records = kalive.socket(cookie);
-    let sent: Vec<_> = records
-        .iter()
-        .filter(|r| r["event"] == "probe_sent")
-        .collect();
-    assert_eq!(sent.len(), 1, "records:\n{}", kalive.dump());
-    assert_eq!(sent[0]["late"], true, "{}", sent[0]);
 }
 
 /// Probes kalive cannot report at all (an unseen callback's probe, answered,

@@ -12,18 +12,13 @@ use kalive_common::{
 
 use super::{Args, hook};
 use crate::{
-    emit::{
-        answered, caught_up, emit, forget_probing, forget_zero_window, jiffies32, learn_owner,
-        missed_answered,
-    },
+    emit::{answered, caught_up, emit, forget_probing, forget_zero_window, jiffies32, learn_owner},
     kernel::{ICSK_TIME_PROBE0, Sock, layout, setting},
     maps::{CALLBACK, Callback, KEEPALIVE, SEEN_CLOSE, ZERO_WINDOW},
 };
 
 // The tracepoint's states, as u64 arguments.
 const TCP_SYN_SENT: u64 = TcpState::SynSent as u64;
-const TCP_ESTABLISHED: u64 = TcpState::Established as u64;
-const TCP_FIN_WAIT1: u64 = TcpState::FinWait1 as u64;
 const TCP_FIN_WAIT2: u64 = TcpState::FinWait2 as u64;
 pub(crate) const TCP_CLOSE: u64 = TcpState::Close as u64;
 const TCP_LISTEN: u64 = TcpState::Listen as u64;
@@ -65,15 +60,6 @@ fn set_state<const BTF: bool>(args: Args) {
     // connect() moves CLOSE -> SYN_SENT in the caller's context: it owns the socket.
     if old == TCP_CLOSE && new == TCP_SYN_SENT {
         learn_owner(sk);
-    }
-
-    // The application closes (close(), or a reset: the state changes before
-    // the FIN or RST leaves): a probe whose callback ran no program of
-    // kalive's, answered since, is found here from the socket's counters, as
-    // its next keepalive callback would have found it, which a socket closing
-    // now never has. (After the FIN, the counters no longer tell.)
-    if old == TCP_ESTABLISHED && (new == TCP_FIN_WAIT1 || new == TCP_CLOSE) {
-        missed_answered(sk, sk.keepalive_timer());
     }
 
     if new == TCP_CLOSE {
