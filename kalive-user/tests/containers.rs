@@ -6,36 +6,18 @@
 mod support;
 
 use std::{
-    net::TcpListener,
     process::Command,
     time::{Duration, Instant},
 };
 
 use kalive_testkit::cgroup::Tree;
 use serde_json::Value;
-use support::{Family, Kalive, connect, connect_from};
+use support::{Family, Kalive, connect, connect_from, free_addr, scrape};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const CONTAINERD: &str = "3f0c1e5d9b7a4c2e8f6d0b1a3c5e7f9d2b4a6c8e0f1d3b5a7c9e2f4d6b8a0c1e";
 const DOCKER: &str = "9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b";
 const POD: &str = "6a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
-
-fn free_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").to_string()
-}
-
-fn scrape(addr: &str) -> String {
-    kalive_testkit::output(Command::new("curl").args([
-        "--silent",
-        "--show-error",
-        "--fail",
-        "--max-time",
-        "10",
-        &format!("http://{addr}/metrics"),
-    ]))
-    .expect("curl")
-}
 
 /// Whether the exposition has a sample of `name` with all of `labels`.
 fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {

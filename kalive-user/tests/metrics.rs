@@ -4,12 +4,11 @@
 mod support;
 
 use std::{
-    net::TcpListener,
     process::{Command, Stdio},
     time::Duration,
 };
 
-use support::{Family, Kalive, connect};
+use support::{Family, Kalive, connect, free_addr, scrape};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -20,25 +19,6 @@ fn which(program: &str) -> Option<std::path::PathBuf> {
         .split(':')
         .map(|dir| std::path::Path::new(dir).join(program))
         .find(|path| path.is_file())
-}
-
-/// An address on loopback no one listens on now.
-fn free_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").to_string()
-}
-
-/// `/metrics` from `addr`, as a scraper gets it.
-fn scrape(addr: &str) -> String {
-    kalive_testkit::output(Command::new("curl").args([
-        "--silent",
-        "--show-error",
-        "--fail",
-        "--max-time",
-        "10",
-        &format!("http://{addr}/metrics"),
-    ]))
-    .expect("curl")
 }
 
 /// The value of sample `name` with exactly `labels`, if there is one.
@@ -615,7 +595,7 @@ fn an_agent_writes_nothing_and_serves_metrics() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn a_taken_metrics_address_is_one_line() {
-    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr").to_string();
     let out = Command::new(env!("CARGO_BIN_EXE_kalive"))
         .args(["--metrics", &addr])

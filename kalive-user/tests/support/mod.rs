@@ -957,3 +957,22 @@ pub fn sh_sysctl(ns: &Netns, setting: &str) {
         &["netns", "exec", ns.name(), "sysctl", "-q", "-w", setting],
     );
 }
+
+/// An address on loopback no one listens on now.
+pub fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").to_string()
+}
+
+/// `/metrics` from `addr`, as a scraper gets it.
+pub fn scrape(addr: &str) -> String {
+    kalive_testkit::output(Command::new("curl").args([
+        "--silent",
+        "--show-error",
+        "--fail",
+        "--max-time",
+        "10",
+        &format!("http://{addr}/metrics"),
+    ]))
+    .expect("curl")
+}
