@@ -87,7 +87,7 @@ macro_rules! kinds {
 
         #[cfg(feature = "event")]
         pub mod what {
-            use crate::{Kind, event::{AckSeen, Cause, Errno, TcpState}};
+            use crate::{Kind, event::{AckSeen, Cause, Errno, RetryLimit, TcpState}};
 
             /// What happened: the kind, as `"event"`, and the fields only it has.
             #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 pub use crate::what::What;
-pub use crate::{AckSeen, Cause, Kind, OwnerSource, TcpState};
+pub use crate::{AckSeen, Cause, Kind, OwnerSource, RetryLimit, TcpState};
 
 /// One record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -265,6 +265,7 @@ mod tests {
             Kind::KeepaliveTimeout => What::KeepaliveTimeout {
                 error: Errno(110),
                 cause: Cause::ProbesExhausted,
+                dead_ms: Some(4000),
             },
             Kind::EventsLost => What::EventsLost { count: 3 },
             Kind::ZeroWindowProbeSent => What::ZeroWindowProbeSent {
@@ -276,6 +277,27 @@ mod tests {
             Kind::ZeroWindowTimeout => What::ZeroWindowTimeout {
                 error: Errno(4000),
                 cause: Cause::RetriesExhausted,
+                dead_ms: None,
+            },
+            Kind::RetransmitTimeout => What::RetransmitTimeout {
+                error: Errno(113),
+                cause: Cause::RetriesExhausted,
+                retries: 3,
+                limit: RetryLimit::Retries2,
+                max_retries: Some(3),
+                dead_ms: Some(3012),
+            },
+            Kind::SynTimeout => What::SynTimeout {
+                error: Errno(110),
+                cause: Cause::UserTimeout,
+                retries: 1,
+                limit: RetryLimit::UserTimeout,
+                max_retries: None,
+                dead_ms: Some(2000),
+            },
+            Kind::KeepaliveDeferred => What::KeepaliveDeferred {
+                unacked: 2,
+                next_ms: 1000,
             },
         }
     }

@@ -11,7 +11,7 @@ mod user;
 pub use user::DecodeError;
 
 /// Bumped whenever the layout of [`Record`] changes.
-pub const RECORD_VERSION: u8 = 5;
+pub const RECORD_VERSION: u8 = 6;
 
 #[macro_use]
 mod declare;
@@ -34,8 +34,9 @@ kinds! {
         ProbeSent = 3 => "probe_sent" { next_ms: u64, late: bool, sent: bool },
         /// The peer answered while keepalive probes were out.
         ProbeAcked = 4 => "probe_acked" { seen_at: AckSeen },
-        /// The keepalive timer killed the connection.
-        KeepaliveTimeout = 5 => "keepalive_timeout" { error: Errno, cause: Cause },
+        /// The keepalive timer killed the connection, `dead_ms` after the
+        /// peer was last heard from.
+        KeepaliveTimeout = 5 => "keepalive_timeout" { error: Errno, cause: Cause, dead_ms: Option<u64> },
         /// Records the kernel could not deliver; made by userspace from the
         /// programs' lost-record counters, never by a program.
         EventsLost = 6 => "events_lost" { count: u64 },
@@ -44,7 +45,22 @@ kinds! {
         /// The peer opened its window again: zero-window probing ended.
         ZeroWindowOpen = 8 => "zero_window_open" { snd_wnd: u32 },
         /// Zero-window probing killed the connection.
-        ZeroWindowTimeout = 9 => "zero_window_timeout" { error: Errno, cause: Cause },
+        ZeroWindowTimeout = 9 => "zero_window_timeout" { error: Errno, cause: Cause, dead_ms: Option<u64> },
+        /// The retransmission timer gave up on data the peer never
+        /// acknowledged: after `retries` retransmissions, by `limit`.
+        RetransmitTimeout = 10 => "retransmit_timeout" {
+            error: Errno, cause: Cause, retries: u8, limit: RetryLimit,
+            max_retries: Option<u8>, dead_ms: Option<u64>,
+        },
+        /// A `connect()` gave up: its SYN was never answered.
+        SynTimeout = 11 => "syn_timeout" {
+            error: Errno, cause: Cause, retries: u8, limit: RetryLimit,
+            max_retries: Option<u8>, dead_ms: Option<u64>,
+        },
+        /// The keepalive timer found data in flight after keepidle of silence
+        /// and did not probe: the retransmission timer decides instead. Once
+        /// per silence of a socket.
+        KeepaliveDeferred = 12 => "keepalive_deferred" { unacked: u32, next_ms: u64 },
     }
 }
 
@@ -106,9 +122,28 @@ numbered! {
         /// The peer reset the connection while keepalive probes were out
         /// (typically: it rebooted and answered a probe with RST).
         PeerReset = 3 => "peer_reset",
-        /// `tcp_retries2` zero-window probes went unanswered
-        /// (`tcp_orphan_retries` for an orphan).
+        /// The retry limit was reached: `tcp_retries2` zero-window probes or
+        /// retransmissions (`tcp_orphan_retries` for an orphan), or
+        /// `tcp_syn_retries` (`TCP_SYNCNT`) SYNs.
         RetriesExhausted = 4 => "retries_exhausted",
+    }
+}
+
+numbered! {
+    /// [`Record::limit`]: which limit ended a retransmitting connection.
+    pub enum RetryLimit {
+        Unknown = 0 => "unknown",
+        /// The namespace's `net.ipv4.tcp_retries2`: a time budget, that of as
+        /// many retransmissions doubling from 200 ms.
+        Retries2 = 1 => "tcp_retries2",
+        /// `net.ipv4.tcp_orphan_retries`, for a socket its process closed.
+        OrphanRetries = 2 => "tcp_orphan_retries",
+        /// `net.ipv4.tcp_syn_retries` (plus `tcp_syn_linear_timeouts`).
+        SynRetries = 3 => "tcp_syn_retries",
+        /// The socket's `TCP_SYNCNT`.
+        SynCount = 4 => "TCP_SYNCNT",
+        /// The socket's `TCP_USER_TIMEOUT`.
+        UserTimeout = 5 => "TCP_USER_TIMEOUT",
     }
 }
 
@@ -195,8 +230,19 @@ pub const CAUSE_PEER_RESET: u8 = Cause::PeerReset as u8;
 /// [`Cause::RetriesExhausted`] as the programs write it.
 pub const CAUSE_RETRIES_EXHAUSTED: u8 = Cause::RetriesExhausted as u8;
 
+/// [`RetryLimit`]s as the programs write them.
+pub const LIMIT_RETRIES2: u8 = RetryLimit::Retries2 as u8;
+pub const LIMIT_ORPHAN_RETRIES: u8 = RetryLimit::OrphanRetries as u8;
+pub const LIMIT_SYN_RETRIES: u8 = RetryLimit::SynRetries as u8;
+pub const LIMIT_SYNCNT: u8 = RetryLimit::SynCount as u8;
+pub const LIMIT_USER_TIMEOUT: u8 = RetryLimit::UserTimeout as u8;
+
 /// [`Record::idle`] when the socket has no peer (not connected): no idle time.
 pub const IDLE_NONE: u32 = u32::MAX;
+/// [`Record::dead_ms`] when not known.
+pub const DEAD_NONE: u32 = u32::MAX;
+/// [`Record::max_retries`] when no count applies (a user timeout).
+pub const RETRIES_NONE: u8 = u8::MAX;
 
 /// One event, as the programs emit it. Addresses and ports are in network byte
 /// order and times in jiffies, exactly as the kernel keeps them; userspace
@@ -265,9 +311,20 @@ pub struct Record {
     pub daddr: [u8; 16],
     /// Owner's command name, NUL padded; empty when unknown.
     pub comm: [u8; 16],
+    /// Kills: how long the peer had been silent (since it was last heard
+    /// from; for a SYN, since the first was sent), ms; [`DEAD_NONE`].
+    pub dead_ms: u32,
+    /// Segments in flight (`packets_out`).
+    pub unacked: u32,
+    /// Retransmission kills: `icsk_retransmits`, the [`RetryLimit`] that
+    /// ended it, and that limit's count ([`RETRIES_NONE`] for a time).
+    pub retries: u8,
+    pub limit: u8,
+    pub max_retries: u8,
+    pub pad: [u8; 5],
 }
 
-const _: () = assert!(Record::SIZE == 136 && core::mem::offset_of!(Record, ts_ns) == 24);
+const _: () = assert!(Record::SIZE == 152 && core::mem::offset_of!(Record, ts_ns) == 24);
 
 impl Record {
     pub const SIZE: usize = core::mem::size_of::<Self>();
@@ -306,6 +363,12 @@ impl Record {
             saddr: [0; 16],
             daddr: [0; 16],
             comm: [0; 16],
+            dead_ms: DEAD_NONE,
+            unacked: 0,
+            retries: 0,
+            limit: 0,
+            max_retries: RETRIES_NONE,
+            pad: [0; 5],
         }
     }
 }

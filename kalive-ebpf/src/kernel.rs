@@ -8,7 +8,7 @@ use aya_ebpf::helpers::{
     bpf_get_current_task, bpf_probe_read_kernel_buf,
     generated::bpf_probe_read_kernel as bpf_probe_read_kernel_raw,
 };
-use kalive_common::{Layout, Settings};
+use kalive_common::{Layout, MISSING, Settings};
 
 use crate::emit::jiffies32;
 
@@ -301,6 +301,39 @@ impl Sock {
 
     pub(crate) fn snd_wnd(self) -> u32 {
         read(self.0, layout!(tcp_snd_wnd))
+    }
+
+    /// Segments in flight (`packets_out`).
+    pub(crate) fn packets_out(self) -> u32 {
+        read(self.0, layout!(tcp_packets_out))
+    }
+
+    /// `icsk_retransmits`: retransmissions in this episode.
+    pub(crate) fn retransmits(self) -> u8 {
+        read(self.0, layout!(icsk_retransmits))
+    }
+
+    /// `icsk_syn_retries`: `TCP_SYNCNT`, 0 for the namespace's sysctl.
+    pub(crate) fn syn_retries(self) -> u8 {
+        read(self.0, layout!(icsk_syn_retries))
+    }
+
+    /// Milliseconds since `retrans_stamp` (the episode's first transmission
+    /// retransmitted; a connect's first SYN) on the TCP clock, if it is set.
+    pub(crate) fn since_retrans_stamp_ms(self) -> Option<u32> {
+        let stamp: u32 = read(self.0, layout!(tcp_retrans_stamp));
+        if stamp == 0 {
+            return None;
+        }
+        // SAFETY: no preconditions. CLOCK_MONOTONIC: the TCP clock.
+        let now_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+        let bit = layout!(tcp_usec_ts_bit);
+        let usec = bit != MISSING && (read::<u8>(self.0, bit / 8) >> (bit % 8)) & 1 == 1;
+        Some(if usec {
+            ((now_ns / 1000) as u32).wrapping_sub(stamp) / 1000
+        } else {
+            ((now_ns / 1_000_000) as u32).wrapping_sub(stamp)
+        })
     }
 
     /// Effective (idle, interval, count): the socket's value, or the namespace's

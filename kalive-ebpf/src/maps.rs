@@ -162,3 +162,10 @@ pub(crate) static STASH_SEND_PROBE0: LruHashMap<u64, u64> = LruHashMap::with_max
 /// entry that ages out.
 #[map]
 pub(crate) static SETSOCKOPT: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
+
+/// Sockets whose keepalive timer was reported deferred by data in flight
+/// (`struct sock *`) -> when their peer was last heard from: one record per
+/// silence. Not removed at close: a socket allocated anew in the same memory
+/// starts another silence, at another time. LRU: bounded.
+#[map]
+pub(crate) static KEEPALIVE_DEFERRED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);

@@ -3,8 +3,10 @@
 //! what users read ([`Event`]).
 
 use kalive_common::{
-    FLAG_LATE, FLAG_UNSENT, Record,
-    event::{AckSeen, Cause, Errno, Event, Family, Kind, OwnerSource, Socket, TcpState, What},
+    DEAD_NONE, FLAG_LATE, FLAG_UNSENT, RETRIES_NONE, Record,
+    event::{
+        AckSeen, Cause, Errno, Event, Family, Kind, OwnerSource, RetryLimit, Socket, TcpState, What,
+    },
 };
 
 use crate::clock::WallClock;
@@ -64,8 +66,11 @@ impl Decoder {
             (
                 Errno(r.error),
                 Cause::from_u8(r.cause).unwrap_or(Cause::Unknown),
+                (r.dead_ms != DEAD_NONE).then_some(u64::from(r.dead_ms)),
             )
         };
+        let limit = RetryLimit::from_u8(r.limit).unwrap_or(RetryLimit::Unknown);
+        let max_retries = (r.max_retries != RETRIES_NONE).then_some(r.max_retries);
         match kind {
             Kind::StateChange => What::StateChange {
                 old_state: TcpState::from_kernel(r.old_state),
@@ -82,8 +87,12 @@ impl Decoder {
                 seen_at: AckSeen::from_u8(r.cause).unwrap_or(AckSeen::Unknown),
             },
             Kind::KeepaliveTimeout => {
-                let (error, cause) = kill();
-                What::KeepaliveTimeout { error, cause }
+                let (error, cause, dead_ms) = kill();
+                What::KeepaliveTimeout {
+                    error,
+                    cause,
+                    dead_ms,
+                }
             }
             // Made by userspace ([`Self::lost`]); a program never writes one.
             Kind::EventsLost => What::EventsLost { count: 0 },
@@ -94,9 +103,39 @@ impl Decoder {
             },
             Kind::ZeroWindowOpen => What::ZeroWindowOpen { snd_wnd: r.snd_wnd },
             Kind::ZeroWindowTimeout => {
-                let (error, cause) = kill();
-                What::ZeroWindowTimeout { error, cause }
+                let (error, cause, dead_ms) = kill();
+                What::ZeroWindowTimeout {
+                    error,
+                    cause,
+                    dead_ms,
+                }
             }
+            Kind::RetransmitTimeout => {
+                let (error, cause, dead_ms) = kill();
+                What::RetransmitTimeout {
+                    error,
+                    cause,
+                    retries: r.retries,
+                    limit,
+                    max_retries,
+                    dead_ms,
+                }
+            }
+            Kind::SynTimeout => {
+                let (error, cause, dead_ms) = kill();
+                What::SynTimeout {
+                    error,
+                    cause,
+                    retries: r.retries,
+                    limit,
+                    max_retries,
+                    dead_ms,
+                }
+            }
+            Kind::KeepaliveDeferred => What::KeepaliveDeferred {
+                unacked: r.unacked,
+                next_ms: self.ms(r.next),
+            },
         }
     }
 

@@ -51,7 +51,10 @@ impl ProbeGaps {
                 self.unseen += u64::from(missing);
                 u64::from(missing)
             }
-            Kind::KeepaliveTimeout => {
+            Kind::KeepaliveTimeout
+            | Kind::ZeroWindowTimeout
+            | Kind::RetransmitTimeout
+            | Kind::SynTimeout => {
                 self.last.remove(&sk);
                 0
             }

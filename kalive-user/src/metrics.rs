@@ -32,7 +32,7 @@ use prometheus_client::{
         gauge::{ConstGauge, Gauge},
         histogram::Histogram,
     },
-    registry::{Registry, Unit},
+    registry::{Metric, Registry, Unit},
 };
 
 use crate::ls::{self, Connection};
@@ -102,6 +102,9 @@ pub struct Metrics {
     keepalive_kills: Family<Ended, Counter>,
     zero_window_probes: Family<Workload, Counter>,
     zero_window_kills: Family<Ended, Counter>,
+    retransmit_kills: Family<Ended, Counter>,
+    syn_kills: Family<Ended, Counter>,
+    keepalive_deferred: Family<Workload, Counter>,
     records_lost: Counter,
     runs_skipped: Counter,
     capped: Counter,
@@ -116,6 +119,13 @@ pub struct Metrics {
 
 const OTHER: &str = "_other";
 
+/// A new metric, registered in `registry` as `name` with `help`.
+fn registered<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Metrics {
     /// With at most `cap` workloads labelled apart.
     #[must_use]
@@ -128,61 +138,65 @@ impl Metrics {
             programs: Arc::clone(&programs),
         }));
         let registry = root.sub_registry_with_prefix("kalive");
-        let probes_sent = Family::default();
-        registry.register(
-            "keepalive_probes_sent",
-            "Keepalive probes sent",
-            probes_sent.clone(),
-        );
-        let probes_answered = Family::default();
-        registry.register(
+        let probes_sent = registered(registry, "keepalive_probes_sent", "Keepalive probes sent");
+        let probes_answered = registered(
+            registry,
             "keepalive_probes_answered",
             "Keepalive probes the peer answered",
-            probes_answered.clone(),
         );
-        let keepalive_kills = Family::default();
-        registry.register(
+        let keepalive_kills = registered(
+            registry,
             "keepalive_kills",
             "Connections keepalive ended, by cause (probes_exhausted, user_timeout, peer_reset, ...)",
-            keepalive_kills.clone(),
         );
-        let zero_window_probes = Family::default();
-        registry.register(
+        let zero_window_probes = registered(
+            registry,
             "zero_window_probes_sent",
             "Zero-window probes the persist timer sent",
-            zero_window_probes.clone(),
         );
-        let zero_window_kills = Family::default();
-        registry.register(
+        let zero_window_kills = registered(
+            registry,
             "zero_window_kills",
             "Connections the persist timer or a zero window ended, by cause",
-            zero_window_kills.clone(),
         );
-        let records_lost = Counter::default();
-        registry.register(
+        let retransmit_kills = registered(
+            registry,
+            "retransmit_kills",
+            "Connections the retransmission timer ended (data in flight never acknowledged), \
+             by cause",
+        );
+        let syn_kills = registered(
+            registry,
+            "syn_kills",
+            "Connects that gave up on an unanswered SYN, by cause",
+        );
+        let keepalive_deferred = registered(
+            registry,
+            "keepalive_deferred",
+            "Silences in which the keepalive timer found data in flight and left \
+             detection to the retransmission timer",
+        );
+        let records_lost = registered(
+            registry,
             "records_lost",
             "Records the kernel's ring buffer had no room for",
-            records_lost.clone(),
         );
-        let runs_skipped = Counter::default();
-        registry.register(
+        let runs_skipped = registered(
+            registry,
             "program_runs_skipped",
             "Runs of kalive's BPF programs the kernel skipped (recursion protection)",
-            runs_skipped.clone(),
         );
-        let capped = Counter::default();
-        registry.register(
+        let capped = registered(
+            registry,
             "metrics_capped_records",
             "Records counted under the workload _other because the number of workloads \
              reached --metrics-max-series",
-            capped.clone(),
         );
-        let pass_errors = Counter::default();
-        registry.register(
+        let pass_errors = registered(
+            registry,
             "connections_pass_errors",
             "Passes over the connections that failed (said on stderr); the gauges are \
              then the last good pass's",
-            pass_errors.clone(),
         );
         registry.register_collector(Box::new(PassGauges(Arc::clone(&pass))));
         Self {
@@ -192,6 +206,9 @@ impl Metrics {
             keepalive_kills,
             zero_window_probes,
             zero_window_kills,
+            retransmit_kills,
+            syn_kills,
+            keepalive_deferred,
             records_lost,
             runs_skipped,
             capped,
@@ -261,6 +278,27 @@ impl Metrics {
                         workload: self.workload(event),
                         cause: cause.name().to_owned(),
                     })
+                    .inc();
+            }
+            What::RetransmitTimeout { cause, .. } => {
+                self.retransmit_kills
+                    .get_or_create(&Ended {
+                        workload: self.workload(event),
+                        cause: cause.name().to_owned(),
+                    })
+                    .inc();
+            }
+            What::SynTimeout { cause, .. } => {
+                self.syn_kills
+                    .get_or_create(&Ended {
+                        workload: self.workload(event),
+                        cause: cause.name().to_owned(),
+                    })
+                    .inc();
+            }
+            What::KeepaliveDeferred { .. } => {
+                self.keepalive_deferred
+                    .get_or_create(&self.workload(event))
                     .inc();
             }
             What::EventsLost { count } => {

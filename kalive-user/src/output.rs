@@ -215,6 +215,64 @@ mod tests {
     }
 
     #[test]
+    fn retransmission_kills_say_which_limit_and_how_long_the_peer_was_silent() {
+        let mut rto = sample(Kind::RetransmitTimeout);
+        rto.error = 113;
+        rto.cause = CAUSE_RETRIES_EXHAUSTED;
+        rto.retries = 3;
+        rto.limit = kalive_common::LIMIT_RETRIES2;
+        rto.max_retries = 3;
+        rto.dead_ms = 3012;
+        let v = json(&rto);
+        assert_eq!(
+            (
+                v["error"].as_str(),
+                v["cause"].as_str(),
+                v["retries"].as_u64(),
+                v["limit"].as_str(),
+                v["max_retries"].as_u64(),
+                v["dead_ms"].as_u64()
+            ),
+            (
+                Some("EHOSTUNREACH"),
+                Some("retries_exhausted"),
+                Some(3),
+                Some("tcp_retries2"),
+                Some(3),
+                Some(3012)
+            )
+        );
+        assert!(
+            render(Format::Text, &[rto]).contains(
+                "EHOSTUNREACH (retries_exhausted: 3 retries, tcp_retries2=3), dead 3.012s"
+            ),
+            "{}",
+            render(Format::Text, &[rto])
+        );
+        let mut syn = sample(Kind::SynTimeout);
+        syn.cause = CAUSE_USER_TIMEOUT;
+        syn.limit = kalive_common::LIMIT_USER_TIMEOUT;
+        let v = json(&syn);
+        // No count for a time limit, and an unknown silence: null.
+        assert!(v["max_retries"].is_null() && v["dead_ms"].is_null(), "{v}");
+        assert_eq!(v["limit"], "TCP_USER_TIMEOUT");
+
+        let mut deferred = sample(Kind::KeepaliveDeferred);
+        deferred.unacked = 2;
+        deferred.next = 250;
+        let v = json(&deferred);
+        assert_eq!(
+            (v["unacked"].as_u64(), v["next_ms"].as_u64()),
+            (Some(2), Some(1000))
+        );
+        assert!(render(Format::Text, &[deferred]).contains("no probe: 2 unacked"));
+
+        let mut keepalive = sample(Kind::KeepaliveTimeout);
+        keepalive.dead_ms = 4000;
+        assert_eq!(json(&keepalive)["dead_ms"], 4000);
+    }
+
+    #[test]
     fn unknown_owner_cookie_and_idle_are_null() {
         let mut r = sample(Kind::KeepaliveSet);
         r.cookie = 0;

@@ -79,9 +79,46 @@ fn detail(event: &Event) -> String {
             seen_at: AckSeen::Segment | AckSeen::Unknown,
         } => "peer answered".to_owned(),
         What::ProbeAcked { seen_at } => format!("peer answered (seen at {})", seen_at.name()),
-        What::KeepaliveTimeout { error, cause } | What::ZeroWindowTimeout { error, cause } => {
-            format!("{error} ({})", cause.name())
+        What::KeepaliveTimeout {
+            error,
+            cause,
+            dead_ms,
         }
+        | What::ZeroWindowTimeout {
+            error,
+            cause,
+            dead_ms,
+        } => format!("{error} ({}){}", cause.name(), silent(*dead_ms)),
+        What::RetransmitTimeout {
+            error,
+            cause,
+            retries,
+            limit,
+            max_retries,
+            dead_ms,
+        }
+        | What::SynTimeout {
+            error,
+            cause,
+            retries,
+            limit,
+            max_retries,
+            dead_ms,
+        } => {
+            let limit = match max_retries {
+                Some(n) => format!("{}={n}", limit.name()),
+                None => limit.name().to_owned(),
+            };
+            format!(
+                "{error} ({}: {retries} retries, {limit}){}",
+                cause.name(),
+                silent(*dead_ms)
+            )
+        }
+        What::KeepaliveDeferred { unacked, next_ms } => format!(
+            "no probe: {unacked} unacked, retransmission decides; next in {}",
+            seconds(*next_ms)
+        ),
         What::StateChange { old_state } => {
             let new = event.socket.as_ref().map_or("-", |s| s.state.name());
             format!("{} -> {new}", old_state.name())
@@ -92,6 +129,11 @@ fn detail(event: &Event) -> String {
         } => format!("window 0, backoff {backoff}, next in {}", seconds(*next_ms)),
         What::ZeroWindowOpen { snd_wnd } => format!("window {snd_wnd}"),
     }
+}
+
+/// How long a killed connection's peer had been silent, if known.
+fn silent(dead_ms: Option<u64>) -> String {
+    dead_ms.map_or_else(String::new, |ms| format!(", dead {}", seconds(ms)))
 }
 
 /// Milliseconds as a short duration: `1s`, `2.5s`, `0.25s`.

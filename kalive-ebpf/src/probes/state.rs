@@ -7,23 +7,26 @@
 use aya_ebpf::helpers::bpf_get_socket_cookie;
 use kalive_common::{
     AckSeen, CAUSE_PEER_RESET, CAUSE_PROBES_EXHAUSTED, CAUSE_RETRIES_EXHAUSTED, CAUSE_USER_TIMEOUT,
-    Kind, TcpState,
+    DEAD_NONE, IDLE_NONE, Kind, LIMIT_ORPHAN_RETRIES, LIMIT_RETRIES2, LIMIT_SYN_RETRIES,
+    LIMIT_SYNCNT, LIMIT_USER_TIMEOUT, MISSING, RETRIES_NONE, TcpState,
 };
 
 use super::{Args, hook};
 use crate::{
     emit::{answered, caught_up, emit, forget_probing, forget_zero_window, jiffies32, learn_owner},
-    kernel::{ICSK_TIME_PROBE0, Sock, layout, setting},
+    kernel::{ICSK_TIME_PROBE0, Sock, layout, read, setting},
     maps::{CALLBACK, Callback, KEEPALIVE, SEEN_CLOSE, ZERO_WINDOW},
 };
 
 // The tracepoint's states, as u64 arguments.
-const TCP_SYN_SENT: u64 = TcpState::SynSent as u64;
+pub(crate) const TCP_SYN_SENT: u64 = TcpState::SynSent as u64;
 const TCP_FIN_WAIT2: u64 = TcpState::FinWait2 as u64;
 pub(crate) const TCP_CLOSE: u64 = TcpState::Close as u64;
-const TCP_LISTEN: u64 = TcpState::Listen as u64;
+pub(crate) const TCP_LISTEN: u64 = TcpState::Listen as u64;
 const ECONNRESET: u32 = 104;
 const EPIPE: u32 = 32;
+const ETIMEDOUT: u32 = 110;
+const ECONNABORTED: u32 = 103;
 
 /// Whether `err` is what `tcp_reset()` gives: `ECONNRESET`, or `EPIPE` in
 /// `CLOSE_WAIT` (`tcp_disconnect()`, an abort, gives `ECONNRESET` too). Never
@@ -75,8 +78,8 @@ fn set_state<const BTF: bool>(args: Args) {
             None => None,
         };
         forget_zero_window(sk);
-        if let Some((kind, cause)) = killed {
-            report_kill(sk, cookie, kind, cause, err);
+        if let Some(kill) = killed {
+            report_kill(sk, cookie, kill, err);
         }
     }
 
@@ -94,16 +97,38 @@ fn set_state<const BTF: bool>(args: Args) {
     }
 }
 
-/// Whether keepalive or zero-window probing is what closes `sk` (whose state
-/// was `old`), and why. `err` is its `sk_err`, read once by the caller and
-/// reported as read: read again later, it could be another socket's (a closed
-/// socket's memory is reused at once). `cb` is the timer callback running on
-/// this CPU.
-pub(crate) fn killed_by(sk: Sock, old: u64, err: u32, cb: &mut Callback) -> Option<(Kind, u8)> {
+/// What ended a connection: the record's kind and cause and, for the
+/// retransmission timer's kills, the limit that did (`LIMIT_*`) and its count
+/// (`RETRIES_NONE` for a time).
+#[derive(Clone, Copy)]
+pub(crate) struct Kill {
+    pub(crate) kind: Kind,
+    pub(crate) cause: u8,
+    pub(crate) limit: u8,
+    pub(crate) max_retries: u8,
+}
+
+impl Kill {
+    const fn of(kind: Kind, cause: u8) -> Self {
+        Self {
+            kind,
+            cause,
+            limit: 0,
+            max_retries: RETRIES_NONE,
+        }
+    }
+}
+
+/// Whether a timer's verdict closes `sk` (whose state was `old`), and which:
+/// keepalive, zero-window probing, or the retransmission timer (a SYN's, for
+/// a connect). `err` is its `sk_err`, read once by the caller and reported as
+/// read: read again later, it could be another socket's (a closed socket's
+/// memory is reused at once). `cb` is the timer callback running on this CPU.
+pub(crate) fn killed_by(sk: Sock, old: u64, err: u32, cb: &mut Callback) -> Option<Kill> {
     if err == 0 {
         return None;
     }
-    // tcp_keepalive_timer() or tcp_probe_timer() -> tcp_write_err() ->
+    // tcp_keepalive_timer() or tcp_write_timer() -> tcp_write_err() ->
     // tcp_done(): the socket closes inside its own timer's callback.
     if cb.sk == sk.0 && cb.seen & SEEN_CLOSE == 0 {
         // Nothing else in this callback is its verdict.
@@ -119,13 +144,13 @@ pub(crate) fn killed_by(sk: Sock, old: u64, err: u32, cb: &mut Callback) -> Opti
             } else {
                 CAUSE_PROBES_EXHAUSTED
             };
-            return Some((Kind::KeepaliveTimeout, cause));
+            return Some(Kill::of(Kind::KeepaliveTimeout, cause));
         }
         if cb.pending == ICSK_TIME_PROBE0 {
-            return Some((Kind::ZeroWindowTimeout, zero_window_cause(sk)));
+            return Some(Kill::of(Kind::ZeroWindowTimeout, zero_window_cause(sk)));
         }
-        // A retransmission timeout: neither keepalive nor zero window.
-        return None;
+        // The write timer's other verdict: the retransmission timer gave up.
+        return Some(retransmit_kill(sk, old));
     }
     // The write timer found the socket locked by its application and left its
     // work to tcp_release_cb(): the persist timer gives up in process context,
@@ -133,7 +158,21 @@ pub(crate) fn killed_by(sk: Sock, old: u64, err: u32, cb: &mut Callback) -> Opti
     // zero window is that.
     // SAFETY: only presence is checked.
     if !is_reset(err) && unsafe { ZERO_WINDOW.get(&sk.0) }.is_some() {
-        return Some((Kind::ZeroWindowTimeout, zero_window_cause(sk)));
+        return Some(Kill::of(Kind::ZeroWindowTimeout, zero_window_cause(sk)));
+    }
+    // So does the retransmission timer, or its callback ran no program of
+    // kalive's: a socket that retransmitted (`icsk_retransmits`, which an
+    // acknowledgment zeroes, and keepalive and the persist timer only act
+    // with nothing in flight) closing with a timeout's error, neither a
+    // reset nor an abort (`tcp_abort()`). For a connect, only ETIMEDOUT: an
+    // ICMP error ends one at once with its own (EHOSTUNREACH), and that is no
+    // timeout.
+    if !is_reset(err)
+        && err != ECONNABORTED
+        && sk.retransmits() > 0
+        && (old != TCP_SYN_SENT || err == ETIMEDOUT)
+    {
+        return Some(retransmit_kill(sk, old));
     }
     // tcp_reset(): the peer answered with RST while keepalive probes were out
     // (not zero-window probes): a rebooted peer answering a probe.
@@ -147,21 +186,110 @@ pub(crate) fn killed_by(sk: Sock, old: u64, err: u32, cb: &mut Callback) -> Opti
         // connection that was talking, not one keepalive found dead.
         && sk.silent_for_keepidle()
     {
-        return Some((Kind::KeepaliveTimeout, CAUSE_PEER_RESET));
+        return Some(Kill::of(Kind::KeepaliveTimeout, CAUSE_PEER_RESET));
     }
     None
 }
 
-/// Reports that `kind` (for `cause`) kills `sk`, which closes now (or has just
-/// closed, when the close itself went unseen).
-pub(crate) fn report_kill(sk: Sock, cookie: u64, kind: Kind, cause: u8, err: u32) {
-    // Kills come only from connected states: silent this long while connected.
+/// The retransmission timer gave up on `sk` (in state `old`): why, by
+/// `tcp_write_timeout()`'s rules. A SYN: its count (`TCP_SYNCNT`, else
+/// `tcp_syn_retries`, plus `tcp_syn_linear_timeouts` from 6.5), then the user
+/// timeout, then the time those retries would take. Data: the user timeout
+/// when set, else the time `tcp_retries2` retries would take
+/// (`tcp_orphan_retries` for an orphan: 0 means 8 while the RTO is under its
+/// maximum).
+fn retransmit_kill(sk: Sock, old: u64) -> Kill {
+    let net = sk.net();
+    let user_timeout = sk.user_timeout_ms() != 0;
+    if old == TCP_SYN_SENT {
+        let own = sk.syn_retries();
+        let (limit, retries) = if own != 0 {
+            (LIMIT_SYNCNT, own)
+        } else {
+            (
+                LIMIT_SYN_RETRIES,
+                read::<u8>(net, layout!(net_tcp_syn_retries)),
+            )
+        };
+        let linear_at = layout!(net_tcp_syn_linear_timeouts);
+        let linear = if linear_at == MISSING {
+            0
+        } else {
+            read::<u8>(net, linear_at)
+        };
+        let counted = u16::from(sk.retransmits()) >= u16::from(retries) + u16::from(linear);
+        if user_timeout && !counted {
+            return Kill {
+                kind: Kind::SynTimeout,
+                cause: CAUSE_USER_TIMEOUT,
+                limit: LIMIT_USER_TIMEOUT,
+                max_retries: RETRIES_NONE,
+            };
+        }
+        return Kill {
+            kind: Kind::SynTimeout,
+            cause: CAUSE_RETRIES_EXHAUSTED,
+            limit,
+            max_retries: retries,
+        };
+    }
+    if user_timeout {
+        return Kill {
+            kind: Kind::RetransmitTimeout,
+            cause: CAUSE_USER_TIMEOUT,
+            limit: LIMIT_USER_TIMEOUT,
+            max_retries: RETRIES_NONE,
+        };
+    }
+    let (limit, retries) = if sk.orphan() {
+        let mut retries: u8 = read(net, layout!(net_tcp_orphan_retries));
+        let rto: u32 = read(sk.0, layout!(icsk_rto));
+        let rto_max_at = layout!(icsk_rto_max);
+        let rto_max = if rto_max_at == MISSING {
+            120 * layout!(hz)
+        } else {
+            read(sk.0, rto_max_at)
+        };
+        if retries == 0 && rto < rto_max {
+            retries = 8;
+        }
+        (LIMIT_ORPHAN_RETRIES, retries)
+    } else {
+        (LIMIT_RETRIES2, read::<u8>(net, layout!(net_tcp_retries2)))
+    };
+    Kill {
+        kind: Kind::RetransmitTimeout,
+        cause: CAUSE_RETRIES_EXHAUSTED,
+        limit,
+        max_retries: retries,
+    }
+}
+
+/// Reports that `kill` ends `sk`, which closes now (or has just closed, when
+/// the close itself went unseen).
+pub(crate) fn report_kill(sk: Sock, cookie: u64, kill: Kill, err: u32) {
+    // Kills come only from connected states: silent this long while
+    // connected; a connect, since its first SYN.
     let idle = jiffies32().wrapping_sub(sk.last_heard());
-    emit(kind, sk, cookie, None, |r| {
+    let dead_ms = if kill.kind == Kind::SynTimeout {
+        sk.since_retrans_stamp_ms().unwrap_or(DEAD_NONE)
+    } else {
+        (u64::from(idle) * 1000 / u64::from(layout!(hz)).max(1)) as u32
+    };
+    let retries = sk.retransmits();
+    emit(kill.kind, sk, cookie, None, |r| {
         r.error = err;
-        r.cause = cause;
+        r.cause = kill.cause;
         r.state = TCP_CLOSE as u8;
-        r.idle = idle;
+        r.idle = if kill.kind == Kind::SynTimeout {
+            IDLE_NONE
+        } else {
+            idle
+        };
+        r.dead_ms = dead_ms;
+        r.retries = retries;
+        r.limit = kill.limit;
+        r.max_retries = kill.max_retries;
     });
 }
 

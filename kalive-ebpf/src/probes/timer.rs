@@ -28,12 +28,12 @@ use crate::{
     },
     kernel::{ICSK_TIME_PROBE0, Sock, layout, setting, timer_expires, timer_function},
     maps::{
-        CALLBACK, Callback, DEFERRED, KEEPALIVE, SEEN_CLOSE, SEEN_PROBE, SEEN_REARM,
-        TEST_PROBING_CALLBACKS, WRITE,
+        CALLBACK, Callback, DEFERRED, KEEPALIVE, KEEPALIVE_DEFERRED, SEEN_CLOSE, SEEN_PROBE,
+        SEEN_REARM, TEST_PROBING_CALLBACKS, WRITE,
     },
 };
 
-use super::state::{TCP_CLOSE, is_reset, killed_by, report_kill};
+use super::state::{TCP_CLOSE, TCP_LISTEN, TCP_SYN_SENT, is_reset, killed_by, report_kill};
 
 /// Which of TCP's timers `timer` is, and its socket.
 fn tcp_timer(timer: u64) -> Option<(u8, Sock)> {
@@ -86,6 +86,7 @@ pub(crate) fn callback_begin(kind: u8, timer: u64, sk: Sock) {
         answered(sk, AckSeen::KeepaliveTimer);
         // ... or still out, found one interval later.
         caught_up(sk, timer);
+        keepalive_deferred(sk);
     } else if pending != ICSK_TIME_PROBE0 {
         // The write timer fires for something else than the persist timer
         // (or for nothing: tcp_ack_probe() clears it without stopping it): a
@@ -104,6 +105,35 @@ pub(crate) fn callback_begin(kind: u8, timer: u64, sk: Sock) {
         (*cb).began = jiffies32();
         (*cb).expires = timer_expires(timer) as u32;
     }
+}
+
+/// The keepalive callback of `sk` begins: with data in flight after keepidle
+/// of silence, it will not probe but re-arm keepidle later
+/// (`tcp_keepalive_timer()`: "It is alive without keepalive"), and the
+/// retransmission timer decides. Reported once per silence.
+fn keepalive_deferred(sk: Sock) {
+    let unacked = sk.packets_out();
+    if unacked == 0 || !sk.keepalive_on() {
+        return;
+    }
+    let state = u64::from(sk.state());
+    if state == TCP_CLOSE || state == TCP_SYN_SENT || state == TCP_LISTEN {
+        return;
+    }
+    let heard = sk.last_heard();
+    let (keepidle, _, _) = sk.keepalive_config(sk.net());
+    if jiffies32().wrapping_sub(heard) < keepidle {
+        return;
+    }
+    // SAFETY: the value is copied out at once.
+    if unsafe { KEEPALIVE_DEFERRED.get(&sk.0) }.copied() == Some(heard) {
+        return;
+    }
+    let _ = KEEPALIVE_DEFERRED.insert(&sk.0, &heard, 0);
+    emit(Kind::KeepaliveDeferred, sk, 0, None, |r| {
+        r.unacked = unacked;
+        r.next = keepidle;
+    });
 }
 
 /// Tests only: whether to ignore this keepalive callback of `sk`, one of the
@@ -211,8 +241,8 @@ fn unseen(cb: &mut Callback) {
         if is_reset(err) {
             return;
         }
-        if let Some((kind, cause)) = killed_by(sk, u64::from(cb.state_before), err, cb) {
-            report_kill(sk, 0, kind, cause, err);
+        if let Some(kill) = killed_by(sk, u64::from(cb.state_before), err, cb) {
+            report_kill(sk, 0, kill, err);
         }
         return;
     }

@@ -29,6 +29,10 @@
 //! tcp_peer churn ADDR SECS
 //!     for SECS seconds: connect to itself at ADDR, turn keepalive on, close;
 //!     then print `churned N`
+//! tcp_peer syn ADDR --syncnt N [--user-timeout MS]
+//!     connect without waiting (TCP_SYNCNT N first), print
+//!     `connecting cookie=.. pid=.. local=.. peer=..`, then wait for the
+//!     connect's outcome and print `connect_error errno=N` (0: connected)
 //! tcp_peer workloads ADDR N
 //!     listen at ADDR; on each `wave`: fork N processes, each named `wK` (K
 //!     counting on across waves), connecting to it with a 1 s keepalive and
@@ -94,8 +98,9 @@ fn run(args: &[String]) -> ExitCode {
         Some("client") => client(&args[1..]),
         Some("churn") => churn(&args[1..]),
         Some("workloads") => workloads(&args[1..]),
+        Some("syn") => syn(&args[1..]),
         _ => Err(io::Error::other(
-            "usage: tcp_peer pair|serve|client|churn ADDR ...",
+            "usage: tcp_peer pair|serve|client|churn|workloads|syn ADDR ...",
         )),
     };
     match result {
@@ -430,6 +435,74 @@ unsafe fn workload_child(name: &[u8; 16], sin: &libc::sockaddr_in) -> ! {
         libc::nanosleep(&raw const wait, std::ptr::null_mut());
         libc::_exit(code)
     }
+}
+
+/// `syn ADDR --syncnt N [--user-timeout MS]`: see the module's documentation.
+fn syn(args: &[String]) -> io::Result<()> {
+    let peer = addr(args)?;
+    let mut syncnt = None;
+    let mut user_timeout = None;
+    let mut rest = args[1..].iter();
+    while let Some(flag) = rest.next() {
+        let value = rest
+            .next()
+            .ok_or_else(|| io::Error::other(format!("{flag} needs a value")))?;
+        match flag.as_str() {
+            "--syncnt" => syncnt = Some(value.parse::<i32>().map_err(io::Error::other)?),
+            "--user-timeout" => {
+                user_timeout = Some(value.parse::<i32>().map_err(io::Error::other)?);
+            }
+            _ => return Err(io::Error::other(format!("unknown option {flag}"))),
+        }
+    }
+    let domain = if peer.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
+    // SAFETY: plain socket(2); the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    let stream = TcpStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    if let Some(n) = syncnt {
+        setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_SYNCNT, n)?;
+    }
+    if let Some(ms) = user_timeout {
+        setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms)?;
+    }
+    match connect(fd, peer) {
+        Err(err) if err.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        other => other?,
+    }
+    println!(
+        "connecting cookie={} pid={} local={} peer={peer}",
+        cookie(&stream)?,
+        std::process::id(),
+        stream.local_addr()?,
+    );
+    io::stdout().flush()?;
+    let mut fds = [libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    }];
+    // SAFETY: `fds` is one valid pollfd.
+    while unsafe { libc::poll(fds.as_mut_ptr(), 1, -1) } < 1 {}
+    let errno = stream
+        .take_error()?
+        .and_then(|err| err.raw_os_error())
+        .unwrap_or(0);
+    println!("connect_error errno={errno}");
+    io::stdout().flush()
 }
 
 fn client(args: &[String]) -> io::Result<()> {
