@@ -126,6 +126,11 @@ pub struct WriteTimer {
     pub since_probes_ms: Option<u64>,
     /// `TCP_USER_TIMEOUT`, 0 when unset.
     pub user_timeout_ms: u64,
+    /// A router reported the peer's host or network unreachable (ICMP, kept
+    /// as the socket's soft error): each retransmission draws the same answer,
+    /// which reverts its backoff (RFC 6069, `tcp_ld_RTO_revert()`), so
+    /// retransmissions stay one base RTO apart.
+    pub unreachable: bool,
     /// The kernel's HZ, and `jiffies` now: timers fire on the timer wheel's
     /// ticks, late by up to its granularity at their delay.
     pub hz: u64,
@@ -215,7 +220,13 @@ pub fn write_timer(timer: &WriteTimer) -> (u64, Verdict) {
     let mut t = timer.timer_ms;
     let mut stamp: Option<i128> = timer.since_stamp_ms.map(|s| -i128::from(s));
     let mut n = timer.retransmits;
-    let mut rto = timer.rto_ms.clamp(1, max);
+    let reverting = timer.unreachable && !matches!(timer.phase, Phase::Syn { .. });
+    // Reverted, the RTO is back at its base: the backoff undone.
+    let mut rto = if reverting {
+        (timer.rto_ms >> timer.backoff.min(16)).clamp(1, max)
+    } else {
+        timer.rto_ms.clamp(1, max)
+    };
     let since = |t: u64, stamp: Option<i128>| stamp.map_or(0, |s| i128::from(t) - s);
     // Each firing doubles the RTO up to the maximum, and every budget is a
     // time or a count: a bounded loop. The bound is a guard.
@@ -276,7 +287,7 @@ pub fn write_timer(timer: &WriteTimer) -> (u64, Verdict) {
             Phase::Syn { linear, .. } => n <= linear,
             _ => false,
         };
-        if !linear {
+        if !linear && !reverting {
             rto = (rto * 2).min(max);
         }
         let next = if user == 0 {
@@ -418,6 +429,7 @@ mod tests {
             since_stamp_ms: None,
             since_probes_ms: None,
             user_timeout_ms: 0,
+            unreachable: false,
             hz: 250,
             // Aligned to every level of the wheel: each timer is late by
             // exactly one granule of its level.
@@ -452,6 +464,21 @@ mod tests {
         let (at, verdict) = write_timer(&w(Phase::Retransmit { retries2: 15 }, 200));
         assert_eq!(verdict, Verdict::RetriesExhausted);
         assert!((924_600..940_000).contains(&at), "{at}");
+    }
+
+    #[test]
+    fn an_unreachable_host_keeps_retransmissions_one_rto_apart() {
+        // Each retransmission's ICMP error undoes its backoff: the stamp at
+        // 200 ms, then every 200 ms until 3 s after it.
+        let mut s = w(Phase::Retransmit { retries2: 3 }, 200);
+        s.unreachable = true;
+        let (at, verdict) = write_timer(&s);
+        assert_eq!(verdict, Verdict::RetriesExhausted);
+        assert!((3200..=3300).contains(&at), "{at}");
+        // Listed between a retransmission and its answer: the base RTO.
+        s.backoff = 1;
+        s.rto_ms = 400;
+        assert_eq!(write_timer(&s), (at, Verdict::RetriesExhausted));
     }
 
     #[test]

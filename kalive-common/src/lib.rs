@@ -439,7 +439,9 @@ pub struct SockEntry {
     /// The peer's window.
     pub snd_wnd: u32,
     pub usec_ts: u8,
-    pub pad2: [u8; 3],
+    /// `sk_err_soft`, when it fits (errnos do); 0 for none.
+    pub soft_error: u8,
+    pub pad2: [u8; 2],
     /// `CLOCK_MONOTONIC` now, µs: the TCP clock.
     pub mono_us: u64,
     /// `CLOCK_BOOTTIME` now, ns: the records' clock (when it was read).
@@ -522,8 +524,9 @@ pub struct Layout {
     pub icsk_probes_tstamp: u32,
     /// `icsk_ack.lrcvtime`: jiffies of the last segment received.
     pub icsk_lrcvtime: u32,
-    /// Keeps the size a multiple of 8 (never read).
-    pub pad: u32,
+    /// `sock.sk_err_soft`: an error an ICMP message reported, which a
+    /// timeout returns instead of `ETIMEDOUT`.
+    pub sk_err_soft: u32,
     /// `icsk_retransmit_timer`: the write timer, whose function is `tcp_write_timer`.
     pub write_timer: u32,
 
@@ -612,7 +615,7 @@ pub struct Layout {
     pub accept4_ret: u32,
 }
 
-// Two u64 and 82 u32 (one of them explicit padding): no hidden padding.
+// Two u64 and 82 u32: no hidden padding.
 const _: () = assert!(core::mem::size_of::<Layout>() == 2 * 8 + 82 * 4);
 
 /// A [`Layout`] offset for a member this kernel does not have.

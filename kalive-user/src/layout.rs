@@ -61,7 +61,7 @@ pub fn discover(btf: &KernelBtf, symbols: &Symbols, tracefs: &Path, hz: u32) -> 
         icsk_user_timeout: icsk("icsk_user_timeout", 4)?,
         icsk_probes_tstamp: icsk("icsk_probes_tstamp", 4)?,
         icsk_lrcvtime: icsk("icsk_ack.lrcvtime", 4)?,
-        pad: 0,
+        sk_err_soft: sock("sk_err_soft", 4)?,
         write_timer: btf
             .field("inet_connection_sock", "icsk_retransmit_timer")?
             .offset,

@@ -17,7 +17,10 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::programs::Iter;
-use kalive_common::{AF_INET6, OwnerSource, SockEntry, TcpState, dead, event::Family};
+use kalive_common::{
+    AF_INET6, OwnerSource, SockEntry, TcpState, dead,
+    event::{Errno, Family},
+};
 use nix::sched::{CloneFlags, setns};
 use serde::Serialize;
 
@@ -599,6 +602,10 @@ pub struct Connection {
     pub probes: u8,
     /// Segments in flight: while there are any, keepalive does not probe.
     pub unacked: u32,
+    /// An error an ICMP message reported and the kernel kept (the socket's
+    /// soft error): what a timeout will return instead of `ETIMEDOUT`.
+    /// `null` when none, and without BPF (not known: `missing`).
+    pub soft_error: Option<Errno>,
     /// The kernel's keepalive idle: since the later of the last segment and
     /// the last ACK received.
     pub idle_ms: Option<u64>,
@@ -769,6 +776,7 @@ fn record(
         timer_ms: timer.1,
         probes: probes(e, timer.0),
         unacked: e.packets_out,
+        soft_error: (e.soft_error != 0).then_some(Errno(u32::from(e.soft_error))),
         idle_ms: idle,
         dead_after_ms,
         detected_by,
@@ -828,6 +836,9 @@ fn missing(holders: &[Holding], e: &SockEntry, known: Known, budget: bool) -> Ve
         }
     } else if !known.exact && (e.keepidle == 0 || e.keepintvl == 0 || e.keepcnt == 0) {
         missing.push("from");
+    }
+    if !known.exact {
+        missing.push("soft_error");
     }
     missing
 }
@@ -957,6 +968,10 @@ fn write_timer(
         since_stamp_ms,
         since_probes_ms: (e.probes_tstamp != 0).then(|| ms(e.now.wrapping_sub(e.probes_tstamp))),
         user_timeout_ms: u64::from(e.user_timeout_ms),
+        unreachable: matches!(
+            i32::from(e.soft_error),
+            libc::EHOSTUNREACH | libc::ENETUNREACH
+        ),
         hz: u64::from(hz),
         now_jiffies: u64::from(e.now),
     })

@@ -304,6 +304,81 @@ fn zero_window_probes_and_kills_are_counted() {
     );
 }
 
+/// The retransmission timer's kills, by cause: a connection writing to a
+/// silent peer (keepalive on, deferred: counted too), and a connect whose
+/// SYN gets no answer.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn retransmission_and_syn_kills_are_counted() {
+    let addr = free_addr();
+    let mut kalive = Kalive::start(&["--metrics", &addr]);
+    let mut c = connect(
+        "mrto",
+        Family::V4,
+        &[
+            "--idle",
+            "1",
+            "--intvl",
+            "1",
+            "--cnt",
+            "9",
+            "--before-connect",
+        ],
+    );
+    c.client.expect("configured");
+    c.net
+        .client
+        .set_sysctl("net.ipv4.tcp_retries2", "3")
+        .expect("sysctl");
+    c.net.mute_server();
+    c.client.send("send");
+    c.client.expect("sent true");
+    let syn_net = support::Topology::new("msyn");
+    syn_net.kill_server();
+    let mut syn = support::Peer::spawn(
+        &syn_net.client,
+        &["syn", &Family::V4.server_addr(), "--syncnt", "1"],
+    );
+    let syn_cookie = syn.socket("connecting").cookie;
+    assert_eq!(c.client.expect("recv_error"), "recv_error errno=110");
+    assert_eq!(syn.expect("connect_error"), "connect_error errno=110");
+    let cookie = c.info.cookie;
+    kalive.wait_until(DEADLINE, |rs| {
+        rs.iter()
+            .any(|r| r["cookie"] == cookie && r["event"] == "retransmit_timeout")
+            && rs
+                .iter()
+                .any(|r| r["cookie"] == syn_cookie && r["event"] == "syn_timeout")
+    });
+    let text = scrape(&addr);
+    let ns = c.net.client.inode().expect("inode").to_string();
+    let workload = [("comm", "tcp_peer"), ("netns", ns.as_str())];
+    let cause = |ns| {
+        [
+            ("comm", "tcp_peer"),
+            ("netns", ns),
+            ("cause", "retries_exhausted"),
+        ]
+    };
+    assert_eq!(
+        sample(&text, "kalive_retransmit_kills_total", &cause(ns.as_str())),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "kalive_keepalive_deferred_total", &workload),
+        Some(1.0),
+        "{text}"
+    );
+    let syn_ns = syn_net.client.inode().expect("inode").to_string();
+    assert_eq!(
+        sample(&text, "kalive_syn_kills_total", &cause(syn_ns.as_str())),
+        Some(1.0),
+        "{text}"
+    );
+    c.server.close_stdin();
+}
+
 /// The connections gauges come from a `kalive ls` pass each interval, each
 /// pass replacing the last: a client with keepalive past the idle budget, one
 /// without keepalive (that would never find its peer dead), and the second

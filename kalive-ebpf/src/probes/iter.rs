@@ -114,6 +114,8 @@ pub extern "C" fn tcp_sockets(ctx: *const IterTcp) -> i32 {
     e.retrans_stamp = read(sk.0, layout!(tcp_retrans_stamp));
     e.probes_tstamp = read(sk.0, layout!(icsk_probes_tstamp));
     e.snd_wnd = read(sk.0, layout!(tcp_snd_wnd));
+    let soft: u32 = read(sk.0, layout!(sk_err_soft));
+    e.soft_error = u8::try_from(soft).unwrap_or(u8::MAX);
     let usec_bit = layout!(tcp_usec_ts_bit);
     e.usec_ts = if usec_bit == MISSING {
         0

@@ -66,6 +66,7 @@ const WEIGHTS: &[(&str, u32)] = &[
     ("filter", 55),
     ("owner", 50),
     ("zero_window", 40),
+    ("timeouts", 40),
     ("state_change", 25),
 ];
 
