@@ -33,6 +33,10 @@
 //!     connect without waiting (TCP_SYNCNT N first), print
 //!     `connecting cookie=.. pid=.. local=.. peer=..`, then wait for the
 //!     connect's outcome and print `connect_error errno=N` (0: connected)
+//! tcp_peer orphan ADDR
+//!     connect and report it; on `go` send one byte and close the socket,
+//!     which the kernel keeps (an orphan) while the byte is unacknowledged;
+//!     print `closed`, then wait for stdin to end
 //! tcp_peer workloads ADDR N
 //!     listen at ADDR; on each `wave`: fork N processes, each named `wK` (K
 //!     counting on across waves), connecting to it with a 1 s keepalive and
@@ -99,6 +103,7 @@ fn run(args: &[String]) -> ExitCode {
         Some("churn") => churn(&args[1..]),
         Some("workloads") => workloads(&args[1..]),
         Some("syn") => syn(&args[1..]),
+        Some("orphan") => orphan(&args[1..]),
         _ => Err(io::Error::other(
             "usage: tcp_peer pair|serve|client|churn|workloads|syn ADDR ...",
         )),
@@ -435,6 +440,21 @@ unsafe fn workload_child(name: &[u8; 16], sin: &libc::sockaddr_in) -> ! {
         libc::nanosleep(&raw const wait, std::ptr::null_mut());
         libc::_exit(code)
     }
+}
+
+/// `orphan ADDR`: see the module's documentation.
+fn orphan(args: &[String]) -> io::Result<()> {
+    let mut stream = TcpStream::connect(addr(args)?)?;
+    report("connected", &stream, true)?;
+    wait_for("go")?;
+    stream.write_all(b"o")?;
+    drop(stream);
+    println!("closed");
+    io::stdout().flush()?;
+    for line in io::stdin().lock().lines() {
+        line?;
+    }
+    Ok(())
 }
 
 /// `syn ADDR --syncnt N [--user-timeout MS]`: see the module's documentation.
