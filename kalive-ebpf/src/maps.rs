@@ -169,3 +169,26 @@ pub(crate) static SETSOCKOPT: LruHashMap<u64, u32> = LruHashMap::with_max_entrie
 /// starts another silence, at another time. LRU: bounded.
 #[map]
 pub(crate) static KEEPALIVE_DEFERRED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// A kill's own fields, from where they are decided to the record, per CPU.
+/// Through map memory they reach the record as values the verifier does not
+/// know: carried in registers, each combination of kind, cause and limit
+/// would be verified through the whole record-making path on its own (it
+/// doubled the programs' verification time).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct KillNote {
+    pub(crate) kind: u8,
+    pub(crate) cause: u8,
+    pub(crate) limit: u8,
+    pub(crate) max_retries: u8,
+    pub(crate) retries: u8,
+    pub(crate) pad: [u8; 3],
+    pub(crate) error: u32,
+    pub(crate) idle: u32,
+    pub(crate) dead_ms: u32,
+    pub(crate) pad2: u32,
+}
+
+#[map]
+pub(crate) static KILL_NOTE: PerCpuArray<KillNote> = PerCpuArray::with_max_entries(1, 0);

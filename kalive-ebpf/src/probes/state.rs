@@ -15,7 +15,7 @@ use super::{Args, hook};
 use crate::{
     emit::{answered, caught_up, emit, forget_probing, forget_zero_window, jiffies32, learn_owner},
     kernel::{ICSK_TIME_PROBE0, Sock, layout, read, setting},
-    maps::{CALLBACK, Callback, KEEPALIVE, SEEN_CLOSE, ZERO_WINDOW},
+    maps::{CALLBACK, Callback, KEEPALIVE, KILL_NOTE, KillNote, SEEN_CLOSE, ZERO_WINDOW},
 };
 
 // The tracepoint's states, as u64 arguments.
@@ -268,28 +268,49 @@ fn retransmit_kill(sk: Sock, old: u64) -> Kill {
 /// Reports that `kill` ends `sk`, which closes now (or has just closed, when
 /// the close itself went unseen).
 pub(crate) fn report_kill(sk: Sock, cookie: u64, kill: Kill, err: u32) {
+    let Some(note) = KILL_NOTE.get_ptr_mut(0) else {
+        return;
+    };
     // Kills come only from connected states: silent this long while
     // connected; a connect, since its first SYN.
+    let syn = kill.kind == Kind::SynTimeout;
     let idle = jiffies32().wrapping_sub(sk.last_heard());
-    let dead_ms = if kill.kind == Kind::SynTimeout {
+    let dead_ms = if syn {
         sk.since_retrans_stamp_ms().unwrap_or(DEAD_NONE)
     } else {
         (u64::from(idle) * 1000 / u64::from(layout!(hz)).max(1)) as u32
     };
-    let retries = sk.retransmits();
-    emit(kill.kind, sk, cookie, None, |r| {
-        r.error = err;
-        r.cause = kill.cause;
-        r.state = TCP_CLOSE as u8;
-        r.idle = if kill.kind == Kind::SynTimeout {
-            IDLE_NONE
-        } else {
-            idle
+    // SAFETY: this CPU's slot; a program that interrupted this one and
+    // reported a kill of its own has finished with it.
+    unsafe {
+        *note = KillNote {
+            kind: kill.kind as u8,
+            cause: kill.cause,
+            limit: kill.limit,
+            max_retries: kill.max_retries,
+            retries: sk.retransmits(),
+            pad: [0; 3],
+            error: err,
+            idle: if syn { IDLE_NONE } else { idle },
+            dead_ms,
+            pad2: 0,
         };
-        r.dead_ms = dead_ms;
-        r.retries = retries;
-        r.limit = kill.limit;
-        r.max_retries = kill.max_retries;
+    }
+    // The kind is the note's (see `KillNote`).
+    emit(Kind::KeepaliveTimeout, sk, cookie, None, |r| {
+        r.state = TCP_CLOSE as u8;
+        if let Some(note) = KILL_NOTE.get_ptr(0) {
+            // SAFETY: this CPU's slot, written above.
+            let n = unsafe { &*note };
+            r.kind = n.kind;
+            r.error = n.error;
+            r.cause = n.cause;
+            r.idle = n.idle;
+            r.dead_ms = n.dead_ms;
+            r.retries = n.retries;
+            r.limit = n.limit;
+            r.max_retries = n.max_retries;
+        }
     });
 }
 

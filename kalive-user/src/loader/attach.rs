@@ -421,8 +421,13 @@ impl Attacher<'_> {
         let tracepoint = t.name;
         let program: &mut BtfTracePoint = program(&mut self.ebpf, t.tp_btf)?.try_into()?;
         let btf = self.btf;
+        let started = std::time::Instant::now();
         timed(&mut self.times.verifier, || program.load(tracepoint, btf))
             .with_context(|| format!("loading tp_btf/{tracepoint}"))?;
+        log::debug!(
+            "tp_btf/{tracepoint}: loaded (verified) in {:.1} ms",
+            started.elapsed().as_secs_f64() * 1000.0
+        );
         timed(&mut self.times.attach, || program.attach())
             .with_context(|| format!("attaching tp_btf/{tracepoint}"))?;
         Ok(())
