@@ -5,10 +5,14 @@ use std::{fmt::Write as _, net::IpAddr};
 
 use kalive_common::event::{AckSeen, Event, What};
 
+/// The width of the EVENT column: the longest event name
+/// (`zero_window_probe_sent`).
+const EVENT: usize = 22;
+
 /// The text format's columns.
 pub static HEADER: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "{:<15} {:<17} {:>7} {:<15} {:<21} {:<21} {:<11} {:>6} {:>7} {:<14} DETAIL",
+        "{:<15} {:<EVENT$} {:>7} {:<15} {:<21} {:<21} {:<11} {:>6} {:>7} {:<14} DETAIL",
         "TIME", "EVENT", "PID", "COMM", "LOCAL", "REMOTE", "STATE", "PROBES", "IDLE", "KEEPALIVE"
     )
 });
@@ -22,7 +26,7 @@ pub fn line(event: &Event) -> String {
     let detail = detail(event);
     let Some(s) = &event.socket else {
         return format!(
-            "{time:<15} {name:<17} {:>7} {:<15} {:<21} {:<21} {:<11} {:>6} {:>7} {:<14} {detail}",
+            "{time:<15} {name:<EVENT$} {:>7} {:<15} {:<21} {:<21} {:<11} {:>6} {:>7} {:<14} {detail}",
             "-", "-", "-", "-", "-", "-", "-", "-"
         );
     };
@@ -44,7 +48,7 @@ pub fn line(event: &Event) -> String {
         let _ = write!(keepalive, " ut={}", seconds(u64::from(s.user_timeout_ms)));
     }
     format!(
-        "{time:<15} {name:<17} {pid:>7} {comm:<15} {local:<21} {remote:<21} {:<11} {:>6} {idle:>7} {keepalive:<14} {detail}",
+        "{time:<15} {name:<EVENT$} {pid:>7} {comm:<15} {local:<21} {remote:<21} {:<11} {:>6} {idle:>7} {keepalive:<14} {detail}",
         s.state.name(),
         s.probes,
     )
@@ -170,4 +174,15 @@ pub fn text_safe(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use kalive_common::Kind;
+
+    #[test]
+    fn every_event_name_fits_its_column() {
+        let longest = Kind::ALL.iter().map(|k| k.name().len()).max();
+        assert_eq!(longest, Some(super::EVENT));
+    }
 }
