@@ -29,8 +29,12 @@ use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::{build_ebpf, cmd, setup::Purpose};
 
-/// Backends the suite runs against; all must work on this kernel.
-const BACKENDS: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
+/// Backends the suite runs against by default: the two the host (kprobes
+/// compiled out, fentry refused) cannot run. The tracepoint backend runs the
+/// whole suite on the host; `--backend tracepoint` runs it here too, and the
+/// `backend` tests check that all three start on this kernel. (All three took
+/// over 40 minutes of emulation on 2026-12-01, past CI's half hour.)
+const BACKENDS: [&str; 2] = ["fentry", "kprobe"];
 
 /// Test targets the VM does not run: the command-line tests need no kernel,
 /// and the reliability tests (privileges, bad environments, exits) do not
@@ -57,10 +61,11 @@ const SKIP_TESTS: &[&str] = &[
 const ONE_BACKEND: &[&str] = &["ls"];
 
 /// How long each test binary takes in the VM, roughly (relative; seconds under
-/// TCG on 2026-11-30): the queue starts with the longest, so that VMs finish
-/// together. A binary not listed counts as the shortest.
+/// TCG on 2026-11-30, keepalive and backend remeasured on 2026-12-01, a
+/// slower day: 620 and 185): the queue starts with the longest, so that VMs
+/// finish together. A binary not listed counts as the shortest.
 const WEIGHTS: &[(&str, u32)] = &[
-    ("keepalive", 130),
+    ("keepalive", 300),
     ("backend", 90),
     ("ls", 60),
     ("filter", 55),
