@@ -38,7 +38,7 @@ fn init_script(script: bool) -> String {
          modprobe nf_tables\n\
          stty -echo\n\
          echo \"KALIVE-VM kernel $(uname -r)\"\n\
-         export RUST_BACKTRACE=1 KALIVE_EXPECT_BACKENDS=fentry,kprobe,tracepoint\n",
+         export RUST_BACKTRACE=1 KALIVE_EXPECT_BACKENDS=fentry,kprobe,tracepoint KALIVE_TEST_SLOW=1\n",
     );
     if script {
         s.push_str("sh /debug.sh\necho KALIVE-VM done\npoweroff -f\n");
