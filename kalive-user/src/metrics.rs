@@ -22,7 +22,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use kalive_common::event::{Event, What};
+use kalive_common::event::{Cause, Event, What};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _, prometheus_text, text},
@@ -260,12 +260,7 @@ impl Metrics {
                     .inc();
             }
             What::KeepaliveTimeout { cause, .. } => {
-                self.keepalive_kills
-                    .get_or_create(&Ended {
-                        workload: self.workload(event),
-                        cause: cause.name().to_owned(),
-                    })
-                    .inc();
+                self.ended(&self.keepalive_kills, event, *cause);
             }
             What::ZeroWindowProbeSent { .. } => {
                 self.zero_window_probes
@@ -273,29 +268,12 @@ impl Metrics {
                     .inc();
             }
             What::ZeroWindowTimeout { cause, .. } => {
-                self.zero_window_kills
-                    .get_or_create(&Ended {
-                        workload: self.workload(event),
-                        cause: cause.name().to_owned(),
-                    })
-                    .inc();
+                self.ended(&self.zero_window_kills, event, *cause);
             }
             What::RetransmitTimeout { cause, .. } => {
-                self.retransmit_kills
-                    .get_or_create(&Ended {
-                        workload: self.workload(event),
-                        cause: cause.name().to_owned(),
-                    })
-                    .inc();
+                self.ended(&self.retransmit_kills, event, *cause);
             }
-            What::SynTimeout { cause, .. } => {
-                self.syn_kills
-                    .get_or_create(&Ended {
-                        workload: self.workload(event),
-                        cause: cause.name().to_owned(),
-                    })
-                    .inc();
-            }
+            What::SynTimeout { cause, .. } => self.ended(&self.syn_kills, event, *cause),
             What::KeepaliveDeferred { .. } => {
                 self.keepalive_deferred
                     .get_or_create(&self.workload(event))
@@ -309,6 +287,16 @@ impl Metrics {
             | What::KeepaliveSet { .. }
             | What::ZeroWindowOpen { .. } => {}
         }
+    }
+
+    /// Counts a kill in `kills`, under its workload and `cause`.
+    fn ended(&self, kills: &Family<Ended, Counter>, event: &Event, cause: Cause) {
+        kills
+            .get_or_create(&Ended {
+                workload: self.workload(event),
+                cause: cause.name().to_owned(),
+            })
+            .inc();
     }
 
     /// Program runs the kernel skipped, `n` more.
