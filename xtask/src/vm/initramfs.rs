@@ -33,6 +33,7 @@ fn init_script(script: bool) -> String {
          mount -t devtmpfs dev /dev\n\
          mount -t tmpfs run /run\n\
          mount -t cgroup2 cgroup2 /sys/fs/cgroup\n\
+         mount -t tracefs tracefs /sys/kernel/tracing\n\
          ip link set lo up\n\
          modprobe veth\n\
          modprobe nf_tables\n\
