@@ -11,7 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nix::sys::stat::fstat;
+use nix::{
+    dir::Dir,
+    fcntl::{OFlag, readlinkat},
+    sys::stat::{Mode, fstat},
+};
 
 /// A process holding a socket, through descriptor `fd`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +34,11 @@ pub struct Sockets {
     /// How long the last scan took: scans are spaced by ten times that.
     last_cost: Duration,
     scans: u64,
+    seen_alive: Liveness,
 }
+
+/// How long a process seen alive is taken to be alive without looking again.
+const ALIVE_FOR: Duration = Duration::from_millis(20);
 
 /// Never rescan more often than this, however cheap a scan is.
 const MIN_INTERVAL: Duration = Duration::from_millis(250);
@@ -49,15 +57,15 @@ impl Sockets {
     /// socket to a child), rescans `/proc` unless the last scan is recent
     /// (scans are rate limited to at most 10% of a CPU).
     pub fn holders(&mut self, ino: u64) -> Option<&[Holder]> {
-        let stale = self
-            .holders
-            .get(&ino)
-            .is_none_or(|list| list.iter().any(|h| !alive(h.pid)));
+        let stale = match self.holders.get(&ino) {
+            None => true,
+            Some(list) => list.iter().any(|h| !self.seen_alive.check(h.pid)),
+        };
         if stale && self.may_rescan() {
             self.rescan();
         }
         let list = self.holders.get_mut(&ino)?;
-        list.retain(|h| alive(h.pid));
+        list.retain(|h| self.seen_alive.check(h.pid));
         (!list.is_empty()).then_some(list.as_slice())
     }
 
@@ -75,14 +83,37 @@ impl Sockets {
     fn rescan(&mut self) {
         let start = Instant::now();
         self.holders = scan_dir(Path::new("/proc"));
+        self.seen_alive.0.clear();
         self.last_cost = start.elapsed();
         self.scanned_at = Some(Instant::now());
         self.scans += 1;
     }
 }
 
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+/// Processes seen alive, and when: a listing asks about the same few
+/// holders for every socket, and each look is a `stat()` of `/proc`.
+#[derive(Debug, Default)]
+struct Liveness(HashMap<u32, Instant>);
+
+impl Liveness {
+    /// Whether `pid` still exists (seen within [`ALIVE_FOR`], or now).
+    fn check(&mut self, pid: u32) -> bool {
+        let now = Instant::now();
+        if self
+            .0
+            .get(&pid)
+            .is_some_and(|&at| now.duration_since(at) < ALIVE_FOR)
+        {
+            return true;
+        }
+        let alive = Path::new(&format!("/proc/{pid}")).exists();
+        if alive {
+            self.0.insert(pid, now);
+        } else {
+            self.0.remove(&pid);
+        }
+        alive
+    }
 }
 
 /// Every `socket:[N]` link under `root/PID/fd/`.
@@ -100,19 +131,27 @@ fn scan_dir(root: &Path) -> HashMap<u64, Vec<Holder>> {
             continue;
         };
         let dir = proc.path();
-        // A process may exit while we look: skip whatever is gone.
-        let Ok(fds) = fs::read_dir(dir.join("fd")) else {
+        // A process may exit while we look: skip whatever is gone. Each link
+        // is read relative to the open `fd` directory (one path component to
+        // look up, not five).
+        let Ok(mut fd_dir) = Dir::open(
+            &dir.join("fd"),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) else {
             continue;
         };
+        let fds: Vec<i32> = fd_dir
+            .iter()
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str().ok()?.parse().ok())
+            .collect();
         let mut comm: Option<Vec<u8>> = None;
-        for fd in fds.flatten() {
-            let Ok(link) = fs::read_link(fd.path()) else {
+        for fd in fds {
+            let Ok(link) = readlinkat(&fd_dir, fd.to_string().as_str()) else {
                 continue;
             };
-            let Some(ino) = socket_inode(link.as_os_str().as_encoded_bytes()) else {
-                continue;
-            };
-            let Some(fd) = fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            let Some(ino) = socket_inode(link.as_encoded_bytes()) else {
                 continue;
             };
             let comm = comm
@@ -280,6 +319,25 @@ mod tests {
         // Rescanned: inode 1 is no socket, and nobody is named.
         assert_eq!(sockets.holders(1), None);
         assert_eq!(sockets.scans(), 2);
+    }
+
+    #[test]
+    fn a_process_seen_alive_is_looked_at_again_after_a_while() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("sleep");
+        let mut live = Liveness::default();
+        assert!(live.check(child.id()));
+        child.kill().expect("kill");
+        child.wait().expect("reaped");
+        std::thread::sleep(ALIVE_FOR);
+        assert!(
+            !live.check(child.id()),
+            "seen alive too long ago to be trusted"
+        );
+        // Nor is a process that was never there taken to be alive.
+        assert!(!live.check(4_194_305));
     }
 
     #[test]
