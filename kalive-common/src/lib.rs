@@ -451,6 +451,26 @@ pub struct SockEntry {
 // No hidden padding: the program writes it whole.
 const _: () = assert!(core::mem::size_of::<SockEntry>() == 168);
 
+/// A socket descriptor as the `iter/task_file` program finds it for `kalive
+/// ls`: which process holds which socket, through which descriptor (what
+/// `/proc/PID/fd` says, without a `readlink()` a descriptor).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileEntry {
+    /// Thread group id (the process id users know).
+    pub pid: u32,
+    pub fd: u32,
+    /// The socket's inode number.
+    pub ino: u64,
+    /// The process reading the iterator, as the kernel numbers it: when it
+    /// is not the id the reader knows itself by, the reader is in a PID
+    /// namespace of its own, and these ids are not its.
+    pub reader: u32,
+    pub pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<FileEntry>() == 24);
+
 /// The process that owns a socket: the value of the programs' map of owners,
 /// keyed by `struct sock *`.
 #[repr(C)]
@@ -531,6 +551,8 @@ pub struct Layout {
     pub write_timer: u32,
 
     // struct tcp_sock
+    /// Its size: `kalive ls`'s iterator copies a socket whole, in one read.
+    pub tcp_sock_size: u32,
     pub tcp_keepalive_time: u32,
     pub tcp_keepalive_intvl: u32,
     pub tcp_keepalive_probes: u32,
@@ -596,12 +618,15 @@ pub struct Layout {
     pub file_private_data: u32,
     pub file_inode: u32,
     pub inode_ino: u32,
+    /// `inode.i_mode`: `S_IFSOCK` for a socket (`kalive ls`'s holders).
+    pub inode_mode: u32,
     pub socket_sk: u32,
     pub socket_file: u32,
 
     // the current process: task -> group_leader -> comm; task -> signal -> live
     pub task_group_leader: u32,
     pub task_comm: u32,
+    pub task_tgid: u32,
     pub task_signal: u32,
     pub signal_live: u32,
 
@@ -613,10 +638,11 @@ pub struct Layout {
     /// `ret` of `syscalls:sys_exit_accept` and `sys_exit_accept4`: the new descriptor.
     pub accept_ret: u32,
     pub accept4_ret: u32,
+    pub pad: u32,
 }
 
-// Two u64 and 82 u32: no hidden padding.
-const _: () = assert!(core::mem::size_of::<Layout>() == 2 * 8 + 82 * 4);
+// Two u64 and 86 u32: no hidden padding.
+const _: () = assert!(core::mem::size_of::<Layout>() == 2 * 8 + 86 * 4);
 
 /// A [`Layout`] offset for a member this kernel does not have.
 pub const MISSING: u32 = u32::MAX;

@@ -3,7 +3,7 @@
 //! Rust BPF programs have no CO-RE relocations, so every offset the programs use is
 //! looked up here at start-up and handed to them in [`Layout`].
 
-use std::path::Path;
+use std::{cell::RefCell, collections::HashMap, path::Path};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use btf_rs::{Backend, Btf, Type};
@@ -13,6 +13,10 @@ pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 /// The kernel's type information.
 pub struct KernelBtf {
     btf: Btf,
+    /// Structures looked up so far, by name: each lookup by name reads
+    /// through the whole string section (tens of thousands of types), and
+    /// the layout asks for the same dozen structures over eighty times.
+    structs: RefCell<HashMap<String, Type>>,
 }
 
 /// Where a member sits inside its outermost structure.
@@ -40,7 +44,10 @@ impl KernelBtf {
         let btf = Btf::from_file_with_backend(path, Backend::Mmap)
             .or_else(|_| Btf::from_bytes(&std::fs::read(path)?))
             .with_context(|| format!("reading BTF from {}", path.display()))?;
-        Ok(Self { btf })
+        Ok(Self {
+            btf,
+            structs: RefCell::default(),
+        })
     }
 
     /// The layout of `member_path` (dot separated, anonymous structs and unions
@@ -147,6 +154,15 @@ impl KernelBtf {
         bail!("enum {enum_name} has no {name} in the kernel's BTF")
     }
 
+    /// The size of `struct name`, bytes.
+    ///
+    /// # Errors
+    /// When there is no such structure, or its size is over 4 GiB.
+    pub fn struct_size(&self, name: &str) -> Result<u32> {
+        let ty = self.named_struct(name)?;
+        u32::try_from(self.size_of(&ty)?).with_context(|| format!("the size of struct {name}"))
+    }
+
     /// Whether `name` is a function the kernel's BTF describes (which fentry
     /// needs).
     #[must_use]
@@ -157,12 +173,20 @@ impl KernelBtf {
     }
 
     fn named_struct(&self, name: &str) -> Result<Type> {
-        self.btf
+        if let Some(ty) = self.structs.borrow().get(name) {
+            return Ok(ty.clone());
+        }
+        let ty = self
+            .btf
             .resolve_types_by_name(name)
             .with_context(|| format!("looking up struct {name} in BTF"))?
             .into_iter()
             .find(|ty| matches!(ty, Type::Struct(_)))
-            .ok_or_else(|| anyhow!("struct {name} not found in the kernel's BTF"))
+            .ok_or_else(|| anyhow!("struct {name} not found in the kernel's BTF"))?;
+        self.structs
+            .borrow_mut()
+            .insert(name.to_owned(), ty.clone());
+        Ok(ty)
     }
 
     /// Finds `name` among the members of `st`, descending into anonymous members.

@@ -66,6 +66,7 @@ pub fn discover(btf: &KernelBtf, symbols: &Symbols, tracefs: &Path, hz: u32) -> 
             .field("inet_connection_sock", "icsk_retransmit_timer")?
             .offset,
 
+        tcp_sock_size: btf.struct_size("tcp_sock")?,
         tcp_keepalive_time: tcp("keepalive_time", 4)?,
         tcp_keepalive_intvl: tcp("keepalive_intvl", 4)?,
         tcp_keepalive_probes: tcp("keepalive_probes", 1)?,
@@ -114,11 +115,13 @@ pub fn discover(btf: &KernelBtf, symbols: &Symbols, tracefs: &Path, hz: u32) -> 
         file_private_data: btf.offset("file", "private_data", PTR)?,
         file_inode: btf.offset("file", "f_inode", PTR)?,
         inode_ino: btf.offset("inode", "i_ino", PTR)?,
+        inode_mode: btf.offset("inode", "i_mode", 2)?,
         socket_sk: btf.offset("socket", "sk", PTR)?,
         socket_file: btf.offset("socket", "file", PTR)?,
 
         task_group_leader: btf.offset("task_struct", "group_leader", PTR)?,
         task_comm: btf.offset("task_struct", "comm", 16)?,
+        task_tgid: btf.offset("task_struct", "tgid", 4)?,
         task_signal: btf.offset("task_struct", "signal", PTR)?,
         signal_live: btf.offset("signal_struct", "live", 4)?,
 
@@ -128,6 +131,7 @@ pub fn discover(btf: &KernelBtf, symbols: &Symbols, tracefs: &Path, hz: u32) -> 
         setsockopt_ret: syscall("sys_exit_setsockopt", "ret")?,
         accept_ret: syscall("sys_exit_accept", "ret")?,
         accept4_ret: syscall("sys_exit_accept4", "ret")?,
+        pad: 0,
     })
     .context("reading the running kernel's layout")
 }

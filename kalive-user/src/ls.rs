@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use aya::programs::Iter;
 use kalive_common::{
-    AF_INET6, OwnerSource, SockEntry, TcpState, dead,
+    AF_INET6, FileEntry, OwnerSource, SockEntry, TcpState, dead,
     event::{Errno, Family},
 };
 use nix::sched::{CloneFlags, setns};
@@ -29,10 +29,7 @@ use crate::{
     clock::WallClock,
     container::Attribution,
     kernel, layout,
-    loader::{
-        self,
-        object::{self, Filters},
-    },
+    loader::object::{self, Filters},
     owners, sockdiag,
 };
 
@@ -103,14 +100,17 @@ Fields and the kernel's rules behind DEAD AFTER: docs/ls.md";
 
 /// How the sockets are read.
 enum Reader {
-    /// Kalive's `iter/tcp` program (and the object it belongs to).
-    Bpf(aya::Ebpf),
+    /// Kalive's `iter/tcp` program (and the object it belongs to), and
+    /// whether its `iter/task_file` program is loaded to find the holders
+    /// (else they come from `/proc`).
+    Bpf(aya::Ebpf, bool),
     /// The kernel's socket diagnostics and `getsockopt()` ([`sockdiag`]).
     Diag,
 }
 
-/// Loads the TCP iterator, when this process may.
-fn bpf_reader(hz: u32) -> Result<aya::Ebpf> {
+/// Loads the TCP iterator (and the descriptors' when it can), when this
+/// process may.
+fn bpf_reader(hz: u32) -> Result<Reader> {
     // SAFETY: no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if let Some(why) = crate::privs::missing_to_start(&crate::privs::effective()?, root) {
@@ -122,7 +122,10 @@ fn bpf_reader(hz: u32) -> Result<aya::Ebpf> {
     }
     let kernel_btf = btf::KernelBtf::open(Path::new(btf::VMLINUX))?;
     let tracefs = kernel::tracefs()?;
-    let symbols = kernel::Symbols::read(loader::FUNCTIONS)?;
+    // The layout names the timers' functions, which the iterators do not
+    // use: read only as far into kallsyms as those two (the stream reads
+    // further, for every function it hooks).
+    let symbols = kernel::Symbols::read(&["tcp_keepalive_timer", "tcp_write_timer"])?;
     let layout = layout::discover(&kernel_btf, &symbols, &tracefs, hz)?;
     let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
     let mut ebpf = object::load(
@@ -134,7 +137,15 @@ fn bpf_reader(hz: u32) -> Result<aya::Ebpf> {
     )?;
     let iter: &mut Iter = object::program(&mut ebpf, "tcp_sockets")?.try_into()?;
     iter.load("tcp", &btf).context("loading the TCP iterator")?;
-    Ok(ebpf)
+    let files: &mut Iter = object::program(&mut ebpf, "socket_files")?.try_into()?;
+    let files = match files.load("task_file", &btf) {
+        Ok(()) => true,
+        Err(err) => {
+            log::info!("holders from /proc: loading the descriptors' iterator: {err:#}");
+            false
+        }
+    };
+    Ok(Reader::Bpf(ebpf, files))
 }
 
 /// What a pass could not see, said on stderr at the end.
@@ -204,7 +215,7 @@ impl Lister {
             Reader::Diag
         } else {
             match bpf_reader(hz) {
-                Ok(ebpf) => Reader::Bpf(ebpf),
+                Ok(reader) => reader,
                 Err(err) => {
                     eprintln!(
                         "kalive: {err:#}; listing with the kernel's socket diagnostics and \
@@ -230,14 +241,33 @@ impl Lister {
     ) -> Result<Unseen> {
         let hz = self.hz;
         let own_ns = fs::metadata("/proc/self/ns/net").map(|m| m.ino()).ok();
-        let mut holders = owners::Sockets::scan();
+        let (mut tcp, files) = match &mut self.reader {
+            Reader::Bpf(ebpf, files) => {
+                let (mut tcp, mut descriptors) = (None, None);
+                for (name, program) in ebpf.programs_mut() {
+                    match name {
+                        "tcp_sockets" => tcp = Some(<&mut Iter>::try_from(program)?),
+                        "socket_files" if *files => {
+                            descriptors = Some(<&mut Iter>::try_from(program)?);
+                        }
+                        _ => {}
+                    }
+                }
+                (
+                    Some(tcp.context("program tcp_sockets missing from the BPF object")?),
+                    descriptors,
+                )
+            }
+            Reader::Diag => (None, None),
+        };
+        let mut holders = owners::Sockets::scan_with(HolderScan(files));
         let clock = WallClock::now();
         let mut unseen = Unseen::default();
         let mut containers: HashMap<u32, Option<Attribution>> = HashMap::new();
         let budget_ms = query.idle_budget.map(|s| s.saturating_mul(1000));
         for ns in namespaces() {
             let own = Some(ns.inode) == own_ns;
-            let (listed, sysctls) = match read_namespace(&mut self.reader, &ns, own, hz) {
+            let (listed, sysctls) = match read_namespace(tcp.as_deref_mut(), &ns, own, hz) {
                 Ok(listed) => listed,
                 // Namespaces come and go (`ip netns add` makes the file before
                 // it mounts the namespace on it, `del` unmounts it first).
@@ -272,15 +302,6 @@ impl Lister {
                 if !known.settings {
                     unseen.settings += 1;
                 }
-                // The kernel makes a socket's cookie when first asked for it,
-                // which the iterator cannot do: asked through a holder's
-                // descriptor, as the stream does.
-                if e.cookie == 0 {
-                    e.cookie = held
-                        .iter()
-                        .find_map(|h| owners::cookie_via_fd(h.pid, h.fd, e.ino).ok())
-                        .unwrap_or(0);
-                }
                 let mut c = record(&e, state, &held, hz, budget_ms, &clock, known);
                 if let Some(pid) = c.pid
                     && let Some(place) = containers
@@ -296,34 +317,90 @@ impl Lister {
     }
 }
 
-/// The TCP sockets of `ns` as `reader` reads them (`own`: this process's
-/// namespace), and, without BPF, the namespace's sysctls: the settings are
-/// read later, for the sockets that pass the filters only (each read
-/// duplicates a holder's descriptor).
+/// The TCP sockets of `ns` as `tcp` (the TCP iterator) reads them, or
+/// without it the socket diagnostics (`own`: this process's namespace), and
+/// then the namespace's sysctls: the settings are read later, for the
+/// sockets that pass the filters only (each read duplicates a holder's
+/// descriptor).
 fn read_namespace(
-    reader: &mut Reader,
+    tcp: Option<&mut Iter>,
     ns: &Namespace,
     own: bool,
     hz: u32,
 ) -> Result<(Vec<SockEntry>, Option<sockdiag::Sysctls>)> {
-    let ebpf = match reader {
-        Reader::Bpf(ebpf) => ebpf,
-        Reader::Diag => {
-            let netns = u32::try_from(ns.inode).unwrap_or(0);
-            let (found, sysctls) = in_namespace(ns, own, || {
-                let sysctls = sockdiag::Sysctls::read()?;
-                let boot_ns = WallClock::boot_now_ns();
-                let mut found = Vec::new();
-                sockdiag::dump(|r| {
-                    found.push(sockdiag::entry(r, netns, &sysctls, hz, boot_ns));
-                })?;
-                Ok((found, sysctls))
-            })?;
-            return Ok((found, Some(sysctls)));
+    if let Some(iter) = tcp {
+        return Ok((sockets_in(iter, ns)?, None));
+    }
+    let netns = u32::try_from(ns.inode).unwrap_or(0);
+    let (found, sysctls) = in_namespace(ns, own, || {
+        let sysctls = sockdiag::Sysctls::read()?;
+        let boot_ns = WallClock::boot_now_ns();
+        let mut found = Vec::new();
+        sockdiag::dump(|r| {
+            found.push(sockdiag::entry(r, netns, &sysctls, hz, boot_ns));
+        })?;
+        Ok((found, sysctls))
+    })?;
+    Ok((found, Some(sysctls)))
+}
+
+/// Where a pass finds the holders of sockets: the `iter/task_file` program
+/// when it is loaded (one record a socket descriptor), else `/proc` (one
+/// `readlink()` a descriptor: a third of a listing's time at 50k
+/// connections), as from the first scan that finds the iterator's process
+/// ids are not this process's.
+struct HolderScan<'a>(Option<&'a mut Iter>);
+
+impl owners::Scan for HolderScan<'_> {
+    fn scan(&mut self) -> owners::Held {
+        if let Some(iter) = self.0.as_deref_mut() {
+            match socket_files(iter) {
+                Ok(Some(held)) => return held,
+                Ok(None) => {
+                    log::info!(
+                        "holders from /proc: kalive is in a PID namespace of its own, and the \
+                         descriptors' iterator numbers processes as the host does"
+                    );
+                    self.0 = None;
+                }
+                Err(err) => log::warn!("{err:#}; reading /proc instead"),
+            }
         }
-    };
-    let iter: &mut Iter = object::program(ebpf, "tcp_sockets")?.try_into()?;
-    Ok((sockets_in(iter, ns)?, None))
+        owners::Procfs.scan()
+    }
+}
+
+/// Every socket descriptor of every process, as `iter` (loaded for
+/// `task_file`) reads them, by socket inode; `None` when its process ids are
+/// not this process's (it runs in a PID namespace of its own).
+///
+/// # Errors
+/// When the iterator cannot be read.
+fn socket_files(iter: &mut Iter) -> Result<Option<owners::Held>> {
+    let link = iter
+        .attach()
+        .context("attaching the descriptors' iterator")?;
+    let link = iter.take_link(link)?;
+    let file = link
+        .into_file()
+        .context("creating the descriptors' iterator")?;
+    let me = std::process::id();
+    let mut held = owners::Held::new();
+    let mut comms: HashMap<u32, Vec<u8>> = HashMap::new();
+    let mut foreign = false;
+    each(BufReader::with_capacity(1 << 16, file), |e: FileEntry| {
+        foreign |= e.reader != me;
+        let comm = comms
+            .entry(e.pid)
+            .or_insert_with(|| owners::comm_of(Path::new(&format!("/proc/{}", e.pid))));
+        held.entry(e.ino).or_default().push(owners::Holder {
+            pid: e.pid,
+            fd: i32::try_from(e.fd).unwrap_or(i32::MAX),
+            comm: comm.clone(),
+        });
+    })
+    .context("reading the descriptors' iterator")?;
+    Ok((!foreign).then_some(held))
 }
 
 /// Without BPF: `e`'s settings through one of its holders' descriptors, if
@@ -579,8 +656,7 @@ pub struct Connection {
     /// still owns it (`SOCK_DEAD`), and no process will see its end.
     pub orphan: bool,
     /// What this record cannot say: `"pid"`, `"comm"` (no process holds
-    /// the socket), `"cookie"` (none made yet, and no descriptor to ask
-    /// through); without BPF, the settings when no holder's descriptor
+    /// the socket), `"cookie"` (the kernel gave none); without BPF, the settings when no holder's descriptor
     /// could be read (and so `dead_after_ms`), and `"from"` when a setting
     /// equals its sysctl (set on the socket or not, `getsockopt()` cannot
     /// tell). A field named here is `null` or a best guess, never a fact.
@@ -1066,16 +1142,23 @@ fn in_namespace<T: Send>(
     })
 }
 
-/// The records the iterator writes, read as they come (no copy of them all
-/// as bytes: 168 bytes a socket).
-fn entries(mut from: impl Read) -> std::io::Result<Vec<SockEntry>> {
+/// The records the TCP iterator writes, read as they come (no copy of them
+/// all as bytes: 168 bytes a socket).
+fn entries(from: impl Read) -> std::io::Result<Vec<SockEntry>> {
     let mut all = Vec::new();
-    let mut buf = [0u8; size_of::<SockEntry>()];
+    each(from, |e| all.push(e))?;
+    Ok(all)
+}
+
+/// Each record of type `T` an iterator program writes, to `f`.
+fn each<T: Copy>(mut from: impl Read, mut f: impl FnMut(T)) -> std::io::Result<()> {
+    let mut buf = vec![0u8; size_of::<T>()];
     loop {
         match from.read_exact(&mut buf) {
-            // SAFETY: plain data, written whole by the program.
-            Ok(()) => all.push(unsafe { buf.as_ptr().cast::<SockEntry>().read_unaligned() }),
-            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(all),
+            // SAFETY: `T` is one of the programs' plain-data records, written
+            // whole.
+            Ok(()) => f(unsafe { buf.as_ptr().cast::<T>().read_unaligned() }),
+            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(err) => return Err(err),
         }
     }

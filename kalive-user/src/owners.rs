@@ -26,9 +26,28 @@ pub struct Holder {
     pub comm: Vec<u8>,
 }
 
-/// Socket inode -> processes holding it, from the last scan.
+/// Socket inode -> processes holding them: what a scan finds.
+pub type Held = HashMap<u64, Vec<Holder>>;
+
+/// Where a scan looks for the holders of sockets.
+pub trait Scan {
+    fn scan(&mut self) -> Held;
+}
+
+/// Every process's `/proc/PID/fd`: one `readlink()` a descriptor.
 #[derive(Debug, Default)]
-pub struct Sockets {
+pub struct Procfs;
+
+impl Scan for Procfs {
+    fn scan(&mut self) -> Held {
+        scan_dir(Path::new("/proc"))
+    }
+}
+
+/// Socket inode -> processes holding it, from the last scan of `S`.
+#[derive(Debug)]
+pub struct Sockets<S: Scan = Procfs> {
+    source: S,
     holders: HashMap<u64, Vec<Holder>>,
     scanned_at: Option<Instant>,
     /// How long the last scan took: scans are spaced by ten times that.
@@ -47,7 +66,21 @@ impl Sockets {
     /// Scans `/proc` now.
     #[must_use]
     pub fn scan() -> Self {
-        let mut sockets = Self::default();
+        Self::scan_with(Procfs)
+    }
+}
+
+impl<S: Scan> Sockets<S> {
+    /// Scans `source` now.
+    pub fn scan_with(source: S) -> Self {
+        let mut sockets = Self {
+            source,
+            holders: HashMap::new(),
+            scanned_at: None,
+            last_cost: Duration::ZERO,
+            scans: 0,
+            seen_alive: Liveness::default(),
+        };
         sockets.rescan();
         sockets
     }
@@ -82,7 +115,7 @@ impl Sockets {
 
     fn rescan(&mut self) {
         let start = Instant::now();
-        self.holders = scan_dir(Path::new("/proc"));
+        self.holders = self.source.scan();
         self.seen_alive.0.clear();
         self.last_cost = start.elapsed();
         self.scanned_at = Some(Instant::now());
@@ -117,8 +150,8 @@ impl Liveness {
 }
 
 /// Every `socket:[N]` link under `root/PID/fd/`.
-fn scan_dir(root: &Path) -> HashMap<u64, Vec<Holder>> {
-    let mut holders: HashMap<u64, Vec<Holder>> = HashMap::new();
+fn scan_dir(root: &Path) -> Held {
+    let mut holders = Held::new();
     let Ok(procs) = fs::read_dir(root) else {
         return holders;
     };
@@ -154,15 +187,7 @@ fn scan_dir(root: &Path) -> HashMap<u64, Vec<Holder>> {
             let Some(ino) = socket_inode(link.as_encoded_bytes()) else {
                 continue;
             };
-            let comm = comm
-                .get_or_insert_with(|| {
-                    let mut c = fs::read(dir.join("comm")).unwrap_or_default();
-                    if c.last() == Some(&b'\n') {
-                        c.pop();
-                    }
-                    c
-                })
-                .clone();
+            let comm = comm.get_or_insert_with(|| comm_of(&dir)).clone();
             holders
                 .entry(ino)
                 .or_default()
@@ -170,6 +195,17 @@ fn scan_dir(root: &Path) -> HashMap<u64, Vec<Holder>> {
         }
     }
     holders
+}
+
+/// The command name of the process at `dir` (`/proc/PID`), without its
+/// newline; empty when it is gone.
+#[must_use]
+pub fn comm_of(dir: &Path) -> Vec<u8> {
+    let mut c = fs::read(dir.join("comm")).unwrap_or_default();
+    if c.last() == Some(&b'\n') {
+        c.pop();
+    }
+    c
 }
 
 /// `socket:[12345]` -> 12345

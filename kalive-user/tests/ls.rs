@@ -498,6 +498,69 @@ fn shared_sockets_and_namespaces_and_filters() {
     assert_eq!(mine[0]["cookie"], other.info.cookie);
 }
 
+/// kalive in a PID namespace of its own (a container without the host's
+/// PIDs): the holders it names are numbered as it sees them, as `/proc`
+/// does there, not as the kernel numbers them from the host.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn in_a_pid_namespace_of_its_own_the_holders_are_its_pids() {
+    use std::{
+        io::{BufRead as _, BufReader, Write as _},
+        process::Stdio,
+    };
+    let _one = one_at_a_time();
+    let out = std::env::temp_dir().join(format!("kalive-ls-pidns-{}", std::process::id()));
+    // The shell is the namespace's first process: when it exits, the
+    // kernel ends the pair with it. The pair reads the test's stdin (a
+    // background job's is /dev/null otherwise).
+    let script = r#"exec 3<&0
+KALIVE_TEST_PEER=1 "$0" pair 127.0.0.1:0 <&3 >"$1" &
+while ! grep -q server "$1" 2>/dev/null; do sleep 0.05; done
+cat "$1"
+"$2" ls --format json"#;
+    let mut shell = Command::new("unshare")
+        .args(["-p", "-f", "--mount-proc", "sh", "-c", script])
+        .arg(std::env::current_exe().expect("the test binary"))
+        .arg(&out)
+        .arg(env!("CARGO_BIN_EXE_kalive"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("unshare");
+    let mut lines = BufReader::new(shell.stdout.take().expect("piped")).lines();
+    let client = lines.next().expect("the pair's client").expect("a line");
+    let field = |name: &str| {
+        client
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} in {client:?}"))
+            .to_owned()
+    };
+    let (cookie, pid) = (field("cookie="), field("pid="));
+    let rest: Vec<String> = lines.map(|l| l.expect("a line")).collect();
+    writeln!(shell.stdin.as_mut().expect("piped"), "close").ok();
+    let done = shell.wait_with_output().expect("unshare");
+    let _ = std::fs::remove_file(&out);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let records: Vec<Value> = rest
+        .iter()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("a JSON record"))
+        .collect();
+    let cookie: u64 = cookie.parse().expect("a cookie");
+    let r = find(&records, cookie);
+    // The namespace's own numbering: the shell is 1, the pair a small number.
+    assert_eq!(r["pid"].to_string(), pid, "{r}");
+    assert!(pid.parse::<u32>().expect("a pid") < 100, "{pid}");
+    assert_eq!(r["comm"], "tcp_peer", "{r}");
+    assert_eq!(r["holders"][0]["pid"].to_string(), pid, "{r}");
+}
+
 /// An IPv6 socket talking to an IPv4 peer: listed as IPv6 with the mapped
 /// addresses, as the stream names it.
 #[test]
