@@ -22,7 +22,12 @@ const PTR: usize = size_of::<usize>();
 /// # Errors
 /// When the running kernel lacks a structure member, symbol or tracepoint kalive
 /// reads, or a member changed size.
-pub fn discover(btf: &KernelBtf, symbols: &Symbols, tracefs: &Path, hz: u32) -> Result<Layout> {
+pub fn discover(
+    btf: &KernelBtf,
+    symbols: Option<&Symbols>,
+    tracefs: &Path,
+    hz: u32,
+) -> Result<Layout> {
     let sock = |path: &str, size| btf.offset("sock", path, size);
     let icsk = |path: &str, size| btf.offset("inet_connection_sock", path, size);
     let tcp = |path: &str, size| btf.offset("tcp_sock", path, size);
@@ -32,8 +37,8 @@ pub fn discover(btf: &KernelBtf, symbols: &Symbols, tracefs: &Path, hz: u32) -> 
     let keepalive_timer = keepalive_timer(btf)?;
 
     Ok::<_, anyhow::Error>(Layout {
-        keepalive_timer_fn: symbols.address("tcp_keepalive_timer")?,
-        write_timer_fn: symbols.address("tcp_write_timer")?,
+        keepalive_timer_fn: timer_fn(symbols, "tcp_keepalive_timer")?,
+        write_timer_fn: timer_fn(symbols, "tcp_write_timer")?,
         hz,
 
         skc_family: sock("__sk_common.skc_family", 2)?,
@@ -136,6 +141,13 @@ pub fn discover(btf: &KernelBtf, symbols: &Symbols, tracefs: &Path, hz: u32) -> 
     .context("reading the running kernel's layout")
 }
 
+/// The address of the timer function `name`; 0 without `symbols` (`kalive
+/// ls`: the iterators read no timer's function, and reading kallsyms took
+/// more than a third of their start).
+fn timer_fn(symbols: Option<&Symbols>, name: &str) -> Result<u64> {
+    symbols.map_or(Ok(0), |symbols| symbols.address(name))
+}
+
 /// Where the keepalive timer is: it moved from `sock.sk_timer` into
 /// `inet_connection_sock` in 6.19.
 fn keepalive_timer(btf: &KernelBtf) -> Result<u32> {
@@ -159,7 +171,7 @@ mod tests {
         let btf = KernelBtf::open(Path::new(crate::btf::VMLINUX)).expect("btf");
         let tracefs = kernel::tracefs().expect("tracefs");
         let symbols = Symbols::read(&["tcp_keepalive_timer", "tcp_write_timer"]).expect("kallsyms");
-        let layout = discover(&btf, &symbols, &tracefs, 250).expect("layout");
+        let layout = discover(&btf, Some(&symbols), &tracefs, 250).expect("layout");
         assert_eq!(
             layout.keepalive_timer_fn,
             symbols.address("tcp_keepalive_timer").expect("sym")

@@ -31,6 +31,7 @@ use crate::{
     kernel, layout,
     loader::object::{self, Filters},
     owners, sockdiag,
+    timings::Timings,
 };
 
 /// How `kalive ls` writes its records.
@@ -120,14 +121,14 @@ fn bpf_reader(hz: u32) -> Result<Reader> {
                 .replace("sudo kalive", "sudo kalive ls")
         );
     }
+    let mut t = Timings::start();
     let kernel_btf = btf::KernelBtf::open(Path::new(btf::VMLINUX))?;
     let tracefs = kernel::tracefs()?;
-    // The layout names the timers' functions, which the iterators do not
-    // use: read only as far into kallsyms as those two (the stream reads
-    // further, for every function it hooks).
-    let symbols = kernel::Symbols::read(&["tcp_keepalive_timer", "tcp_write_timer"])?;
-    let layout = layout::discover(&kernel_btf, &symbols, &tracefs, hz)?;
+    // No kallsyms: the iterators read no timer's function.
+    let layout = layout::discover(&kernel_btf, None, &tracefs, hz)?;
+    t.step("layout");
     let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+    t.step("btf");
     let mut ebpf = object::load(
         &btf,
         &layout,
@@ -135,8 +136,10 @@ fn bpf_reader(hz: u32) -> Result<Reader> {
         1 << 12,
         1024,
     )?;
+    t.step("object");
     let iter: &mut Iter = object::program(&mut ebpf, "tcp_sockets")?.try_into()?;
     iter.load("tcp", &btf).context("loading the TCP iterator")?;
+    t.step("iter/tcp");
     let files: &mut Iter = object::program(&mut ebpf, "socket_files")?.try_into()?;
     let files = match files.load("task_file", &btf) {
         Ok(()) => true,
@@ -145,6 +148,8 @@ fn bpf_reader(hz: u32) -> Result<Reader> {
             false
         }
     };
+    t.step("iter/task_file");
+    log::info!("iterators loaded in {t}");
     Ok(Reader::Bpf(ebpf, files))
 }
 

@@ -279,7 +279,7 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
     timings.step("tracefs and HZ");
     let symbols = kernel::Symbols::read(loader::FUNCTIONS)?;
     timings.step("kallsyms");
-    let layout = layout::discover(&kernel_btf, &symbols, &tracefs, hz)?;
+    let layout = layout::discover(&kernel_btf, Some(&symbols), &tracefs, hz)?;
     timings.step("layout");
     for &pid in &cli.pids {
         if !Path::new(&format!("/proc/{pid}")).exists() {

@@ -91,11 +91,7 @@ fn lists_a_connection(tag: &str, family: Family, via: Via) {
     // Under emulation (`KALIVE_TEST_SLOW`, set by the VM) setting up and
     // listing took over 6 s: a longer idle there keeps the listing before
     // the first probe.
-    let idle_s: u64 = if std::env::var_os("KALIVE_TEST_SLOW").is_some() {
-        14
-    } else {
-        7
-    };
+    let idle_s: u64 = if support::slow() { 14 } else { 7 };
     let idle_arg = idle_s.to_string();
     let keepidle_ms = idle_s * 1000;
     let mut c = connect(
@@ -217,6 +213,20 @@ fn data_in_flight_shows_the_retransmission_timer() {
     c.server.close_stdin();
 }
 
+/// The keepalive idle (s) of the prediction tests: long enough that a
+/// connection is listed before it dies, which under emulation (the VM) can
+/// take seconds of setting up and starting kalive ls.
+fn idle() -> &'static str {
+    if support::slow() { "10" } else { "4" }
+}
+
+/// `tcp_retries2` of the prediction tests with data in flight: the kill
+/// comes about 6 s after the first retransmission (3), or 12 s (4) under
+/// emulation, for the same reason.
+fn retries2() -> &'static str {
+    if support::slow() { "4" } else { "3" }
+}
+
 /// The prediction is right: the client's peer goes silent just before
 /// `kalive ls`, and the client gets its error `dead_after_ms` after the
 /// snapshot, within 1 s. `prepare` runs before the peer is muted; `then`
@@ -263,7 +273,7 @@ fn predicted(
 fn the_prediction_is_right_for_keepalive_by_count() {
     predicted(
         "lsdcnt",
-        &["--idle", "4", "--intvl", "1", "--cnt", "3"],
+        &["--idle", idle(), "--intvl", "1", "--cnt", "3"],
         |_| {},
         |_| {},
         "keepalive",
@@ -274,19 +284,19 @@ fn the_prediction_is_right_for_keepalive_by_count() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn the_prediction_is_right_for_keepalive_by_user_timeout() {
-    // The count would take 4 + 9 s; the user timeout ends it at the callback
-    // after 5.5 s of silence with a probe out (6 s).
+    // The count would take idle + 9 s; the user timeout ends it at the
+    // callback after idle + 1.5 s of silence with a probe out (idle + 2 s).
     predicted(
         "lsduto",
         &[
             "--idle",
-            "4",
+            idle(),
             "--intvl",
             "1",
             "--cnt",
             "9",
             "--user-timeout",
-            "5500",
+            if support::slow() { "11500" } else { "5500" },
         ],
         |_| {},
         |_| {},
@@ -300,14 +310,15 @@ fn the_prediction_is_right_for_keepalive_by_user_timeout() {
 fn the_prediction_is_right_with_data_in_flight() {
     // Keepalive is on and would take 30 s; with data in flight the
     // retransmission timer decides: tcp_retries2 = 3 gives up after a 3 s
-    // budget from the first retransmission, at the firing past it.
+    // budget from the first retransmission, at the firing past it (4:
+    // 6.2 s).
     predicted(
         "lsdrto",
         &["--idle", "20", "--intvl", "5", "--cnt", "2"],
         |c| {
             c.net
                 .client
-                .set_sysctl("net.ipv4.tcp_retries2", "3")
+                .set_sysctl("net.ipv4.tcp_retries2", retries2())
                 .expect("sysctl");
         },
         |c| {
@@ -324,7 +335,12 @@ fn the_prediction_is_right_with_data_in_flight() {
 fn the_prediction_is_right_with_data_in_flight_and_a_user_timeout() {
     predicted(
         "lsdrtu",
-        &["--idle", "20", "--user-timeout", "5000"],
+        &[
+            "--idle",
+            "20",
+            "--user-timeout",
+            if support::slow() { "10000" } else { "5000" },
+        ],
         |_| {},
         |c| {
             c.client.send("send");
@@ -746,7 +762,7 @@ fn time_wait_is_not_listed() {
 fn the_prediction_without_bpf_is_right_for_keepalive() {
     predicted(
         "lsdcntd",
-        &["--idle", "4", "--intvl", "1", "--cnt", "3"],
+        &["--idle", idle(), "--intvl", "1", "--cnt", "3"],
         |_| {},
         |_| {},
         "keepalive",
@@ -765,7 +781,7 @@ fn the_prediction_without_bpf_is_right_with_data_in_flight() {
         |c| {
             c.net
                 .client
-                .set_sysctl("net.ipv4.tcp_retries2", "3")
+                .set_sysctl("net.ipv4.tcp_retries2", retries2())
                 .expect("sysctl");
         },
         |c| {

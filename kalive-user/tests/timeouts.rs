@@ -18,10 +18,6 @@ const DEADLINE: Duration = Duration::from_secs(50);
 /// seconds to load its iterator, longer than some connections here live: the
 /// limits there are one retry or twice the time longer, so that the listing
 /// comes before the kill the tests compare it with.
-fn slow() -> bool {
-    std::env::var_os("KALIVE_TEST_SLOW").is_some()
-}
-
 /// The `kalive ls` record of the socket `cookie`, whose local port is `port`.
 fn ls_socket(port: u16, cookie: u64) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_kalive"))
@@ -173,7 +169,7 @@ fn data_in_flight(tag: &str, extra: &[&str], retries2: &str) -> (Value, Value, u
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn retries_exhausted_while_keepalive_waits() {
-    let retries2 = if slow() { "4" } else { "3" };
+    let retries2 = if support::slow() { "4" } else { "3" };
     let (kill, ls, timeouts) = data_in_flight("rtoret", &[], retries2);
     assert_eq!(ls["detected_by"], "retransmit", "{ls}");
     assert_eq!(kill["cause"], "retries_exhausted", "{kill}");
@@ -192,7 +188,7 @@ fn user_timeout_while_keepalive_waits() {
     // tcp_retries2 would take 12.6 s; the user timeout ends it after 4 s
     // (time enough for kalive ls to list it first in the VM, whose emulated
     // CPU takes seconds to load its iterator).
-    let user_timeout = if slow() { "8000" } else { "4000" };
+    let user_timeout = if support::slow() { "8000" } else { "4000" };
     let (kill, ls, timeouts) = data_in_flight("rtouto", &["--user-timeout", user_timeout], "5");
     assert_eq!(ls["detected_by"], "retransmit_user_timeout", "{ls}");
     assert_eq!(kill["cause"], "user_timeout", "{kill}");
@@ -308,7 +304,10 @@ fn icmp_host_unreachable_is_the_error_the_application_sees() {
     let net = Routed::new("rtoicmp");
     // A 6.2 s budget (12.6 s under emulation): time enough for kalive ls.
     net.client
-        .set_sysctl("net.ipv4.tcp_retries2", if slow() { "5" } else { "4" })
+        .set_sysctl(
+            "net.ipv4.tcp_retries2",
+            if support::slow() { "5" } else { "4" },
+        )
         .expect("sysctl");
     let mut server = Peer::spawn(&net.server, &["serve", &format!("{}:7777", Routed::SERVER)]);
     server.expect("listening");

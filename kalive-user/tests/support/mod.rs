@@ -32,6 +32,15 @@ pub fn sh(program: &str, args: &[&str]) -> String {
 
 pub use kalive_testkit::Netns;
 
+/// Whether the tests run under emulation (`KALIVE_TEST_SLOW`, set by the
+/// VM's init), where starting kalive takes seconds: timings that must leave
+/// room for that are longer there.
+#[allow(dead_code, reason = "not every test binary has such timings")]
+#[must_use]
+pub fn slow() -> bool {
+    std::env::var_os("KALIVE_TEST_SLOW").is_some()
+}
+
 /// Microseconds since the Unix epoch of a record's `ts`
 /// (`2026-11-22T00:51:22.893509Z`).
 pub fn ts_micros(record: &Value) -> i64 {
