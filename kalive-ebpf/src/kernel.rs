@@ -79,6 +79,61 @@ pub(crate) fn read<T: Default>(addr: u64, off: u32) -> T {
     value
 }
 
+/// `x` as a plain number to the verifier. A BTF-typed pointer (a tp_btf or
+/// fentry argument) stays one through arithmetic; copied by the helper, it
+/// is a number, which a global function takes (6.1's verifier refuses it
+/// any pointer but the context).
+#[inline(always)]
+pub(crate) fn plain(x: u64) -> u64 {
+    let copy = x;
+    read(&raw const copy as u64, 0)
+}
+
+/// Zeroes `*p` one word at a time. `write_bytes` or `Default` on a record or
+/// map value becomes a call to `memset`, a function of the object's own: on
+/// kernels before 6.4 the verifier's precision tracking gives up at any such
+/// call it meets on its way back, and marks every number precise, so that
+/// no two paths through the rest of the program look alike (6.1 took 11 s on
+/// the program that begins keepalive callbacks). The stores are volatile so
+/// that the compiler does not make them a `memset` again.
+///
+/// # Safety
+/// `p` is valid for writes of a `T`, and all-zero is a valid `T`.
+#[inline(always)]
+pub(crate) unsafe fn zero<T>(p: *mut T) {
+    const { assert!(size_of::<T>() % 4 == 0 && align_of::<T>() >= 4) };
+    if align_of::<T>() >= 8 && size_of::<T>() % 8 == 0 {
+        let words = p.cast::<u64>();
+        let mut i = 0;
+        while i < size_of::<T>() / 8 {
+            // SAFETY: within `*p`, aligned.
+            unsafe { words.add(i).write_volatile(0) };
+            i += 1;
+        }
+    } else {
+        let words = p.cast::<u32>();
+        let mut i = 0;
+        while i < size_of::<T>() / 4 {
+            // SAFETY: within `*p`, aligned.
+            unsafe { words.add(i).write_volatile(0) };
+            i += 1;
+        }
+    }
+}
+
+/// Copies a command name as two words (see [`zero`]: a `[u8; 16]`
+/// assignment between maps became a `memmove` call).
+#[inline(always)]
+pub(crate) fn copy_comm(to: &mut [u8; 16], from: &[u8; 16]) {
+    let (to, from) = (to.as_mut_ptr().cast::<u64>(), from.as_ptr().cast::<u64>());
+    // SAFETY: 16 bytes each; unaligned reads and writes, volatile for the
+    // reason above.
+    unsafe {
+        to.write_volatile(from.read_unaligned());
+        to.add(1).write_volatile(from.add(1).read_unaligned());
+    }
+}
+
 /// A `struct sock *` (which is also the `inet_connection_sock` and `tcp_sock`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Sock(pub(crate) u64);

@@ -322,6 +322,7 @@ impl Attacher<'_> {
     fn load_function(&mut self, function: &str, name: &str) -> Result<()> {
         let (kind, _) = name.split_once('_').unwrap_or((name, ""));
         let (btf, verifier) = (self.btf, &mut self.times.verifier);
+        let started = std::time::Instant::now();
         match program(&mut self.ebpf, name)? {
             Program::FEntry(p) if p.fd().is_err() => timed(verifier, || p.load(function, btf)),
             Program::FExit(p) if p.fd().is_err() => timed(verifier, || p.load(function, btf)),
@@ -329,7 +330,12 @@ impl Attacher<'_> {
             Program::FEntry(_) | Program::FExit(_) | Program::KProbe(_) => return Ok(()),
             _ => bail!("program {name} does not hook a function"),
         }
-        .with_context(|| format!("loading {kind}/{function}"))
+        .with_context(|| format!("loading {kind}/{function}"))?;
+        log::debug!(
+            "{kind}/{function}: loaded (verified) in {:.1} ms",
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        Ok(())
     }
 
     /// Attaches a loaded function hook.
