@@ -49,13 +49,16 @@ fn number(record: &Value, key: &str) -> i64 {
 }
 
 /// The kill's `dead_ms` is what `kalive ls` predicted: the silence it saw
-/// plus the time it said detection would take, within 1 s.
+/// plus the time it said detection would take, within 1 s. Under emulation
+/// ([`support::slow`]) a retransmission budget's kill may come at an
+/// earlier firing than predicted (see [`support::early_kill_allowed`]).
 fn assert_predicted(kill: &Value, ls: &Value, silence_before_ls: i64) {
     let predicted = silence_before_ls + number(ls, "dead_after_ms");
     let dead = number(kill, "dead_ms");
     eprintln!("dead after {dead} ms, predicted {predicted} ms");
+    let early = support::early_kill_allowed(ls["detected_by"].as_str().unwrap_or(""));
     assert!(
-        (dead - predicted).abs() <= 1000,
+        dead - predicted <= 1000 && (early || predicted - dead <= 1000),
         "dead_ms {dead}, predicted {predicted}:\nls: {ls}\nkill: {kill}"
     );
 }

@@ -41,6 +41,22 @@ pub fn slow() -> bool {
     std::env::var_os("KALIVE_TEST_SLOW").is_some()
 }
 
+/// Whether a kill by `detected_by` may come earlier than `kalive ls`
+/// predicted: under emulation only, for the retransmission timer's time
+/// budgets. With an RTO near its 200 ms floor, one firing lands within a
+/// few milliseconds of the budget (`tcp_model_timeout()` counts in 200 ms
+/// steps from the same floor), and whether it passes depends on how late
+/// the timer runs. The model allows the timer wheel's lateness; the
+/// emulated CPU's softirqs run later still, so there the kill can come one
+/// firing before the predicted one (seen in CI: 6.4 s early, at
+/// `tcp_retries2` 4). Lateness never moves a kill to a later firing, so the
+/// prediction stays a bound: the kill is never more than 1 s after it.
+#[allow(dead_code, reason = "not every test binary predicts kills")]
+#[must_use]
+pub fn early_kill_allowed(detected_by: &str) -> bool {
+    slow() && matches!(detected_by, "retransmit" | "orphan_retransmit" | "syn")
+}
+
 /// Microseconds since the Unix epoch of a record's `ts`
 /// (`2026-11-22T00:51:22.893509Z`).
 pub fn ts_micros(record: &Value) -> i64 {
