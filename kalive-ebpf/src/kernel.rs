@@ -134,6 +134,22 @@ pub(crate) fn copy_comm(to: &mut [u8; 16], from: &[u8; 16]) {
     }
 }
 
+/// The inode number behind `struct socket *socket`, 0 for none (an orphan).
+pub(crate) fn socket_ino(socket: u64) -> u64 {
+    if socket == 0 {
+        return 0;
+    }
+    let file: u64 = read(socket, layout!(socket_file));
+    if file == 0 {
+        return 0;
+    }
+    let inode: u64 = read(file, layout!(file_inode));
+    if inode == 0 {
+        return 0;
+    }
+    read(inode, layout!(inode_ino))
+}
+
 /// A `struct sock *` (which is also the `inet_connection_sock` and `tcp_sock`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Sock(pub(crate) u64);
@@ -227,19 +243,7 @@ impl Sock {
 
     /// Inode of the socket (`socket:[N]`), 0 for an orphan.
     pub(crate) fn ino(self) -> u64 {
-        let socket: u64 = read(self.0, layout!(sk_socket));
-        if socket == 0 {
-            return 0;
-        }
-        let file: u64 = read(socket, layout!(socket_file));
-        if file == 0 {
-            return 0;
-        }
-        let inode: u64 = read(file, layout!(file_inode));
-        if inode == 0 {
-            return 0;
-        }
-        read(inode, layout!(inode_ino))
+        socket_ino(read(self.0, layout!(sk_socket)))
     }
 
     pub(crate) fn probes_out(self) -> u8 {

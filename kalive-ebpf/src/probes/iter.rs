@@ -13,7 +13,7 @@ use kalive_common::{FileEntry, MISSING, SockEntry};
 
 use crate::{
     emit::jiffies32,
-    kernel::{Sock, layout, netns_ino, read},
+    kernel::{Sock, layout, netns_ino, read, socket_ino},
 };
 
 /// `struct bpf_iter_meta`: the seq_file to write to, and the session
@@ -151,7 +151,7 @@ pub extern "C" fn tcp_sockets(ctx: *const IterTcp) -> i32 {
     // does): the same key the stream's records carry.
     // SAFETY: `ctx_sk` is the iterator's own BTF-typed socket, not NULL.
     e.cookie = unsafe { bpf_get_socket_cookie(ctx_sk) };
-    e.ino = ino(c.at(layout!(sk_socket)));
+    e.ino = socket_ino(c.at(layout!(sk_socket)));
     e.state = state;
     e.keepalive = c.flag(layout!(sock_keepopen_bit));
     e.probes = c.at(layout!(icsk_probes_out));
@@ -203,22 +203,6 @@ pub extern "C" fn tcp_sockets(ctx: *const IterTcp) -> i32 {
         );
     }
     0
-}
-
-/// The inode number behind `struct socket *socket`, 0 for none (an orphan).
-fn ino(socket: u64) -> u64 {
-    if socket == 0 {
-        return 0;
-    }
-    let file: u64 = read(socket, layout!(socket_file));
-    if file == 0 {
-        return 0;
-    }
-    let inode: u64 = read(file, layout!(file_inode));
-    if inode == 0 {
-        return 0;
-    }
-    read(inode, layout!(inode_ino))
 }
 
 /// `struct bpf_iter__task_file`: each member 8 bytes.
