@@ -89,7 +89,7 @@ pub(crate) fn plain(x: u64) -> u64 {
     read(&raw const copy as u64, 0)
 }
 
-/// Zeroes `*p` one word at a time. `write_bytes` or `Default` on a record or
+/// Zeroes `*p` eight bytes at a time. `write_bytes` or `Default` on a record or
 /// map value becomes a call to `memset`, a function of the object's own: on
 /// kernels before 6.4 the verifier's precision tracking gives up at any such
 /// call it meets on its way back, and marks every number precise, so that
@@ -101,23 +101,13 @@ pub(crate) fn plain(x: u64) -> u64 {
 /// `p` is valid for writes of a `T`, and all-zero is a valid `T`.
 #[inline(always)]
 pub(crate) unsafe fn zero<T>(p: *mut T) {
-    const { assert!(size_of::<T>() % 4 == 0 && align_of::<T>() >= 4) };
-    if align_of::<T>() >= 8 && size_of::<T>() % 8 == 0 {
-        let words = p.cast::<u64>();
-        let mut i = 0;
-        while i < size_of::<T>() / 8 {
-            // SAFETY: within `*p`, aligned.
-            unsafe { words.add(i).write_volatile(0) };
-            i += 1;
-        }
-    } else {
-        let words = p.cast::<u32>();
-        let mut i = 0;
-        while i < size_of::<T>() / 4 {
-            // SAFETY: within `*p`, aligned.
-            unsafe { words.add(i).write_volatile(0) };
-            i += 1;
-        }
+    const { assert!(size_of::<T>() % 8 == 0 && align_of::<T>() >= 8) };
+    let words = p.cast::<u64>();
+    let mut i = 0;
+    while i < size_of::<T>() / 8 {
+        // SAFETY: within `*p`, aligned.
+        unsafe { words.add(i).write_volatile(0) };
+        i += 1;
     }
 }
 
