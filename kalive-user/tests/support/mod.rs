@@ -41,22 +41,6 @@ pub fn slow() -> bool {
     std::env::var_os("KALIVE_TEST_SLOW").is_some()
 }
 
-/// Whether a kill by `detected_by` may come earlier than `kalive ls`
-/// predicted: under emulation only, for the retransmission timer's time
-/// budgets. With an RTO near its 200 ms floor, one firing lands within a
-/// few milliseconds of the budget (`tcp_model_timeout()` counts in 200 ms
-/// steps from the same floor), and whether it passes depends on how late
-/// the timer runs. The model allows the timer wheel's lateness; the
-/// emulated CPU's softirqs run later still, so there the kill can come one
-/// firing before the predicted one (seen in CI: 6.4 s early, at
-/// `tcp_retries2` 4). Lateness never moves a kill to a later firing, so the
-/// prediction stays a bound: the kill is never more than 1 s after it.
-#[allow(dead_code, reason = "not every test binary predicts kills")]
-#[must_use]
-pub fn early_kill_allowed(detected_by: &str) -> bool {
-    slow() && matches!(detected_by, "retransmit" | "orphan_retransmit" | "syn")
-}
-
 /// Microseconds since the Unix epoch of a record's `ts`
 /// (`2026-11-22T00:51:22.893509Z`).
 pub fn ts_micros(record: &Value) -> i64 {
@@ -140,6 +124,26 @@ impl Topology {
             }
         }
         Self { client, server }
+    }
+
+    /// Makes the client's RTO floor 300 ms toward the server (a host route
+    /// with `rto_min`, which `ip` locks), for a connection made after this. Tests of
+    /// a retransmission budget use it: with the RTO at the default 200 ms
+    /// floor (204 ms on a veth: 200 + SRTT/8, in jiffies), the firing
+    /// before the kill lands within tens of milliseconds of the
+    /// `tcp_model_timeout()` budget, which counts 200 ms doublings, and a
+    /// timer run a little late moves the kill a whole doubling earlier. At
+    /// 304 ms the budget of `tcp_retries2` 3 (3 s) falls between firings at
+    /// 1.8 s and 4.3 s after the first retransmission, that of 4 (6.2 s)
+    /// between 4.3 s and 9.1 s.
+    pub fn raise_rto_min(&self) {
+        for (family, server) in [("-4", Self::SERVER_V4), ("-6", Self::SERVER_V6)] {
+            self.client
+                .ip(&[
+                    family, "route", "replace", server, "dev", "veth0", "rto_min", "300ms",
+                ])
+                .expect("ip route");
+        }
     }
 
     /// Lets the server's packets through again.
@@ -864,7 +868,16 @@ pub fn connect_from(
     client_args: &[&str],
     cgroup: Option<&std::path::Path>,
 ) -> Connection {
-    let net = Topology::new(tag);
+    connect_on(Topology::new(tag), family, client_args, cgroup)
+}
+
+/// [`connect_from`] over `net`, a topology the test prepared.
+pub fn connect_on(
+    net: Topology,
+    family: Family,
+    client_args: &[&str],
+    cgroup: Option<&std::path::Path>,
+) -> Connection {
     let mut server = Peer::spawn(&net.server, &["serve", &family.listen_addr()]);
     server.expect("listening");
     let addr = family.server_addr();
