@@ -34,36 +34,7 @@ pub fn boot(
     let name = log
         .file_stem()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args([
-        "-accel",
-        // One host thread for both vCPUs: with one each (thread=multi), two
-        // vCPUs on a two-core host starve each other into soft lockups.
-        "tcg,thread=single",
-        "-cpu",
-        "max",
-        "-smp",
-        "2",
-        "-m",
-        "2048",
-    ])
-    .arg("-kernel")
-    .arg(kernel.vmlinuz())
-    .arg("-initrd")
-    .arg(initrd)
-    .args([
-        "-append",
-        "console=ttyS0 panic=-1 quiet mitigations=off softlockup_panic=1",
-    ])
-    .args([
-        "-nographic",
-        "-no-reboot",
-        "-nodefaults",
-        "-serial",
-        "stdio",
-    ])
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped());
+    let mut qemu = command(kernel, initrd);
     let mut child = spawn_tied(&mut qemu)
         .context("starting qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
     let mut console = child.stdin.take().expect("piped");
@@ -83,6 +54,8 @@ pub fn boot(
     let mut log_file = io::BufWriter::new(fs::File::create(log)?);
     let mut results = BTreeMap::new();
     let mut done = false;
+    // The console since the VM asked for its current job: shown when it fails.
+    let mut job_lines: Vec<String> = Vec::new();
     loop {
         let left = DEADLINE.saturating_sub(start.elapsed());
         let Ok(line) = rx.recv_timeout(left) else {
@@ -92,6 +65,7 @@ pub fn boot(
         if echo {
             eprintln!("vm: {line}");
         }
+        job_lines.push(line.clone());
         if let Some(rest) = line.split("KALIVE-VM result ").nth(1) {
             let field = |key: &str| {
                 rest.split_whitespace()
@@ -101,8 +75,12 @@ pub fn boot(
             };
             let passed = rest.split_whitespace().any(|w| w == "pass");
             eprintln!("vm-test: {name}: {rest}");
+            if !passed {
+                show_failure(&name, &job_lines);
+            }
             results.insert((field("backend="), field("test=")), passed);
         } else if line.contains("KALIVE-VM next") {
+            job_lines.clear();
             let job = queue
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -136,6 +114,66 @@ pub fn boot(
     Ok(results)
 }
 
+/// qemu for `kernel` and `initrd`, its serial console on stdin and stdout.
+fn command(kernel: &Kernel, initrd: &Path) -> Command {
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args([
+        "-accel",
+        // One host thread for both vCPUs: with one each (thread=multi), two
+        // vCPUs on a two-core host starve each other into soft lockups.
+        "tcg,thread=single",
+        "-cpu",
+        "max",
+        "-smp",
+        "2",
+        "-m",
+        "2048",
+    ])
+    .arg("-kernel")
+    .arg(kernel.vmlinuz())
+    .arg("-initrd")
+    .arg(initrd)
+    .args([
+        "-append",
+        "console=ttyS0 panic=-1 quiet mitigations=off softlockup_panic=1",
+    ])
+    .args([
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped());
+    qemu
+}
+
+/// Prints a failed job's failures, so that a CI log names the failing test
+/// and its message without the VM's log file.
+fn show_failure(name: &str, lines: &[String]) {
+    for line in failure_excerpt(lines) {
+        eprintln!("vm-test: {name}: | {line}");
+    }
+}
+
+/// What of a failed job's console to show: libtest's `failures:` section on
+/// (the failing tests' output, then their names), or the last lines when
+/// there is none (a crash); at most 200 lines.
+fn failure_excerpt(lines: &[String]) -> Vec<String> {
+    const MAX: usize = 200;
+    let from = lines
+        .iter()
+        .position(|l| l.trim_end() == "failures:")
+        .unwrap_or_else(|| lines.len().saturating_sub(40));
+    let shown = &lines[from..];
+    let mut excerpt = shown[..shown.len().min(MAX)].to_vec();
+    if shown.len() > MAX {
+        excerpt.push(format!("... {} more lines in the log", shown.len() - MAX));
+    }
+    excerpt
+}
+
 /// Spawns `cmd` so that it is killed when the thread that spawned it ends,
 /// the whole of xtask with it (`PR_SET_PDEATHSIG`): a `cargo xtask vm-test`
 /// stopped by a signal, even SIGKILL, leaves no qemu running at full CPU.
@@ -163,6 +201,41 @@ fn spawn_tied(cmd: &mut Command) -> io::Result<Child> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lines(text: &str) -> Vec<String> {
+        text.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn a_failed_job_shows_its_failures() {
+        let console = lines(
+            "running 2 tests\ntest a ... ok\ntest b ... FAILED\n\nfailures:\n\n---- b stdout ----\nassertion failed\n\nfailures:\n    b\n\ntest result: FAILED.",
+        );
+        let excerpt = failure_excerpt(&console);
+        assert_eq!(excerpt.first().map(String::as_str), Some("failures:"));
+        assert!(
+            excerpt.iter().any(|l| l == "assertion failed"),
+            "{excerpt:?}"
+        );
+        assert!(!excerpt.iter().any(|l| l == "test a ... ok"), "{excerpt:?}");
+    }
+
+    #[test]
+    fn a_crash_shows_the_last_lines() {
+        let console: Vec<String> = (0..100).map(|i| format!("line {i}")).collect();
+        let excerpt = failure_excerpt(&console);
+        assert_eq!(excerpt.len(), 40);
+        assert_eq!(excerpt[39], "line 99");
+    }
+
+    #[test]
+    fn a_long_failure_is_cut() {
+        let mut console = lines("failures:");
+        console.extend((0..300).map(|i| format!("line {i}")));
+        let excerpt = failure_excerpt(&console);
+        assert_eq!(excerpt.len(), 201);
+        assert_eq!(excerpt[200], "... 101 more lines in the log");
+    }
 
     /// The child of a thread that ends is killed: so is qemu when xtask is
     /// stopped, which ends every thread.
