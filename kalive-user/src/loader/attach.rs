@@ -115,6 +115,10 @@ pub fn start_backend(
         timer_brackets,
         fallbacks,
     } = hooks::plan(backend, |function| unhookable(backend, function, config));
+    // Known without loading anything (an object costs tens of ms).
+    if backend == Backend::Kprobe && !Path::new(KPROBE_PMU).exists() {
+        bail!("`{KPROBE_PMU}`: no such file");
+    }
     let settings = object::settings(
         config.filters,
         config.state_changes,
@@ -276,9 +280,6 @@ impl Attacher<'_> {
     /// Tries what a kernel may refuse before anything is attached: a backend
     /// passed over then costs no detaching (RCU grace periods, tens of ms each).
     fn preflight(&mut self, backend: Backend, functions: &[Hook]) -> Result<()> {
-        if backend == Backend::Kprobe && !Path::new(KPROBE_PMU).exists() {
-            bail!("`{KPROBE_PMU}`: no such file");
-        }
         for h in functions {
             for program in [h.exit(backend), h.entry(backend)].into_iter().flatten() {
                 self.load_function(h.function, program)?;
