@@ -649,9 +649,25 @@ fn settings_match(via: Via) {
             &port.to_string(),
         ],
     );
+    let cookie = {
+        let mut value: u64 = 0;
+        let mut len = libc::socklen_t::try_from(size_of::<u64>()).expect("small");
+        // SAFETY: SO_COOKIE is a u64.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_COOKIE,
+                (&raw mut value).cast(),
+                &raw mut len,
+            )
+        };
+        assert_eq!(rc, 0, "SO_COOKIE");
+        value
+    };
     let r = records
         .iter()
-        .find(|r| r["sport"] == port)
+        .find(|r| r["cookie"] == cookie)
         .unwrap_or_else(|| panic!("this test's socket in {records:#?}"));
     assert_eq!(
         r["keepalive"],
@@ -686,7 +702,7 @@ fn settings_match(via: Via) {
         &format!(":{port}"),
     ]))
     .expect("ss");
-    let cookie = format!("sk:{:x}", r["cookie"].as_u64().expect("cookie"));
+    let cookie = format!("sk:{cookie:x}");
     assert!(ss.contains(&cookie), "{cookie} in {ss}");
     assert!(ss.contains("timer:(keepalive,"), "{ss}");
     assert_eq!(r["timer"], "keepalive", "{r}");
@@ -704,10 +720,12 @@ fn an_orphan_says_what_is_missing() {
     c.client.expect("sent true");
     let port = c.info.local.port();
     drop(c.client);
+    // By cookie: every test's client is 10.77.0.1, in a namespace of its own,
+    // and two can have the same port.
     let records = ls(&["-P", &port.to_string()]);
     let r = records
         .iter()
-        .find(|r| r["sport"] == port)
+        .find(|r| r["cookie"] == c.info.cookie)
         .unwrap_or_else(|| panic!("the orphan in {records:#?}"));
     assert_eq!(r["state"], "FIN_WAIT1", "{r}");
     assert_eq!(r["owner"], "unknown", "{r}");
