@@ -141,6 +141,17 @@ pub fn discover(
     .context("reading the running kernel's layout")
 }
 
+/// Fills in the timer functions' addresses of a layout discovered without
+/// symbols (kallsyms is read meanwhile, on another thread).
+///
+/// # Errors
+/// When a function is missing or its address hidden.
+pub fn add_timer_fns(layout: &mut Layout, symbols: &Symbols) -> Result<()> {
+    layout.keepalive_timer_fn = symbols.address("tcp_keepalive_timer")?;
+    layout.write_timer_fn = symbols.address("tcp_write_timer")?;
+    Ok(())
+}
+
 /// The address of the timer function `name`; 0 without `symbols` (`kalive
 /// ls`: the iterators read no timer's function, and reading kallsyms took
 /// more than a third of their start).

@@ -256,6 +256,46 @@ fn main() -> ExitCode {
     }
 }
 
+/// What start-up reads of the running kernel.
+struct Kernel {
+    btf: btf::KernelBtf,
+    /// The same BTF, as aya has it.
+    aya_btf: aya::Btf,
+    layout: kalive_common::Layout,
+    symbols: kernel::Symbols,
+    hz: u32,
+}
+
+impl Kernel {
+    fn read(timings: &mut Timings) -> Result<Self> {
+        // The kernel renders /proc/kallsyms slowly (tens of ms, in the
+        // kernel): read on a thread of its own while aya parses the BTF and
+        // the layout is found; the "kallsyms" step is what is left to wait.
+        let kallsyms = std::thread::spawn(|| kernel::Symbols::read(loader::FUNCTIONS));
+        let btf = btf::KernelBtf::open(Path::new(btf::VMLINUX))?;
+        timings.step("BTF");
+        let tracefs = kernel::tracefs()?;
+        let hz = kernel::hz().context("finding the kernel's HZ")?;
+        timings.step("tracefs and HZ");
+        let aya_btf = aya::Btf::from_sys_fs().context("parsing the kernel's BTF")?;
+        timings.step("aya BTF");
+        let mut layout = layout::discover(&btf, None, &tracefs, hz)?;
+        timings.step("layout");
+        let symbols = kallsyms
+            .join()
+            .map_err(|_| anyhow::anyhow!("reading /proc/kallsyms panicked"))??;
+        layout::add_timer_fns(&mut layout, &symbols)?;
+        timings.step("kallsyms");
+        Ok(Self {
+            btf,
+            aya_btf,
+            layout,
+            symbols,
+            hz,
+        })
+    }
+}
+
 async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
     // Before anything else: a signal during start-up is a clean stop too.
     let sigint = signal(SignalKind::interrupt())?;
@@ -272,15 +312,13 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
     // Bound before anything is loaded: a taken address is a one-line error.
     let endpoint = cli.metrics.map(metrics::Endpoint::bind).transpose()?;
     timings.step("arguments");
-    let kernel_btf = btf::KernelBtf::open(Path::new(btf::VMLINUX))?;
-    timings.step("BTF");
-    let tracefs = kernel::tracefs()?;
-    let hz = kernel::hz().context("finding the kernel's HZ")?;
-    timings.step("tracefs and HZ");
-    let symbols = kernel::Symbols::read(loader::FUNCTIONS)?;
-    timings.step("kallsyms");
-    let layout = layout::discover(&kernel_btf, Some(&symbols), &tracefs, hz)?;
-    timings.step("layout");
+    let Kernel {
+        btf: kernel_btf,
+        aya_btf,
+        layout,
+        symbols,
+        hz,
+    } = Kernel::read(&mut timings)?;
     for &pid in &cli.pids {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             say!("no process {pid} now; its sockets are reported if it appears");
@@ -296,6 +334,7 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
     let config = loader::Config {
         layout: &layout,
         kernel_btf: &kernel_btf,
+        btf: &aya_btf,
         symbols: &symbols,
         filters: &filters,
         state_changes: cli.state_changes,

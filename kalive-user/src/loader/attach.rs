@@ -30,6 +30,8 @@ const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
 pub struct Config<'a> {
     pub layout: &'a Layout,
     pub kernel_btf: &'a KernelBtf,
+    /// The kernel's BTF as aya has it (for `tp_btf` and function hooks).
+    pub btf: &'a Btf,
     pub symbols: &'a Symbols,
     pub filters: &'a Filters,
     pub state_changes: bool,
@@ -75,8 +77,6 @@ impl fmt::Display for Attached {
 /// Where `Tracer::start` spends its time.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Times {
-    /// aya's parse of the kernel's BTF.
-    pub btf: Duration,
     /// The object: ELF, relocations, maps.
     pub object: Duration,
     /// Program loads: mostly the verifier.
@@ -89,9 +89,8 @@ pub struct Times {
 impl Times {
     /// As `Timings` parts.
     #[must_use]
-    pub fn parts(&self) -> [(&'static str, Duration); 5] {
+    pub fn parts(&self) -> [(&'static str, Duration); 4] {
         [
-            ("aya BTF", self.btf),
             ("backends passed over", self.passed_over),
             ("object", self.object),
             ("verifier", self.verifier),

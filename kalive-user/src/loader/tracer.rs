@@ -5,7 +5,7 @@ use std::os::fd::AsFd as _;
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
-    Btf, Ebpf,
+    Ebpf,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
 };
 use kalive_common::Owner;
@@ -16,7 +16,6 @@ use super::{
     bpf_info::recursion_misses,
     object::take_map,
 };
-use crate::timings::timed;
 
 /// Loaded and attached programs. Dropping it detaches everything: nothing is
 /// pinned, so nothing outlives the process.
@@ -41,16 +40,15 @@ impl Tracer {
     /// When no backend of the choice can run; the error says why for each.
     pub fn start(choice: Choice, config: &Config<'_>) -> Result<(Self, RingBuf<MapData>)> {
         let mut times = Times::default();
-        let btf = timed(&mut times.btf, Btf::from_sys_fs).context("parsing the kernel's BTF")?;
+        let btf = config.btf;
         let mut passed_over = Vec::new();
         for &backend in choice.backends() {
             let mut tried = Times::default();
-            match attach::start_backend(backend, config, &btf, &mut tried) {
+            match attach::start_backend(backend, config, btf, &mut tried) {
                 Ok((ebpf, attached)) => {
                     let (mut tracer, events) = Self::new(ebpf, backend, attached)?;
                     tracer.passed_over = passed_over;
                     tracer.times = Times {
-                        btf: times.btf,
                         passed_over: times.passed_over,
                         ..tried
                     };
