@@ -152,9 +152,10 @@ pub fn add_timer_fns(layout: &mut Layout, symbols: &Symbols) -> Result<()> {
     Ok(())
 }
 
-/// The address of the timer function `name`; 0 without `symbols` (`kalive
-/// ls`: the iterators read no timer's function, and reading kallsyms took
-/// more than a third of their start).
+/// The address of the timer function `name`; 0 without `symbols`: `kalive
+/// ls` (the iterators read no timer's function, and reading kallsyms took
+/// more than a third of their start), and the tracer's start, which reads
+/// kallsyms meanwhile and adds them after ([`add_timer_fns`]).
 fn timer_fn(symbols: Option<&Symbols>, name: &str) -> Result<u64> {
     symbols.map_or(Ok(0), |symbols| symbols.address(name))
 }

@@ -284,7 +284,8 @@ impl Kernel {
         let symbols = kallsyms
             .join()
             .map_err(|_| anyhow::anyhow!("reading /proc/kallsyms panicked"))??;
-        layout::add_timer_fns(&mut layout, &symbols)?;
+        layout::add_timer_fns(&mut layout, &symbols)
+            .context("reading the running kernel's layout")?;
         timings.step("kallsyms");
         Ok(Self {
             btf,
@@ -349,6 +350,8 @@ async fn run(cli: Cli, mut timings: Timings) -> Result<()> {
             .unwrap_or_default(),
     };
     let (tracer, events) = Tracer::start(cli.backend, &config)?;
+    // Only loading needed it: its ~12 MiB go now.
+    drop(aya_btf);
     timings.step("load");
     timings.split_last(&tracer.times.parts());
     // The kernel's count of probes, to find at exit any that kalive has no
