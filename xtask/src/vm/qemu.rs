@@ -78,6 +78,7 @@ pub fn boot(
             if !passed {
                 show_failure(&name, &job_lines);
             }
+            job_lines.clear();
             results.insert((field("backend="), field("test=")), passed);
         } else if line.contains("KALIVE-VM next") {
             job_lines.clear();
@@ -103,6 +104,10 @@ pub fn boot(
     log_file.flush()?;
     drop(child);
     if !done {
+        // The job it was running, if any: how far it got.
+        if !job_lines.is_empty() {
+            show_failure(&name, &job_lines);
+        }
         if start.elapsed() >= DEADLINE {
             eprintln!("vm-test: {name}: the VM did not finish within {DEADLINE:?}");
         } else {
@@ -158,19 +163,26 @@ fn show_failure(name: &str, lines: &[String]) {
 }
 
 /// What of a failed job's console to show: libtest's `failures:` section on
-/// (the failing tests' output, then their names), or the last lines when
-/// there is none (a crash); at most 200 lines.
+/// (each failing test's output, message and backtrace, then their names),
+/// or the last lines when there is none (a crash). A long one keeps its
+/// first and last lines, where the first and the last failure's messages
+/// are.
 fn failure_excerpt(lines: &[String]) -> Vec<String> {
-    const MAX: usize = 200;
+    const HALF: usize = 100;
     let from = lines
         .iter()
         .position(|l| l.trim_end() == "failures:")
         .unwrap_or_else(|| lines.len().saturating_sub(40));
     let shown = &lines[from..];
-    let mut excerpt = shown[..shown.len().min(MAX)].to_vec();
-    if shown.len() > MAX {
-        excerpt.push(format!("... {} more lines in the log", shown.len() - MAX));
+    if shown.len() <= 2 * HALF {
+        return shown.to_vec();
     }
+    let mut excerpt = shown[..HALF].to_vec();
+    excerpt.push(format!(
+        "... {} lines left out (the VM's log has them)",
+        shown.len() - 2 * HALF
+    ));
+    excerpt.extend_from_slice(&shown[shown.len() - HALF..]);
     excerpt
 }
 
@@ -229,12 +241,17 @@ mod tests {
     }
 
     #[test]
-    fn a_long_failure_is_cut() {
+    fn a_long_failure_keeps_its_beginning_and_end() {
         let mut console = lines("failures:");
         console.extend((0..300).map(|i| format!("line {i}")));
         let excerpt = failure_excerpt(&console);
         assert_eq!(excerpt.len(), 201);
-        assert_eq!(excerpt[200], "... 101 more lines in the log");
+        assert_eq!(excerpt[0], "failures:");
+        assert_eq!(
+            excerpt[100],
+            "... 101 lines left out (the VM's log has them)"
+        );
+        assert_eq!(excerpt[200], "line 299");
     }
 
     /// The child of a thread that ends is killed: so is qemu when xtask is
