@@ -649,22 +649,7 @@ fn settings_match(via: Via) {
             &port.to_string(),
         ],
     );
-    let cookie = {
-        let mut value: u64 = 0;
-        let mut len = libc::socklen_t::try_from(size_of::<u64>()).expect("small");
-        // SAFETY: SO_COOKIE is a u64.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_COOKIE,
-                (&raw mut value).cast(),
-                &raw mut len,
-            )
-        };
-        assert_eq!(rc, 0, "SO_COOKIE");
-        value
-    };
+    let cookie = support::peer::cookie(&stream).expect("SO_COOKIE");
     let r = records
         .iter()
         .find(|r| r["cookie"] == cookie)

@@ -6,7 +6,7 @@
     reason = "each test binary uses a different part of this module"
 )]
 
-mod peer;
+pub mod peer;
 
 use std::{
     cell::RefCell,

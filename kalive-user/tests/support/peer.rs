@@ -832,7 +832,7 @@ fn wait_for(command: &str) -> io::Result<()> {
 }
 
 /// The kernel's socket cookie (`SO_COOKIE`), the id kalive reports.
-fn cookie(stream: &TcpStream) -> io::Result<u64> {
+pub fn cookie(stream: &TcpStream) -> io::Result<u64> {
     let mut value = 0u64;
     let mut len: libc::socklen_t = 8;
     // SAFETY: the fd is open for the duration of the call; value/len are valid.
