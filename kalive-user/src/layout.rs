@@ -20,14 +20,9 @@ const PTR: usize = size_of::<usize>();
 /// in its order, so that a field missing here fails to compile right here.
 ///
 /// # Errors
-/// When the running kernel lacks a structure member, symbol or tracepoint kalive
+/// When the running kernel lacks a structure member or tracepoint kalive
 /// reads, or a member changed size.
-pub fn discover(
-    btf: &KernelBtf,
-    symbols: Option<&Symbols>,
-    tracefs: &Path,
-    hz: u32,
-) -> Result<Layout> {
+pub fn discover(btf: &KernelBtf, tracefs: &Path, hz: u32) -> Result<Layout> {
     let sock = |path: &str, size| btf.offset("sock", path, size);
     let icsk = |path: &str, size| btf.offset("inet_connection_sock", path, size);
     let tcp = |path: &str, size| btf.offset("tcp_sock", path, size);
@@ -37,8 +32,9 @@ pub fn discover(
     let keepalive_timer = keepalive_timer(btf)?;
 
     Ok::<_, anyhow::Error>(Layout {
-        keepalive_timer_fn: timer_fn(symbols, "tcp_keepalive_timer")?,
-        write_timer_fn: timer_fn(symbols, "tcp_write_timer")?,
+        // From kallsyms, by `add_timer_fns()`; `kalive ls` needs none.
+        keepalive_timer_fn: 0,
+        write_timer_fn: 0,
         hz,
 
         skc_family: sock("__sk_common.skc_family", 2)?,
@@ -141,8 +137,9 @@ pub fn discover(
     .context("reading the running kernel's layout")
 }
 
-/// Fills in the timer functions' addresses of a layout discovered without
-/// symbols (kallsyms is read meanwhile, on another thread).
+/// Fills in the timer functions' addresses, which [`discover`] leaves 0: the
+/// tracer reads kallsyms on another thread meanwhile, and `kalive ls` reads
+/// no timer's function (kallsyms took more than a third of its start).
 ///
 /// # Errors
 /// When a function is missing or its address hidden.
@@ -150,14 +147,6 @@ pub fn add_timer_fns(layout: &mut Layout, symbols: &Symbols) -> Result<()> {
     layout.keepalive_timer_fn = symbols.address("tcp_keepalive_timer")?;
     layout.write_timer_fn = symbols.address("tcp_write_timer")?;
     Ok(())
-}
-
-/// The address of the timer function `name`; 0 without `symbols`: `kalive
-/// ls` (the iterators read no timer's function, and reading kallsyms took
-/// more than a third of their start), and the tracer's start, which reads
-/// kallsyms meanwhile and adds them after ([`add_timer_fns`]).
-fn timer_fn(symbols: Option<&Symbols>, name: &str) -> Result<u64> {
-    symbols.map_or(Ok(0), |symbols| symbols.address(name))
 }
 
 /// Where the keepalive timer is: it moved from `sock.sk_timer` into
@@ -183,7 +172,8 @@ mod tests {
         let btf = KernelBtf::open(Path::new(crate::btf::VMLINUX)).expect("btf");
         let tracefs = kernel::tracefs().expect("tracefs");
         let symbols = Symbols::read(&["tcp_keepalive_timer", "tcp_write_timer"]).expect("kallsyms");
-        let layout = discover(&btf, Some(&symbols), &tracefs, 250).expect("layout");
+        let mut layout = discover(&btf, &tracefs, 250).expect("layout");
+        add_timer_fns(&mut layout, &symbols).expect("timer functions");
         assert_eq!(
             layout.keepalive_timer_fn,
             symbols.address("tcp_keepalive_timer").expect("sym")

@@ -125,7 +125,7 @@ fn bpf_reader(hz: u32) -> Result<Reader> {
     let kernel_btf = btf::KernelBtf::open(Path::new(btf::VMLINUX))?;
     let tracefs = kernel::tracefs()?;
     // No kallsyms: the iterators read no timer's function.
-    let layout = layout::discover(&kernel_btf, None, &tracefs, hz)?;
+    let layout = layout::discover(&kernel_btf, &tracefs, hz)?;
     t.step("layout");
     let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
     t.step("btf");

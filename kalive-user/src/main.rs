@@ -279,7 +279,7 @@ impl Kernel {
         timings.step("tracefs and HZ");
         let aya_btf = aya::Btf::from_sys_fs().context("parsing the kernel's BTF")?;
         timings.step("aya BTF");
-        let mut layout = layout::discover(&btf, None, &tracefs, hz)?;
+        let mut layout = layout::discover(&btf, &tracefs, hz)?;
         timings.step("layout");
         let symbols = kallsyms
             .join()

@@ -103,7 +103,6 @@ impl Times {
 pub fn start_backend(
     backend: Backend,
     config: &Config<'_>,
-    btf: &Btf,
     times: &mut Times,
 ) -> Result<(Ebpf, Attached)> {
     // Decided before loading: the programs learn what the timer tracepoints
@@ -126,7 +125,7 @@ pub fn start_backend(
     );
     let mut ebpf = timed(&mut times.object, || {
         object::load(
-            btf,
+            config.btf,
             config.layout,
             settings,
             config.ring_size,
@@ -137,7 +136,7 @@ pub fn start_backend(
     object::fill_filters(&mut ebpf, config.filters)?;
     let mut a = Attacher {
         ebpf,
-        btf,
+        btf: config.btf,
         raw_only: config.raw_only,
         attached: Attached {
             fallbacks,

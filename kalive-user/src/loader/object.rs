@@ -162,8 +162,8 @@ pub(crate) mod tests {
         let tracefs = crate::kernel::tracefs().expect("tracefs");
         let hz = crate::kernel::hz().expect("hz");
         let symbols = crate::kernel::Symbols::read(crate::loader::FUNCTIONS).expect("kallsyms");
-        let layout =
-            crate::layout::discover(&kernel_btf, Some(&symbols), &tracefs, hz).expect("layout");
+        let mut layout = crate::layout::discover(&kernel_btf, &tracefs, hz).expect("layout");
+        crate::layout::add_timer_fns(&mut layout, &symbols).expect("timer functions");
         let btf = aya::Btf::from_sys_fs().expect("btf");
         let mut ebpf = load(
             &btf,

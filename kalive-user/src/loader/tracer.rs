@@ -40,11 +40,10 @@ impl Tracer {
     /// When no backend of the choice can run; the error says why for each.
     pub fn start(choice: Choice, config: &Config<'_>) -> Result<(Self, RingBuf<MapData>)> {
         let mut times = Times::default();
-        let btf = config.btf;
         let mut passed_over = Vec::new();
         for &backend in choice.backends() {
             let mut tried = Times::default();
-            match attach::start_backend(backend, config, btf, &mut tried) {
+            match attach::start_backend(backend, config, &mut tried) {
                 Ok((ebpf, attached)) => {
                     let (mut tracer, events) = Self::new(ebpf, backend, attached)?;
                     tracer.passed_over = passed_over;

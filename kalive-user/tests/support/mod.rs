@@ -130,8 +130,8 @@ impl Topology {
     /// with `rto_min`, which `ip` locks), for a connection made after this. Tests of
     /// a retransmission budget use it: with the RTO at the default 200 ms
     /// floor (204 ms on a veth: 200 + SRTT/8, in jiffies), the firing
-    /// before the kill lands within tens of milliseconds of the
-    /// `tcp_model_timeout()` budget, which counts 200 ms doublings, and a
+    /// before the kill lands less than 200 ms short of the
+    /// `tcp_model_timeout()` budget (80 ms at `tcp_retries2` 4), which counts 200 ms doublings, and a
     /// timer run a little late moves the kill a whole doubling earlier. At
     /// 304 ms the budget of `tcp_retries2` 3 (3 s) falls between firings at
     /// 1.8 s and 4.3 s after the first retransmission, that of 4 (6.2 s)
